@@ -1,0 +1,566 @@
+"""Mutual information between layers: the EDGE estimator, a KSG alternative, class-conditional layer MI.
+
+Algorithm 1 of the paper measures, for every pair of consecutive trainable layers j-1, j of
+(f*_a, f_b), the class-conditional mutual information
+
+    I_j = sum_y pi(y) * I(f^(j-1)(X + delta); f^(j)(X + delta) | y)
+
+on the adversarial test set, estimated with EDGE (Noshad, Zeng & Hero, 2019). This module holds
+
+* :func:`edge_mi` -- our EDGE: p-stable random projection, hashing into buckets of width epsilon,
+  dependence-graph counts N_i, M_j, N_ij, pointwise log-ratio clipped at ``cap`` (U), an
+  ensemble of widths combined by median or mean. Vectorised (sort-based counting, no Python loop
+  over samples or buckets), seeded through ``np.random.default_rng`` only.
+* :func:`ksg_mi` -- the Kraskov-Stoegbauer-Grassberger k-NN estimator, the documented
+  alternative for multi-dimensional, high-MI data (``estimator="ksg"``).
+* :func:`layer_mi` -- forward hooks, batch-wise projection (memory O(N*d') per layer, never
+  O(N*D)), per-(pair, class) estimates run sequentially or as Ray tasks with identical results.
+
+What differs from the reference implementation (``EDGE_4_4_1.py``) and why
+------------------------------------------------------------------------------
+Measured on N = 20,000 jointly Gaussian samples the reference is accurate in 1-D but needs about
+5.5 s per estimate, and in 4-D it returns 1.89 bits for independent data and the cap (10 bits)
+for a true 4.79. The causes and our changes:
+
+1. *Bucket width that scales with dimension.* The reference takes a 1-D k-NN distance per
+   coordinate and multiplies it by a hand-tuned factor, then rescales it with its own first MI
+   estimate (``normalize_epsilon``). In d > 1 the joint (dx+dy)-dimensional buckets become almost
+   all singletons, each contributing log2(N/(N_i*M_j)) -- a log(N)-style saturation -- and the
+   rescaling shrinks the width further when the (inflated) estimate is large, a positive
+   feedback up to the cap. We instead choose epsilon from the Chebyshev distance to the k-th
+   nearest neighbour *in the joint space*: a cube of side 2*r_k holds about k+1 samples, so the
+   width targets an expected joint-bucket occupancy (``occupancy``) whatever the dimension.
+   There is no second, estimate-dependent pass.
+2. *Marginal rank (copula) transform before hashing* (``copula=True``). Mapping every
+   (projected) coordinate through its empirical CDF is a strictly monotone map per coordinate,
+   so it leaves the MI unchanged, but it makes all coordinates uniform on (0, 1): one width fits
+   every coordinate, tails do not produce near-empty buckets, and the hashing becomes
+   equal-frequency binning. It also makes the whole estimate exactly invariant to the sample
+   order (ranks, counts and k-NN distances do not depend on it; the reference reseeds the global
+   RNG and draws k-NN query points by position).
+3. *Miller-Madow correction* (``bias_correction=True``) of the plug-in bucket counts:
+   subtract (K_xy - K_x - K_y + 1) / (2 N ln 2) bits, K = number of occupied buckets. This is
+   the first-order finite-sample bias of the plug-in MI and lets the buckets stay small. The
+   reference's pointwise floor of 0.001 bits (which turns every negative pointwise term positive
+   and so biases independent data upwards) is available as ``floor=0.001`` but off by default.
+4. *Speed.* Bucket ids are exact mixed-radix int64 keys counted with ``np.unique`` (sort based);
+   the reference builds Python dicts of index lists sample by sample.
+5. *Bounds.* The result is clipped to [0, min(cap, log2 N)]; a plug-in MI can never exceed
+   log2 N anyway, the clip only guards the bias correction and the ensemble.
+
+What bucket widths cannot fix: any histogram estimator underestimates large MI in several
+dimensions, because buckets big enough to be occupied are too coarse to resolve a joint density
+concentrated near a lower-dimensional set (4-D, r = 0.9: about 3.2 bits for a true 4.79 at
+N = 20,000; the error shrinks only slowly with N). KSG does not bucket and is far less biased
+there (see BENCHMARKS.md), at O(N log N) cost with a k-d tree; use ``estimator="ksg"`` when
+absolute values matter. EDGE stays the default for fidelity to the paper.
+
+All estimates are in bits.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+from scipy.special import digamma
+from scipy.stats import rankdata
+
+__all__ = [
+    "ESTIMATORS",
+    "LayerPairMI",
+    "default_proj_dim",
+    "edge_mi",
+    "ksg_mi",
+    "layer_mi",
+    "mi_estimate",
+    "project_layer_outputs",
+]
+
+_LN2 = math.log(2.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Shared helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _as_2d(a: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
+    if isinstance(a, torch.Tensor):
+        a = a.detach().cpu().numpy()
+    arr = np.asarray(a, dtype=np.float64)
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    elif arr.ndim > 2:
+        arr = arr.reshape(arr.shape[0], -1)
+    if arr.ndim != 2 or arr.shape[0] == 0:
+        raise ValueError(f"{name} must be an N x d array, got shape {np.shape(a)}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return arr
+
+
+def _check_pair(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    xa, ya = _as_2d(x, "x"), _as_2d(y, "y")
+    if xa.shape[0] != ya.shape[0]:
+        raise ValueError(
+            f"x and y need the same number of samples, got {xa.shape[0]} and {ya.shape[0]}"
+        )
+    return xa, ya
+
+
+def default_proj_dim(n_samples: int, dim: int) -> int:
+    """EDGE's projection size d' = min(d, floor(log2(N / 10))), at least 1.
+
+    The log rule keeps the number of occupied buckets sub-linear in N; beyond it the buckets are
+    singletons whatever the width.
+    """
+    rule = math.floor(math.log2(n_samples / 10.0)) if n_samples > 10 else 1
+    return int(max(1, min(dim, rule)))
+
+
+def _project(a: np.ndarray, d_out: int, rng: np.random.Generator) -> np.ndarray:
+    """p-stable (Gaussian) random projection of standardised columns to ``d_out`` dims.
+
+    Columns are scaled to unit std first (the reference's N(0, 1/(s*sqrt(d))) entries do the
+    same); a no-op when the data already has at most ``d_out`` columns, since then projecting
+    could only lose information.
+    """
+    n, d = a.shape
+    if d <= d_out:
+        return a
+    std = a.std(axis=0)
+    std[std < 1e-12] = 1.0
+    w = rng.normal(0.0, 1.0 / math.sqrt(d), size=(d, d_out))
+    return (a / std) @ w
+
+
+def _copula(a: np.ndarray) -> np.ndarray:
+    """Per-column empirical CDF in (0, 1); ties get their average rank so order cannot matter."""
+    return (rankdata(a, axis=0, method="average") - 0.5) / a.shape[0]
+
+
+def _row_ids(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bucket id of every row of an integer code matrix and the bucket sizes.
+
+    Exact mixed-radix int64 keys when the grid fits (always, for the projected sizes EDGE uses);
+    otherwise the slower ``np.unique(axis=0)``.
+    """
+    codes = codes - codes.min(axis=0)
+    span = codes.max(axis=0).astype(np.int64) + 1
+    if float(np.prod(span.astype(np.float64))) < 2.0**62:
+        strides = np.concatenate(([1], np.cumprod(span[:-1]))).astype(np.int64)
+        key = codes @ strides
+        _, inv, cnt = np.unique(key, return_inverse=True, return_counts=True)
+    else:
+        _, inv, cnt = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
+    return inv.reshape(-1), cnt
+
+
+# --------------------------------------------------------------------------------------------
+# EDGE
+# --------------------------------------------------------------------------------------------
+
+
+def _knn_width(z: np.ndarray, k: int, n_query: int) -> float:
+    """Cube side 2*median(r_k) with r_k the Chebyshev distance to the k-th neighbour.
+
+    Query points are spread evenly over the lexicographic order of the rows, so which points are
+    queried does not depend on the sample order.
+    """
+    n = z.shape[0]
+    k = int(min(max(k, 1), n - 1))
+    order = np.lexsort(z.T[::-1])
+    q = z[order[np.linspace(0, n - 1, min(n, n_query)).astype(np.int64)]]
+    dist, _ = cKDTree(z).query(q, k=k + 1, p=np.inf)
+    return 2.0 * float(np.median(dist[:, -1]))
+
+
+def _edge_once(
+    zx: np.ndarray,
+    zy: np.ndarray,
+    eps: float,
+    bx: np.ndarray,
+    by: np.ndarray,
+    cap: float,
+    floor: float | None,
+    bias_correction: bool,
+) -> float:
+    n = zx.shape[0]
+    ix, cx = _row_ids(np.floor((zx + bx) / eps).astype(np.int64))
+    iy, cy = _row_ids(np.floor((zy + by) / eps).astype(np.int64))
+    # Joint bucket = pair of marginal bucket ids; this encoding is exact (< n^2 values).
+    joint = ix.astype(np.int64) * np.int64(cy.size) + iy
+    keys, cxy = np.unique(joint, return_counts=True)
+    # Sum over buckets in sorted-key order rather than over samples: the floating-point sum then
+    # does not depend on the sample order, so shuffling the data gives the identical result.
+    ni = cx[keys // cy.size].astype(np.float64)
+    mj = cy[keys % cy.size].astype(np.float64)
+    pmi = np.log2(cxy * float(n) / (ni * mj))
+    if floor is not None:
+        pmi = np.maximum(pmi, floor)
+    pmi = np.minimum(pmi, cap)
+    est = float(np.dot(cxy, pmi)) / n
+    if bias_correction:
+        est -= (cxy.size - cx.size - cy.size + 1) / (2.0 * n * _LN2)
+    return est
+
+
+def edge_mi(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    seed: int = 0,
+    proj_dim: int | None = None,
+    n_widths: int = 10,
+    width_ratio: float = 0.1,
+    combine: str = "median",
+    cap: float = 10.0,
+    occupancy: int = 10,
+    copula: bool = True,
+    bias_correction: bool = True,
+    floor: float | None = None,
+    epsilon: float | None = None,
+    n_query: int = 512,
+) -> float:
+    """EDGE estimate of I(X; Y) in bits.
+
+    Args:
+        x: N x dx samples (a 1-D array is read as N x 1).
+        y: N x dy samples paired with ``x``.
+        seed: seeds the projection and the bucket offsets (``np.random.default_rng``); the same
+            seed always gives the same value, in any process.
+        proj_dim: d' of the p-stable projection, for both variables; ``None`` uses
+            min(d, floor(log2(N/10))). Data with at most d' columns is not projected.
+        n_widths: ensemble size L; widths epsilon * t, t in linspace(1, 1 + width_ratio, L),
+            each with its own random offset b ~ U[0, width).
+        width_ratio: relative spread of the ensemble widths (EDGE's 0.1).
+        combine: ``"median"`` or ``"mean"`` of the ensemble.
+        cap: U, upper clip of every pointwise log-ratio and of the result.
+        occupancy: target number of samples per joint bucket (k of the k-NN width rule).
+        copula: rank-transform every coordinate first (MI-invariant; see the module docstring).
+        bias_correction: subtract the Miller-Madow finite-sample bias of the bucket counts.
+        floor: lower clip of every pointwise log-ratio (the reference uses 0.001); ``None``
+            keeps negative terms, which is unbiased for independent data.
+        epsilon: fixed bucket width (in copula units if ``copula``) instead of the k-NN rule.
+        n_query: number of query points for the k-NN width.
+
+    Returns:
+        The estimate, clipped to [0, min(cap, log2 N)].
+    """
+    xa, ya = _check_pair(x, y)
+    n = xa.shape[0]
+    if combine not in ("median", "mean"):
+        raise ValueError(f"combine must be 'median' or 'mean', got {combine!r}")
+    if n_widths < 1:
+        raise ValueError("n_widths must be >= 1")
+    if n < 2:
+        return 0.0
+    # Independent streams: whether or not a projection happens never shifts the offsets.
+    proj_rng, off_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+    dx = proj_dim or default_proj_dim(n, xa.shape[1])
+    dy = proj_dim or default_proj_dim(n, ya.shape[1])
+    zx = _project(xa, dx, proj_rng)
+    zy = _project(ya, dy, proj_rng)
+    if copula:
+        zx, zy = _copula(zx), _copula(zy)
+    else:
+        # A common width for all coordinates needs comparable scales.
+        zx = (zx - zx.mean(0)) / np.where(zx.std(0) > 1e-12, zx.std(0), 1.0)
+        zy = (zy - zy.mean(0)) / np.where(zy.std(0) > 1e-12, zy.std(0), 1.0)
+    if epsilon is None:
+        eps0 = _knn_width(np.hstack([zx, zy]), occupancy, n_query)
+    else:
+        eps0 = float(epsilon)
+    # Many identical rows give a zero k-NN distance; one rank step is the finest useful width.
+    eps0 = max(eps0, 1.0 / n if copula else 1e-9)
+    estimates = np.empty(n_widths)
+    for i, t in enumerate(np.linspace(1.0, 1.0 + width_ratio, n_widths)):
+        eps = eps0 * t
+        bx = off_rng.uniform(0.0, eps, zx.shape[1])
+        by = off_rng.uniform(0.0, eps, zy.shape[1])
+        estimates[i] = _edge_once(zx, zy, eps, bx, by, cap, floor, bias_correction)
+    est = float(np.median(estimates) if combine == "median" else np.mean(estimates))
+    return float(min(max(est, 0.0), cap, math.log2(n)))
+
+
+# --------------------------------------------------------------------------------------------
+# KSG
+# --------------------------------------------------------------------------------------------
+
+
+def ksg_mi(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    k: int = 3,
+    seed: int = 0,
+    proj_dim: int | None = None,
+    jitter: float = 1e-10,
+) -> float:
+    """Kraskov-Stoegbauer-Grassberger estimator (algorithm 1) of I(X; Y) in bits.
+
+    psi(k) + psi(N) - <psi(n_x + 1) + psi(n_y + 1)> with max-norm k-NN radii in the joint space
+    and strict-inequality neighbour counts in each marginal space, all through k-d trees
+    (O(N log N) in low dimensions).
+
+    Args:
+        x, y: N x dx and N x dy samples (1-D arrays are read as N x 1).
+        k: number of neighbours; 3 is the usual bias/variance compromise.
+        seed: seeds the optional projection and the tie-breaking jitter.
+        proj_dim: project both variables to this many dims first (``None``: no projection).
+        jitter: relative scale of uniform noise added to break ties (KSG assumes none);
+            0 disables it.
+
+    Returns:
+        The estimate in bits, clipped at 0 from below.
+    """
+    xa, ya = _check_pair(x, y)
+    n = xa.shape[0]
+    if n <= k:
+        return 0.0
+    proj_rng, noise_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+    if proj_dim is not None:
+        xa, ya = _project(xa, proj_dim, proj_rng), _project(ya, proj_dim, proj_rng)
+    # Unit-scale coordinates so one max-norm radius means the same in every direction.
+    xa = (xa - xa.mean(0)) / np.where(xa.std(0) > 1e-12, xa.std(0), 1.0)
+    ya = (ya - ya.mean(0)) / np.where(ya.std(0) > 1e-12, ya.std(0), 1.0)
+    if jitter > 0:
+        xa = xa + noise_rng.uniform(-jitter, jitter, xa.shape)
+        ya = ya + noise_rng.uniform(-jitter, jitter, ya.shape)
+    joint = np.hstack([xa, ya])
+    dist, _ = cKDTree(joint).query(joint, k=k + 1, p=np.inf)
+    # Strictly-closer counts: shrink the radius by one ulp; the point itself is counted, which
+    # supplies the +1 inside psi(n + 1).
+    radius = np.nextafter(dist[:, -1], 0.0)
+    nx = cKDTree(xa).query_ball_point(xa, radius, p=np.inf, return_length=True)
+    ny = cKDTree(ya).query_ball_point(ya, radius, p=np.inf, return_length=True)
+    nats = digamma(k) + digamma(n) - np.mean(digamma(nx) + digamma(ny))
+    return float(max(nats / _LN2, 0.0))
+
+
+ESTIMATORS: dict[str, Callable[..., float]] = {"edge": edge_mi, "ksg": ksg_mi}
+
+
+def mi_estimate(
+    x: np.ndarray, y: np.ndarray, *, estimator: str = "edge", seed: int = 0, **kw: Any
+) -> float:
+    """Dispatch to an estimator by name (``"edge"`` or ``"ksg"``); MI in bits."""
+    try:
+        fn = ESTIMATORS[estimator]
+    except KeyError:
+        raise ValueError(
+            f"unknown MI estimator {estimator!r}; valid choices: {sorted(ESTIMATORS)}"
+        ) from None
+    return fn(x, y, seed=seed, **kw)
+
+
+# --------------------------------------------------------------------------------------------
+# Class-conditional layer MI
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerPairMI:
+    """Class-conditional MI I_j = sum_y pi(y) I(f^(j-1); f^(j) | y) of one consecutive pair.
+
+    ``j`` is the 1-based forward index (paper numbering) of the later layer ``next``; ``prev``
+    is the layer before it. ``bits`` is the estimate in bits.
+    """
+
+    j: int
+    prev: str
+    next: str
+    bits: float
+
+
+def _derived_seed(*parts: int) -> int:
+    # SeedSequence mixes the parts, so nearby (seed, j, class) triples give unrelated streams,
+    # and the value is the same in every process (no global RNG involved).
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def project_layer_outputs(
+    model: torch.nn.Module,
+    layers: Sequence[tuple[str, torch.nn.Module]],
+    x: torch.Tensor,
+    *,
+    proj_dim: int,
+    batch_size: int = 256,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> list[np.ndarray]:
+    """Run ``model`` over ``x`` and return every hooked layer's output projected to <= proj_dim dims.
+
+    Each batch's output is flattened and multiplied by a fixed Gaussian matrix W_l (D_l x d',
+    entries N(0, 1/D_l), drawn from a generator seeded by (seed, layer position)) inside the
+    forward hook, so only N x d' floats per layer are ever kept; a layer with D_l <= d' is kept
+    as is. The model must already be on ``device``; its mode, parameters and buffers are not
+    touched, and the hooks are removed even if the forward pass fails.
+
+    Returns:
+        One float32 array of shape N x min(D_l, proj_dim) per entry of ``layers``, in order.
+    """
+    if proj_dim < 1:
+        raise ValueError("proj_dim must be >= 1")
+    device = torch.device(device)
+    chunks: list[list[torch.Tensor]] = [[] for _ in layers]
+    weights: list[torch.Tensor | None] = [None] * len(layers)
+    identity = [False] * len(layers)
+
+    def make_hook(pos: int) -> Callable[[torch.nn.Module, Any, Any], None]:
+        def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+            out = output[0] if isinstance(output, (tuple, list)) else output
+            flat = out.detach().reshape(out.shape[0], -1).float()
+            if weights[pos] is None and not identity[pos]:
+                dim = flat.shape[1]
+                if dim <= proj_dim:
+                    identity[pos] = True
+                else:
+                    gen = torch.Generator(device="cpu").manual_seed(_derived_seed(seed, pos))
+                    w = torch.randn(dim, proj_dim, generator=gen) / math.sqrt(dim)
+                    weights[pos] = w.to(flat.device)
+            w = weights[pos]
+            chunks[pos].append((flat if w is None else flat @ w).cpu())
+
+        return hook
+
+    handles = [module.register_forward_hook(make_hook(i)) for i, (_, module) in enumerate(layers)]
+    try:
+        with torch.no_grad():
+            for start in range(0, x.shape[0], batch_size):
+                model(x[start : start + batch_size].to(device))
+    finally:
+        for h in handles:
+            h.remove()
+    out: list[np.ndarray] = []
+    for (name, _), parts in zip(layers, chunks, strict=True):
+        if not parts:
+            raise RuntimeError(f"layer {name!r} produced no output during the forward pass")
+        out.append(torch.cat(parts).numpy())
+    return out
+
+
+def _estimate_task(
+    a: np.ndarray, b: np.ndarray, estimator: str, seed: int, kwargs: dict[str, Any]
+) -> float:
+    return mi_estimate(a, b, estimator=estimator, seed=seed, **kwargs)
+
+
+def _ray_wanted(use_ray: bool | None) -> bool:
+    if use_ray is not None:
+        return use_ray
+    # Only look at Ray if the caller already imported it: importing Ray costs seconds.
+    ray_mod = sys.modules.get("ray")
+    return bool(ray_mod is not None and ray_mod.is_initialized())
+
+
+def layer_mi(
+    model: torch.nn.Module,
+    layers: Sequence[tuple[str, torch.nn.Module]],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    first_index: int,
+    batch_size: int = 256,
+    proj_dim: int | None = None,
+    seed: int = 0,
+    estimator: str = "edge",
+    device: str | torch.device = "cpu",
+    use_ray: bool | None = None,
+    **estimator_kwargs: Any,
+) -> list[LayerPairMI]:
+    """Class-conditional MI between consecutive layers, I_j = sum_y pi(y) I(f^(j-1); f^(j) | y).
+
+    Args:
+        model: the network, already on ``device`` and in the mode it should be evaluated in
+            (eval, normally); nothing about it is changed.
+        layers: forward-ordered (name, module) list: the last trainable layer of f_a followed by
+            all trainable layers of f_b.
+        x: evaluation inputs (already attacked), N x C x H x W floats in [0, 1].
+        y: true labels, N int64.
+        first_index: 1-based layer number of ``layers[0]``; pair i gets j = first_index + i.
+        batch_size: forward batch size; memory is O(batch * D + N * d') per layer.
+        proj_dim: d' of the per-layer projection; ``None`` uses EDGE's rule
+            floor(log2(N_y / 10)) for the largest class N_y.
+        seed: base seed; each estimate uses a seed derived from (seed, j, class), so results do
+            not depend on execution order or process.
+        estimator: ``"edge"`` (default) or ``"ksg"``.
+        device: where the forward pass runs.
+        use_ray: run the per-(pair, class) estimates as Ray tasks; ``None`` means "if Ray is
+            initialised". Ray and sequential give identical numbers.
+        **estimator_kwargs: passed to the estimator (e.g. ``cap``, ``combine``, ``k``).
+
+    Returns:
+        One :class:`LayerPairMI` per consecutive pair, in forward order.
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown MI estimator {estimator!r}; valid choices: {sorted(ESTIMATORS)}")
+    if len(layers) < 2:
+        raise ValueError("layer_mi needs at least two layers to form a pair")
+    labels = (y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)).reshape(
+        -1
+    )
+    if labels.shape[0] != x.shape[0]:
+        raise ValueError(f"x has {x.shape[0]} samples but y has {labels.shape[0]}")
+    classes, counts = np.unique(labels, return_counts=True)
+    priors = counts / counts.sum()
+    if proj_dim is None:
+        proj_dim = default_proj_dim(int(counts.max()), 1 << 30)
+    feats = project_layer_outputs(
+        model, layers, x, proj_dim=proj_dim, batch_size=batch_size, seed=seed, device=device
+    )
+    members = [np.flatnonzero(labels == c) for c in classes]
+
+    jobs: list[tuple[int, int, int, int]] = []  # (pair index, class index, feature i-1, i)
+    for i in range(1, len(layers)):
+        for ci in range(len(classes)):
+            jobs.append((i, ci, i - 1, i))
+
+    def seed_of(i: int, ci: int) -> int:
+        return _derived_seed(seed, first_index + i, int(classes[ci]))
+
+    if _ray_wanted(use_ray):
+        import ray  # lazy: the science runs without Ray
+
+        remote = ray.remote(num_cpus=1)(_estimate_task)
+        # Slicing happens on the driver: per-class slices are small (N_y x d'), so shipping
+        # them as arguments is cheaper than a round trip through the object store.
+        futures = [
+            remote.remote(
+                feats[a][members[ci]],
+                feats[b][members[ci]],
+                estimator,
+                seed_of(i, ci),
+                estimator_kwargs,
+            )
+            for i, ci, a, b in jobs
+        ]
+        values = ray.get(futures)
+    else:
+        values = [
+            _estimate_task(
+                feats[a][members[ci]],
+                feats[b][members[ci]],
+                estimator,
+                seed_of(i, ci),
+                estimator_kwargs,
+            )
+            for i, ci, a, b in jobs
+        ]
+
+    per_pair = np.zeros(len(layers))
+    for (i, ci, _, _), v in zip(jobs, values, strict=True):
+        per_pair[i] += priors[ci] * v
+    return [
+        LayerPairMI(
+            j=first_index + i, prev=layers[i - 1][0], next=layers[i][0], bits=float(per_pair[i])
+        )
+        for i in range(1, len(layers))
+    ]
