@@ -1,0 +1,324 @@
+"""Model registry, forward-ordered trainable layers, and the f_a / f_b split of Algorithm 1.
+
+Every model created here takes images in [0, 1]: input normalisation is the first module of the
+model, so attacks work in pixel space and eps means what the paper says.
+
+Where a network is cut
+----------------------
+``split(model, fb_layers)`` makes f_b the last ``fb_layers`` trainable (Conv/Linear) layers in
+*execution* order, and f_a every module that runs before the first of them. The order is traced
+from a real forward pass, never taken from registration order. In torchvision's ResNet Bottleneck
+the execution order inside a block is conv1, conv2, conv3, then the downsample conv; a cut inside
+a block therefore freezes the block's modules that ran before the cut and trains the rest (the
+residual addition has no parameters, so nothing is ambiguous). A BatchNorm belongs to the side of
+the cut on which it runs.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torchvision
+from torch import nn
+
+TRAINABLE_TYPES = (nn.Conv2d, nn.Linear)
+
+#: Image size at and below which the 32x32 (CIFAR) variant of a torchvision model is built.
+SMALL_IMAGE_MAX = 64
+
+
+class ModelError(ValueError):
+    """A model name, size or split depth that cannot be built; the message is one line."""
+
+
+class Normalize(nn.Module):
+    """Per-channel ``(x - mean) / std`` so that the model itself accepts [0, 1] images."""
+
+    def __init__(self, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class ImageClassifier(nn.Module):
+    """``net(normalize(x))`` for x in [0, 1], remembering the input shape it was built for."""
+
+    def __init__(self, net: nn.Module, normalize: Normalize, input_shape: tuple[int, int, int]):
+        super().__init__()
+        self.normalize = normalize
+        self.net = net
+        self.input_shape = input_shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(x))
+
+
+ModelBuilder = Callable[[int, int, int], nn.Module]
+MODELS: dict[str, ModelBuilder] = {}
+
+
+def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Register ``builder(num_classes, image_size, in_channels) -> nn.Module`` under ``name``."""
+
+    def decorate(builder: ModelBuilder) -> ModelBuilder:
+        MODELS[name] = builder
+        return builder
+
+    return decorate
+
+
+def _first_conv(in_channels: int, out_channels: int, **kwargs) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, **kwargs)
+
+
+@register_model("smallcnn")
+def _smallcnn(num_classes: int, image_size: int, in_channels: int) -> nn.Module:
+    """Six trainable layers (4 conv + 2 linear) with BatchNorm; fast on CPU, works from 8x8."""
+
+    def block(cin: int, cout: int) -> list[nn.Module]:
+        return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+    return nn.Sequential(
+        *block(in_channels, 16),
+        *block(16, 32),
+        nn.MaxPool2d(2),
+        *block(32, 64),
+        *block(64, 64),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(256, 128),
+        nn.ReLU(),
+        nn.Linear(128, num_classes),
+    )
+
+
+@register_model("alexnet")
+def _alexnet(num_classes: int, image_size: int, in_channels: int) -> nn.Module:
+    """torchvision AlexNet (8 trainable layers); the 32x32 variant uses a 3x3 stride-2 stem."""
+    model = torchvision.models.alexnet(num_classes=num_classes)
+    if image_size <= SMALL_IMAGE_MAX:
+        # 11x11 stride 4 followed by three max-pools leaves nothing of a 32x32 image.
+        model.features[0] = _first_conv(in_channels, 64, kernel_size=3, stride=2, padding=1)
+        model.avgpool = nn.AdaptiveAvgPool2d((2, 2))
+        model.classifier[1] = nn.Linear(256 * 2 * 2, 4096)
+    elif in_channels != 3:
+        model.features[0] = _first_conv(in_channels, 64, kernel_size=11, stride=4, padding=2)
+    return model
+
+
+@register_model("vgg16")
+def _vgg16(num_classes: int, image_size: int, in_channels: int) -> nn.Module:
+    """torchvision VGG16 with BatchNorm (13 conv + 3 linear = 16 trainable layers).
+
+    The 32x32 variant keeps the three-layer classifier at width 512, the usual CIFAR VGG head,
+    instead of the 25088x4096 ImageNet head that would repeat one 1x1 feature map 49 times.
+    """
+    model = torchvision.models.vgg16_bn(num_classes=num_classes)
+    if in_channels != 3:
+        model.features[0] = _first_conv(in_channels, 64, kernel_size=3, padding=1)
+    if image_size <= SMALL_IMAGE_MAX:
+        model.avgpool = nn.AdaptiveAvgPool2d(1)
+        model.classifier = nn.Sequential(
+            nn.Linear(512, 512),
+            nn.ReLU(True),
+            nn.Dropout(),
+            nn.Linear(512, 512),
+            nn.ReLU(True),
+            nn.Dropout(),
+            nn.Linear(512, num_classes),
+        )
+    return model
+
+
+@register_model("resnet50")
+def _resnet50(num_classes: int, image_size: int, in_channels: int) -> nn.Module:
+    """torchvision ResNet50 (53 conv incl. 4 downsample + 1 linear = 54 trainable layers).
+
+    The 32x32 variant uses a 3x3 stride-1 stem without max-pool, as in the CIFAR ResNets.
+    """
+    model = torchvision.models.resnet50(num_classes=num_classes)
+    if image_size <= SMALL_IMAGE_MAX:
+        model.conv1 = _first_conv(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    elif in_channels != 3:
+        model.conv1 = _first_conv(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return model
+
+
+def create_model(
+    name: str,
+    num_classes: int,
+    image_size: int,
+    in_channels: int = 3,
+    *,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+) -> ImageClassifier:
+    """Build registered model ``name`` for ``image_size``x``image_size`` inputs in [0, 1].
+
+    ``mean``/``std`` (per channel, in [0, 1] pixel units) become the model's first module;
+    they default to 0.5 / 0.5. Raises :class:`ModelError` for an unknown name or an image too
+    small for the architecture.
+    """
+    if name not in MODELS:
+        close = difflib.get_close_matches(name, MODELS, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ModelError(f"unknown model '{name}'{hint}; valid models: {', '.join(sorted(MODELS))}")
+    if num_classes < 2:
+        raise ModelError(f"num_classes must be at least 2, got {num_classes}")
+    mean = list(mean) if mean is not None else [0.5] * in_channels
+    std = list(std) if std is not None else [0.5] * in_channels
+    net = MODELS[name](num_classes, image_size, in_channels)
+    model = ImageClassifier(net, Normalize(mean, std), (in_channels, image_size, image_size))
+    try:
+        _trace(model)
+    except RuntimeError as err:
+        raise ModelError(
+            f"model '{name}' cannot run on {in_channels}x{image_size}x{image_size} images "
+            f"({str(err).splitlines()[0]})"
+        ) from None
+    return model
+
+
+def _trace(model: nn.Module) -> list[str]:
+    """Names of the leaf modules with state, in the order a forward pass first calls them.
+
+    Runs one example in eval mode without autograd and restores every module's mode, so
+    BatchNorm statistics and train/eval flags are untouched.
+    """
+    order: list[str] = []
+    seen: set[str] = set()
+    handles = []
+    for name, module in model.named_modules():
+        if name and not any(True for _ in module.children()):
+
+            def hook(_m: nn.Module, _i: object, _o: object, name: str = name) -> None:
+                if name not in seen:
+                    seen.add(name)
+                    order.append(name)
+
+            handles.append(module.register_forward_hook(hook))
+    modes = {m: m.training for m in model.modules()}
+    param = next(model.parameters())
+    shape = getattr(model, "input_shape", None)
+    if shape is None:
+        raise ModelError("model has no input_shape; build it with create_model()")
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros((1, *shape), dtype=param.dtype, device=param.device))
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, mode in modes.items():
+            module.training = mode
+    return order
+
+
+def trainable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The Conv2d and Linear modules of ``model`` in forward (execution) order, with names."""
+    modules = dict(model.named_modules())
+    return [(n, modules[n]) for n in _trace(model) if isinstance(modules[n], TRAINABLE_TYPES)]
+
+
+def _force_eval(module: nn.Module, _inputs: object) -> None:
+    # A forward pre-hook, so f*_a behaves as in eval mode (running BN statistics, no dropout)
+    # even after somebody calls model.train(): frozen must mean frozen.
+    module.training = False
+
+
+@dataclass
+class Split:
+    """The result of :func:`split`: which modules form f_a and f_b, and the freezing hooks."""
+
+    model: nn.Module
+    fb_layers: int
+    num_layers: int
+    fa_modules: list[str]
+    fb_modules: list[str]
+    layers: list[tuple[str, nn.Module]]
+    _handles: list = field(default_factory=list, repr=False)
+
+    @property
+    def split_index(self) -> int:
+        """a, the number of trainable layers in f_a (paper numbering: f_a = layers 1..a)."""
+        return self.num_layers - self.fb_layers
+
+    def fb_parameters(self) -> list[nn.Parameter]:
+        """The parameters adversarial f_b training updates."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def fb_state(self) -> dict[str, torch.Tensor]:
+        """f_b's parameters and buffers only: what a trial checkpoints."""
+        state = self.model.state_dict()
+        prefixes = tuple(f"{m}." for m in self.fb_modules)
+        return {k: v.detach().clone() for k, v in state.items() if k.startswith(prefixes)}
+
+    def load_fb_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Load f_b weights saved by :meth:`fb_state`; keys outside f_b are refused."""
+        prefixes = tuple(f"{m}." for m in self.fb_modules)
+        expected = {k for k in self.model.state_dict() if k.startswith(prefixes)}
+        if set(state) != expected:
+            raise ModelError(
+                f"f_b state does not match this split (|f_b|={self.fb_layers}): "
+                f"{len(set(state) ^ expected)} keys differ"
+            )
+        self.model.load_state_dict(state, strict=False)
+
+    def release(self) -> None:
+        """Undo the freeze: remove the eval hooks and make every parameter trainable again."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        for p in self.model.parameters():
+            p.requires_grad_(True)
+
+
+def split(model: nn.Module, fb_layers: int) -> Split:
+    """Freeze f_a in place and return the :class:`Split` with f_b = last ``fb_layers`` layers.
+
+    f_a's parameters stop requiring gradients and its modules always run in eval mode, so
+    neither its weights nor its BatchNorm running statistics can change while f_b trains.
+    ``fb_layers`` must lie in 1..n where n is the model's number of trainable layers
+    (n makes f_a just the input normalisation).
+    """
+    layers = trainable_layers(model)
+    n = len(layers)
+    if isinstance(fb_layers, bool) or not isinstance(fb_layers, int) or not 1 <= fb_layers <= n:
+        raise ModelError(f"split depth |f_b|={fb_layers!r} is out of range: valid 1..{n}")
+    order = _trace(model)
+    # Parameter-free leaves (ReLU, pooling) have no state to freeze; Normalize has buffers.
+    first_fb = order.index(layers[n - fb_layers][0])
+    modules = dict(model.named_modules())
+    stateful = [
+        m
+        for m in order
+        if any(True for _ in modules[m].parameters()) or any(True for _ in modules[m].buffers())
+    ]
+    fa = [m for m in stateful if order.index(m) < first_fb]
+    fb = [m for m in stateful if order.index(m) >= first_fb]
+    untraced = [
+        name
+        for name, mod in model.named_modules()
+        if name
+        and name not in order
+        and not any(True for _ in mod.children())
+        and any(True for _ in mod.parameters(recurse=False))
+    ]
+    if untraced:
+        raise ModelError(f"modules with parameters never run in forward: {untraced[:3]}")
+    for p in model.parameters():
+        p.requires_grad_(True)
+    handles = []
+    for name in fa:
+        module = modules[name]
+        for p in module.parameters():
+            p.requires_grad_(False)
+        handles.append(module.register_forward_pre_hook(_force_eval))
+    return Split(model, fb_layers, n, fa, fb, layers, handles)

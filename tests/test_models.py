@@ -1,0 +1,104 @@
+"""Model registry, forward-ordered layer counts, and what "frozen f*_a" has to mean."""
+
+import pytest
+import torch
+from torch import nn
+
+from semirobust_ray.models import ModelError, create_model, split, trainable_layers
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "expected"),
+    [
+        ("smallcnn", 8, 6),
+        ("alexnet", 32, 8),
+        ("vgg16", 32, 16),
+        ("resnet50", 32, 54),
+        ("vgg16", 96, 16),
+        ("alexnet", 96, 8),
+    ],
+)
+def test_trainable_layer_counts(name, size, expected):
+    model = create_model(name, 10, size, 1 if size == 8 else 3)
+    layers = trainable_layers(model)
+    assert len(layers) == expected
+    assert all(isinstance(m, nn.Conv2d | nn.Linear) for _, m in layers)
+    assert isinstance(layers[-1][1], nn.Linear) and layers[-1][1].out_features == 10
+
+
+def test_resnet_layers_follow_execution_order_not_registration():
+    layers = [n for n, _ in trainable_layers(create_model("resnet50", 10, 32))]
+    block = [n for n in layers if n.startswith("net.layer1.0.")]
+    # torchvision registers downsample last too, but conv3 must precede it because it runs first
+    assert block == [f"net.layer1.0.{m}" for m in ("conv1", "conv2", "conv3", "downsample.0")]
+    assert layers.index("net.layer1.0.downsample.0") < layers.index("net.layer1.1.conv1")
+
+
+def test_models_take_unit_range_images_and_normalise_inside():
+    model = create_model("smallcnn", 10, 8, 1, mean=[0.3], std=[0.2]).eval()
+    x = torch.rand(4, 1, 8, 8)
+    expected = model.net((x - 0.3) / 0.2)
+    assert torch.allclose(model(x), expected)
+
+
+def test_bad_names_and_sizes_are_one_line_errors():
+    with pytest.raises(ModelError, match=r"unknown model 'vgg'.*did you mean 'vgg16'"):
+        create_model("vgg", 10, 32)
+    with pytest.raises(ModelError, match=r"cannot run on 1x8x8"):
+        create_model("vgg16", 10, 8, 1)
+
+
+@pytest.mark.parametrize("depth", [0, -1, 7, 2.5, True])
+def test_split_depth_out_of_range_states_valid_range(depth):
+    model = create_model("smallcnn", 10, 8, 1)
+    with pytest.raises(ModelError, match=r"valid 1\.\.6"):
+        split(model, depth)
+
+
+def _train_steps(model, params, steps=3):
+    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
+    model.train()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        x = torch.rand(16, 1, 8, 8, generator=gen)
+        y = torch.randint(0, 10, (16,), generator=gen)
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("depth", [1, 2, 5, 6])
+def test_frozen_fa_is_bit_identical_and_fb_changes(depth):
+    model = create_model("smallcnn", 10, 8, 1)
+    s = split(model, depth)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fb_keys = set(s.fb_state())
+    _train_steps(model, s.fb_parameters())
+    after = model.state_dict()
+    fa_keys = [k for k in before if k not in fb_keys]
+    assert fa_keys, "f_a always holds at least the input normalisation"
+    for k in fa_keys:  # parameters AND BatchNorm buffers, even though model.train() was called
+        assert torch.equal(before[k], after[k]), k
+    changed = [k for k in fb_keys if not torch.equal(before[k], after[k])]
+    assert any(k.endswith("weight") for k in changed)
+
+
+def test_split_cuts_resnet_block_in_execution_order():
+    model = create_model("resnet50", 10, 32)
+    # |f_b| = 2 in layer4.2: conv3 and fc; conv3's BatchNorm runs after conv3, so it is in f_b
+    s = split(model, 2)
+    assert s.fb_modules == ["net.layer4.2.conv3", "net.layer4.2.bn3", "net.fc"]
+    assert "net.layer4.2.bn2" in s.fa_modules
+    assert s.split_index == 52
+
+
+def test_fb_state_round_trip_and_release():
+    model = create_model("smallcnn", 10, 8, 1)
+    s = split(model, 2)
+    state = s.fb_state()
+    assert set(state) == {"net.15.weight", "net.15.bias", "net.17.weight", "net.17.bias"}
+    with pytest.raises(ModelError, match="does not match"):
+        s.load_fb_state({**state, "net.0.weight": torch.zeros(1)})
+    s.release()
+    assert all(p.requires_grad for p in model.parameters())
