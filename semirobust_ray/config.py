@@ -1,0 +1,279 @@
+"""The one place that holds every option of a search, its default, and its validation.
+
+A search-space YAML file and ``--set key=value`` overrides both become an
+:class:`ExperimentConfig`; every key is checked before any data is loaded or any model is built,
+and each mistake is reported as a one-line :class:`ConfigError` that names the key, the bad value
+and what would be valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SEARCH_ALGORITHMS = ("grid", "bisection", "optuna")
+SCHEDULERS = ("none", "asha")
+BASELINE_INITS = ("scratch", "regular")
+MI_ESTIMATORS = ("edge", "ksg")
+DEVICES = ("auto", "cpu", "cuda")
+TRAIN_METHODS = ("standard", "fast", "free")
+
+
+class ConfigError(ValueError):
+    """A bad key or value in a search configuration; the message is a single line."""
+
+
+def default_cache_dir() -> str:
+    """Where baselines are cached unless ``cache_dir`` says otherwise."""
+    base = os.environ.get("SEMIROBUST_CACHE", "~/.cache/semirobust_ray")
+    return str(Path(base).expanduser() / "baselines")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Every option of Algorithm 1 and its search; names follow the paper.
+
+    Accuracies and the tolerance ``k`` are fractions in [0, 1]. ``eps`` and ``alpha`` are in
+    [0, 1] pixel units (8/255 is the paper's smallest budget). Defaults are the authors' released
+    settings (E = 10, T = 10, batch 512, SGD lr 0.01, momentum 0.9, weight decay 5e-4, k = 0.05,
+    PGD eps 8/255, step 1/255, 10 steps).
+    """
+
+    # what is searched
+    model: str = "smallcnn"
+    dataset: str = "digits"
+    data_path: str | None = None  # npz file or imagefolder directory
+    data_root: str | None = None  # torchvision datasets (cifar10, cifar100, imagenette)
+    download: bool = False
+    image_size: int | None = None
+    val_fraction: float = 0.1
+    max_train: int | None = None
+    max_test: int | None = None
+    # the threat model: training attack and the attack Acc*, Acc_sr, Acc are measured with
+    attack: str = "pgd"
+    eps: float = 8 / 255
+    alpha: float = 1 / 255
+    steps: int = 10
+    eval_attack: str | None = None  # None: the training attack
+    eval_samples: int | None = None  # cap on val/test images attacked per evaluation
+    # Algorithm 1
+    split_depths: tuple[int, ...] | None = None  # candidate |f_b|; None: every depth 1..n
+    epochs: int = 10  # E
+    k: float = 0.05
+    seeds: int = 10  # T
+    seed: int = 0
+    train_method: str = "standard"
+    # optimisation
+    batch_size: int = 512
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    # the baseline (regular then adversarial training of the full network)
+    baseline_epochs: int = 10
+    baseline_adv_epochs: int = 10
+    baseline_init: str = "scratch"
+    cache_dir: str = field(default_factory=default_cache_dir)
+    # mutual information (the rho values)
+    mi: bool = True
+    mi_estimator: str = "edge"
+    mi_proj_dim: int | None = None
+    mi_samples: int | None = None
+    # search and resources
+    search: str = "grid"
+    scheduler: str = "none"
+    device: str = "auto"
+    gpus_per_trial: float = 0.0
+    cpus_per_trial: int = 1
+    mi_cpus: int = 1
+    max_concurrent: int | None = None
+    max_failures: int = 2
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ExperimentConfig:
+        """Build a config from user keys, rejecting unknown ones with the closest valid key."""
+        if not isinstance(values, Mapping):
+            raise ConfigError(
+                f"a config must be a mapping of key: value, got {type(values).__name__}"
+            )
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hints.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+            raise ConfigError(
+                f"unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(hints)}; "
+                f"valid keys: {', '.join(sorted(known))}"
+            )
+        values = dict(values)
+        if isinstance(values.get("split_depths"), list):
+            values["split_depths"] = tuple(values["split_depths"])
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML/JSON-serialisable values."""
+        out = dataclasses.asdict(self)
+        if out["split_depths"] is not None:
+            out["split_depths"] = list(out["split_depths"])
+        return out
+
+    def replace(self, **changes: Any) -> ExperimentConfig:
+        """A validated copy with ``changes`` applied."""
+        return ExperimentConfig.from_dict({**self.to_dict(), **changes})
+
+    @property
+    def eval_attack_name(self) -> str:
+        """The attack Acc*, Acc_sr and Acc are measured with."""
+        return self.eval_attack or self.attack
+
+
+def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
+    """Parse ``key=value`` strings; values are YAML (``split_depths=[2,4]``, ``eps=0.03``)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set '{pair}' is not of the form key=value")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ConfigError(f"--set {pair}: value is not valid YAML ({problem})") from None
+    return out
+
+
+def load_config(path: str | os.PathLike | None, overrides: Iterable[str] = ()) -> ExperimentConfig:
+    """Read a search-space YAML file (``yaml.safe_load``), apply ``--set`` overrides, validate."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file '{path}' does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or "parse error"
+            raise ConfigError(f"config file '{path}' is not valid YAML{where}: {problem}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file '{path}' must hold a mapping of key: value")
+        values.update(loaded)
+    values.update(parse_overrides(overrides))
+    return ExperimentConfig.from_dict(values)
+
+
+# --- validation ---------------------------------------------------------------------------
+
+
+def _choice(name: str, value: Any, valid: Iterable[str]) -> None:
+    valid = sorted(valid)
+    if value not in valid:
+        close = difflib.get_close_matches(str(value), valid, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"{name}: unknown value '{value}'{hint}; valid: {', '.join(valid)}")
+
+
+def _number(
+    name: str,
+    value: Any,
+    *,
+    integer: bool = False,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    optional: bool = False,
+) -> None:
+    if value is None and optional:
+        return
+    kind = "an integer" if integer else "a number"
+    ok_type = isinstance(value, int) if integer else isinstance(value, int | float)
+    if isinstance(value, bool) or not ok_type or (not integer and not math.isfinite(value)):
+        raise ConfigError(f"{name}: expected {kind}, got {value!r}")
+    lo = "(" if low_open else "["
+    hi = ")" if high_open else "]"
+    rng = f"{lo}{low if low is not None else '-inf'}, {high if high is not None else 'inf'}{hi}"
+    if low is not None and (value < low or (low_open and value == low)):
+        raise ConfigError(f"{name}={value} is out of range: valid {rng}")
+    if high is not None and (value > high or (high_open and value == high)):
+        raise ConfigError(f"{name}={value} is out of range: valid {rng}")
+
+
+def _validate(c: ExperimentConfig) -> None:
+    # Registries are imported here, not at module level, so that reading a config stays cheap.
+    from semirobust_ray.attacks import ATTACKS
+    from semirobust_ray.data import DATASETS
+    from semirobust_ray.models import MODELS
+
+    for name in ("model", "dataset", "attack"):
+        if not isinstance(getattr(c, name), str):
+            raise ConfigError(f"{name}: expected a name, got {getattr(c, name)!r}")
+    _choice("model", c.model, MODELS)
+    _choice("dataset", c.dataset, DATASETS)
+    _choice("attack", c.attack, ATTACKS)
+    if c.eval_attack is not None:
+        _choice("eval_attack", c.eval_attack, ATTACKS)
+    _choice("search", c.search, SEARCH_ALGORITHMS)
+    _choice("scheduler", c.scheduler, SCHEDULERS)
+    _choice("baseline_init", c.baseline_init, BASELINE_INITS)
+    _choice("mi_estimator", c.mi_estimator, MI_ESTIMATORS)
+    _choice("device", c.device, DEVICES)
+    _choice("train_method", c.train_method, TRAIN_METHODS)
+    for name in ("download", "mi"):
+        if not isinstance(getattr(c, name), bool):
+            raise ConfigError(f"{name}: expected true or false, got {getattr(c, name)!r}")
+    for name in ("data_path", "data_root"):
+        value = getattr(c, name)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{name}: expected a path, got {value!r}")
+    if c.dataset in ("npz", "imagefolder") and not c.data_path:
+        raise ConfigError(f"dataset '{c.dataset}' needs data_path (the file or directory to read)")
+    _number("eps", c.eps, low=0, high=1, low_open=True)
+    _number("alpha", c.alpha, low=0, high=1, low_open=True)
+    _number("steps", c.steps, integer=True, low=1)
+    _number("epochs", c.epochs, integer=True, low=1)
+    _number("k", c.k, low=0, high=1, high_open=True)
+    _number("seeds", c.seeds, integer=True, low=1)
+    _number("seed", c.seed, integer=True, low=0, high=2**31 - 1)
+    _number("batch_size", c.batch_size, integer=True, low=1)
+    _number("lr", c.lr, low=0, low_open=True)
+    _number("momentum", c.momentum, low=0, high=1, high_open=True)
+    _number("weight_decay", c.weight_decay, low=0)
+    _number("baseline_epochs", c.baseline_epochs, integer=True, low=1)
+    _number("baseline_adv_epochs", c.baseline_adv_epochs, integer=True, low=1)
+    _number("val_fraction", c.val_fraction, low=0, high=1, low_open=True, high_open=True)
+    _number("image_size", c.image_size, integer=True, low=8, optional=True)
+    for name in ("max_train", "max_test", "eval_samples", "mi_samples", "max_concurrent"):
+        _number(name, getattr(c, name), integer=True, low=1, optional=True)
+    _number("mi_proj_dim", c.mi_proj_dim, integer=True, low=1, optional=True)
+    _number("gpus_per_trial", c.gpus_per_trial, low=0)
+    _number("cpus_per_trial", c.cpus_per_trial, integer=True, low=1)
+    _number("mi_cpus", c.mi_cpus, integer=True, low=0)
+    _number("max_failures", c.max_failures, integer=True, low=0)
+    if c.split_depths is not None:
+        depths = c.split_depths
+        if not isinstance(depths, tuple) or not depths:
+            raise ConfigError(
+                f"split_depths: expected a non-empty list of integers, got {depths!r}"
+            )
+        for d in depths:
+            _number("split_depths entry", d, integer=True, low=1)
+        if len(set(depths)) != len(depths):
+            raise ConfigError(f"split_depths: {list(depths)} lists a depth twice")
+    if not isinstance(c.cache_dir, str) or not c.cache_dir:
+        raise ConfigError(f"cache_dir: expected a directory path, got {c.cache_dir!r}")

@@ -1,0 +1,87 @@
+"""Every bad key or value is rejected before compute, with a one-line message that helps."""
+
+import pytest
+
+from semirobust_ray.config import ConfigError, ExperimentConfig, load_config, parse_overrides
+
+
+def test_defaults_are_the_authors_settings():
+    c = ExperimentConfig()
+    assert (c.epochs, c.seeds, c.batch_size, c.lr, c.momentum, c.weight_decay, c.k) == (
+        10,
+        10,
+        512,
+        0.01,
+        0.9,
+        5e-4,
+        0.05,
+    )
+    assert c.eps == pytest.approx(8 / 255) and c.alpha == pytest.approx(1 / 255) and c.steps == 10
+
+
+@pytest.mark.parametrize(
+    ("values", "pattern"),
+    [
+        ({"model": "resnet"}, r"model: unknown value 'resnet' \(did you mean 'resnet50'\?\)"),
+        ({"dataset": "cifar"}, r"dataset: unknown value 'cifar'.*valid: .*cifar10"),
+        ({"attack": "pgdd"}, r"attack: unknown value 'pgdd' \(did you mean 'pgd'\?\)"),
+        ({"search": "random"}, r"search: unknown value 'random'.*bisection, grid, optuna"),
+        ({"epochs": 0}, r"epochs=0 is out of range: valid \[1, inf\]"),
+        ({"epochs": -3}, r"epochs=-3 is out of range"),
+        ({"k": 1.5}, r"k=1.5 is out of range: valid \[0, 1\)"),
+        ({"k": -0.1}, r"k=-0.1 is out of range"),
+        ({"eps": -0.01}, r"eps=-0.01 is out of range: valid \(0, 1\]"),
+        ({"eps": 2}, r"eps=2 is out of range"),
+        ({"alpha": 0}, r"alpha=0 is out of range"),
+        ({"steps": 0}, r"steps=0 is out of range"),
+        ({"split_depths": [0, 2]}, r"split_depths entry=0 is out of range"),
+        ({"split_depths": [2, 2]}, r"lists a depth twice"),
+        ({"split_depths": []}, r"non-empty list"),
+        ({"lr": "fast"}, r"lr: expected a number, got 'fast'"),
+        ({"seeds": 1.5}, r"seeds: expected an integer"),
+        ({"mi": "yes"}, r"mi: expected true or false"),
+        ({"dataset": "npz"}, r"dataset 'npz' needs data_path"),
+        ({"epoch": 3}, r"unknown config key 'epoch' \(did you mean 'epochs'\?\)"),
+    ],
+)
+def test_bad_values_name_key_value_and_valid_choices(values, pattern):
+    with pytest.raises(ConfigError, match=pattern) as info:
+        ExperimentConfig.from_dict(values)
+    assert "\n" not in str(info.value)
+
+
+def test_yaml_file_and_overrides(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text("model: smallcnn\nsplit_depths: [1, 3]\nepochs: 2\n")
+    c = load_config(path, ["split_depths=[2,4,6]", "k=0.1", "eval_attack=fgsm"])
+    assert c.split_depths == (2, 4, 6) and c.epochs == 2 and c.k == 0.1
+    assert c.eval_attack_name == "fgsm"
+    assert ExperimentConfig.from_dict(c.to_dict()) == c
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="is not valid YAML at line"):
+        load_config(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(listy)
+    keys = tmp_path / "keys.yaml"
+    keys.write_text("modle: vgg16\nfoo: 1\n")
+    with pytest.raises(ConfigError, match=r"unknown config keys 'foo', 'modle' \(did you mean"):
+        load_config(keys)
+
+
+def test_override_parsing_errors():
+    assert parse_overrides(["eps=0.03", "split_depths=[1, 2]"]) == {
+        "eps": 0.03,
+        "split_depths": [1, 2],
+    }
+    with pytest.raises(ConfigError, match="not of the form key=value"):
+        parse_overrides(["eps"])
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        parse_overrides(["split_depths=[1,2"])
