@@ -1,0 +1,181 @@
+"""Stage 1 of Algorithm 1: regular, then adversarial training of the whole network, cached.
+
+The regular weights give every trial its starting f_b; the adversarial weights give the frozen
+f*_a and the target robust accuracy Acc*. Both are expensive, so they are stored on disk under a
+key made of everything that determines them (config fields, the exact data, the code version)
+and a second search with the same settings reuses them. Each cache entry carries SHA-256 sums of
+its weight files; an entry that fails them is rebuilt, never silently used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from semirobust_ray import __version__
+from semirobust_ray.experiment import Experiment
+from semirobust_ray.storage import CorruptFileError, load_state, read_json, save_state, write_json
+from semirobust_ray.training import evaluate, make_optimizer, seed_everything, train_epoch
+
+#: Bump when a change to training or evaluation makes cached baselines stale.
+CACHE_VERSION = 1
+
+#: Config fields that determine the baseline; anything else (split depths, k, E, T, search,
+#: resources) leaves it unchanged.
+BASELINE_FIELDS = (
+    "model",
+    "dataset",
+    "image_size",
+    "val_fraction",
+    "max_train",
+    "max_test",
+    "attack",
+    "eps",
+    "alpha",
+    "steps",
+    "eval_attack",
+    "eval_samples",
+    "seed",
+    "batch_size",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "baseline_epochs",
+    "baseline_adv_epochs",
+    "baseline_init",
+)
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BaselineMetrics:
+    """What stage 1 measured; accuracies are fractions, robust ones under the eval attack."""
+
+    acc_star: float  # Acc*: robust test accuracy of (f*_a, f*_b)
+    acc_star_val: float  # the same on the validation split, which trials stop against
+    clean_acc_robust: float
+    clean_acc_regular: float
+    robust_acc_regular: float
+    seconds: float
+
+
+@dataclass
+class Baseline:
+    """Regular and adversarially trained weights of the full network, with their metrics."""
+
+    key: str
+    path: Path
+    regular_state: dict[str, torch.Tensor]
+    robust_state: dict[str, torch.Tensor]
+    metrics: BaselineMetrics
+    reused: bool = False
+
+    @property
+    def acc_star(self) -> float:
+        return self.metrics.acc_star
+
+
+def baseline_key(exp: Experiment) -> str:
+    """Cache key: baseline-relevant config fields, the data's fingerprint and the code version."""
+    c = exp.config.to_dict()
+    fields = {name: c[name] for name in BASELINE_FIELDS}
+    fields.update(
+        eval_attack=exp.config.eval_attack_name,
+        data=exp.data_fingerprint,
+        version=__version__,
+        cache_version=CACHE_VERSION,
+    )
+    blob = json.dumps(fields, sort_keys=True).encode()
+    return f"{exp.config.model}-{exp.config.dataset}-{hashlib.sha256(blob).hexdigest()[:16]}"
+
+
+def load_baseline(path: Path) -> Baseline:
+    """Read a cache entry, verifying both weight files against their recorded checksums."""
+    meta = read_json(path / "baseline.json")
+    try:
+        regular = load_state(path / "regular.pt", meta["sha256"]["regular.pt"])
+        robust = load_state(path / "robust.pt", meta["sha256"]["robust.pt"])
+        metrics = BaselineMetrics(**meta["metrics"])
+    except (KeyError, TypeError) as err:
+        raise CorruptFileError(f"{path / 'baseline.json'} is incomplete ({err})") from None
+    return Baseline(meta["key"], path, regular, robust, metrics, reused=True)
+
+
+def get_baseline(exp: Experiment, *, log: Log = print, cache_dir: str | None = None) -> Baseline:
+    """Return the cached baseline for ``exp`` or train it (regular, then adversarial) and cache it."""
+    key = baseline_key(exp)
+    path = Path(cache_dir or exp.config.cache_dir).expanduser() / key
+    if (path / "baseline.json").exists():
+        try:
+            baseline = load_baseline(path)
+            log(f"[baseline] reusing {path} (Acc* = {baseline.acc_star:.4f})")
+            return baseline
+        except CorruptFileError as err:
+            log(f"[baseline] cache entry is damaged, rebuilding it: {err}")
+    baseline = train_baseline(exp, key=key, path=path, log=log)
+    save_baseline(baseline)
+    return baseline
+
+
+def save_baseline(baseline: Baseline) -> None:
+    """Write weights first and the metadata (with their checksums) last, each atomically.
+
+    A crash between the writes leaves no ``baseline.json`` pointing at unfinished weights.
+    """
+    sums = {
+        "regular.pt": save_state(baseline.path / "regular.pt", baseline.regular_state),
+        "robust.pt": save_state(baseline.path / "robust.pt", baseline.robust_state),
+    }
+    meta = {"key": baseline.key, "metrics": asdict(baseline.metrics), "sha256": sums}
+    write_json(baseline.path / "baseline.json", meta)
+
+
+def train_baseline(exp: Experiment, *, key: str, path: Path, log: Log = print) -> Baseline:
+    """Regular training of the full network, then adversarial training; measure Acc*."""
+    c = exp.config
+    start = time.perf_counter()
+    gen = seed_everything(c.seed)
+    model = exp.build_model()
+    opt = make_optimizer(list(model.parameters()), c.lr, c.momentum, c.weight_decay)
+    kw = {"batch_size": c.batch_size, "device": exp.device}
+    d = exp.data
+    for epoch in range(1, c.baseline_epochs + 1):
+        stats = train_epoch(model, d.x_train, d.y_train, opt, generator=gen, **kw)
+        log(f"[baseline] regular epoch {epoch}/{c.baseline_epochs}: loss {stats.loss:.4f}")
+    regular_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    x_test, y_test = exp.eval_split("test")
+    clean_regular = evaluate(model, d.x_test, d.y_test, **kw)
+    robust_regular = evaluate(model, x_test, y_test, attack=exp.eval_attack(model, c.seed), **kw)
+    log(f"[baseline] regular: clean {clean_regular:.4f}, robust {robust_regular:.4f}")
+
+    if c.baseline_init == "scratch":
+        seed_everything(c.seed + 1)
+        model = exp.build_model()
+    opt = make_optimizer(list(model.parameters()), c.lr, c.momentum, c.weight_decay)
+    attack = exp.train_attack(model, c.seed)
+    for epoch in range(1, c.baseline_adv_epochs + 1):
+        stats = train_epoch(model, d.x_train, d.y_train, opt, generator=gen, attack=attack, **kw)
+        log(f"[baseline] adversarial epoch {epoch}/{c.baseline_adv_epochs}: loss {stats.loss:.4f}")
+    robust_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    x_val, y_val = exp.eval_split("val")
+    eval_attack = exp.eval_attack(model, c.seed)
+    metrics = BaselineMetrics(
+        acc_star=evaluate(model, x_test, y_test, attack=eval_attack, **kw),
+        acc_star_val=evaluate(model, x_val, y_val, attack=eval_attack, **kw),
+        clean_acc_robust=evaluate(model, d.x_test, d.y_test, **kw),
+        clean_acc_regular=clean_regular,
+        robust_acc_regular=robust_regular,
+        seconds=time.perf_counter() - start,
+    )
+    log(
+        f"[baseline] Acc* = {metrics.acc_star:.4f} (val {metrics.acc_star_val:.4f}), "
+        f"clean {metrics.clean_acc_robust:.4f}, {metrics.seconds:.1f} s"
+    )
+    return Baseline(key, path, regular_state, robust_state, metrics)

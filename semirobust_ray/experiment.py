@@ -1,0 +1,105 @@
+"""Turn a validated config into the things Algorithm 1 works on: data, models, attacks, device.
+
+Everything a user can get wrong about the data or the split depths is checked here, once, before
+any training starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+
+from semirobust_ray.attacks import create_attack
+from semirobust_ray.config import ConfigError, ExperimentConfig
+from semirobust_ray.data import DataSplits, load_dataset
+from semirobust_ray.models import ImageClassifier, create_model, trainable_layers
+from semirobust_ray.training import AttackFn, resolve_device
+
+
+@dataclass
+class Experiment:
+    """A config with its data loaded and its model architecture checked."""
+
+    config: ExperimentConfig
+    data: DataSplits
+    device: torch.device
+    num_layers: int
+
+    @property
+    def split_depths(self) -> list[int]:
+        """Candidate |f_b| values, ascending (every depth 1..n when the config names none)."""
+        depths = self.config.split_depths or range(1, self.num_layers + 1)
+        return sorted(depths)
+
+    def build_model(self) -> ImageClassifier:
+        """A fresh model with normalisation from the training images' per-channel statistics."""
+        return create_model(
+            self.config.model,
+            self.data.num_classes,
+            self.data.image_size,
+            self.data.in_channels,
+            mean=self._channel_stats[0],
+            std=self._channel_stats[1],
+        ).to(self.device)
+
+    @cached_property
+    def _channel_stats(self) -> tuple[list[float], list[float]]:
+        x = self.data.x_train.float().div(255)
+        mean = x.mean(dim=(0, 2, 3))
+        std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+        return mean.tolist(), std.tolist()
+
+    def train_attack(self, model: torch.nn.Module, seed: int) -> AttackFn:
+        """The attack adversarial training uses (``attack``, ``eps``, ``alpha``, ``steps``)."""
+        c = self.config
+        return create_attack(c.attack, model, eps=c.eps, alpha=c.alpha, steps=c.steps, seed=seed)
+
+    def eval_attack(self, model: torch.nn.Module, seed: int) -> AttackFn:
+        """The attack Acc*, Acc_sr and Acc are measured with (``eval_attack``)."""
+        c = self.config
+        return create_attack(
+            c.eval_attack_name, model, eps=c.eps, alpha=c.alpha, steps=c.steps, seed=seed
+        )
+
+    def eval_split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``val`` or ``test`` images (capped at ``eval_samples``) robust accuracy uses."""
+        x, y = getattr(self.data, f"x_{split}"), getattr(self.data, f"y_{split}")
+        cap = self.config.eval_samples
+        return (x[:cap], y[:cap]) if cap is not None else (x, y)
+
+    @cached_property
+    def data_fingerprint(self) -> str:
+        """A hash of the exact images and labels, so a cache never outlives its data."""
+        h = hashlib.sha256()
+        for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
+            h.update(getattr(self.data, name).contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+def prepare(config: ExperimentConfig) -> Experiment:
+    """Load the data and check the model and split depths; fails fast with a one-line error."""
+    c = config
+    data = load_dataset(
+        c.dataset,
+        root=c.data_root,
+        path=c.data_path,
+        val_fraction=c.val_fraction,
+        seed=c.seed,
+        download=c.download,
+        image_size=c.image_size,
+        max_train=c.max_train,
+        max_test=c.max_test,
+    )
+    device = resolve_device(c.device)
+    model = create_model(c.model, data.num_classes, data.image_size, data.in_channels)
+    n = len(trainable_layers(model))
+    bad = [d for d in (c.split_depths or ()) if not 1 <= d <= n]
+    if bad:
+        raise ConfigError(
+            f"split_depths {bad} out of range for {c.model}: it has {n} trainable layers, "
+            f"valid |f_b| is 1..{n}"
+        )
+    return Experiment(c, data, device, n)
