@@ -43,9 +43,12 @@ for a true 4.79. The causes and our changes:
    the first-order finite-sample bias of the plug-in MI and lets the buckets stay small. The
    reference's pointwise floor of 0.001 bits (which turns every negative pointwise term positive
    and so biases independent data upwards) is available as ``floor=0.001`` but off by default.
-4. *Speed.* Bucket ids are exact mixed-radix int64 keys counted with ``np.unique`` (sort based);
+4. *Projection size.* d' = floor(log2(N/10) / 2) per variable instead of floor(log2(N/10)):
+   with the reference's rule the joint grid has at least (N/10)^2 cells, so joint buckets are
+   singletons whatever the width (see :func:`default_proj_dim`).
+5. *Speed.* Bucket ids are exact mixed-radix int64 keys counted with ``np.unique`` (sort based);
    the reference builds Python dicts of index lists sample by sample.
-5. *Bounds.* The result is clipped to [0, min(cap, log2 N)]; a plug-in MI can never exceed
+6. *Bounds.* The result is clipped to [0, min(cap, log2 N)]; a plug-in MI can never exceed
    log2 N anyway, the clip only guards the bias correction and the ensemble.
 
 What bucket widths cannot fix: any histogram estimator underestimates large MI in several
@@ -116,12 +119,14 @@ def _check_pair(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def default_proj_dim(n_samples: int, dim: int) -> int:
-    """EDGE's projection size d' = min(d, floor(log2(N / 10))), at least 1.
+    """Projection size d' = min(d, floor(log2(N / 10) / 2)), at least 1, for each variable.
 
-    The log rule keeps the number of occupied buckets sub-linear in N; beyond it the buckets are
-    singletons whatever the width.
+    The reference uses floor(log2(N / 10)) per variable; then even at two buckets per coordinate
+    the joint grid has (N/10)^2 cells, nearly all joint buckets are singletons and independent
+    data reads as dependent (50-D independent Gaussians, N = 10,000: 0.41 bits at d' = 6 versus
+    0.14 at d' = 4). Halving the exponent keeps 2^(dx' + dy') <= N / 10.
     """
-    rule = math.floor(math.log2(n_samples / 10.0)) if n_samples > 10 else 1
+    rule = math.floor(math.log2(n_samples / 10.0) / 2.0) if n_samples > 10 else 1
     return int(max(1, min(dim, rule)))
 
 
@@ -237,7 +242,8 @@ def edge_mi(
         seed: seeds the projection and the bucket offsets (``np.random.default_rng``); the same
             seed always gives the same value, in any process.
         proj_dim: d' of the p-stable projection, for both variables; ``None`` uses
-            min(d, floor(log2(N/10))). Data with at most d' columns is not projected.
+            :func:`default_proj_dim` (EDGE's log rule, halved for the joint space). Data with
+            at most d' columns is not projected.
         n_widths: ensemble size L; widths epsilon * t, t in linspace(1, 1 + width_ratio, L),
             each with its own random offset b ~ U[0, width).
         width_ratio: relative spread of the ensemble widths (EDGE's 0.1).
@@ -394,12 +400,14 @@ def project_layer_outputs(
     proj_dim: int,
     batch_size: int = 256,
     seed: int = 0,
+    first_index: int = 1,
     device: str | torch.device = "cpu",
 ) -> list[np.ndarray]:
     """Run ``model`` over ``x`` and return every hooked layer's output projected to <= proj_dim dims.
 
     Each batch's output is flattened and multiplied by a fixed Gaussian matrix W_l (D_l x d',
-    entries N(0, 1/D_l), drawn from a generator seeded by (seed, layer position)) inside the
+    entries N(0, 1/D_l), drawn from a generator seeded by (seed, layer number), the layer number
+    being ``first_index`` + position, so a sliced layer list reuses the same matrices) inside the
     forward hook, so only N x d' floats per layer are ever kept; a layer with D_l <= d' is kept
     as is. The model must already be on ``device``; its mode, parameters and buffers are not
     touched, and the hooks are removed even if the forward pass fails.
@@ -423,7 +431,9 @@ def project_layer_outputs(
                 if dim <= proj_dim:
                     identity[pos] = True
                 else:
-                    gen = torch.Generator(device="cpu").manual_seed(_derived_seed(seed, pos))
+                    gen = torch.Generator(device="cpu").manual_seed(
+                        _derived_seed(seed, first_index + pos)
+                    )
                     w = torch.randn(dim, proj_dim, generator=gen) / math.sqrt(dim)
                     weights[pos] = w.to(flat.device)
             w = weights[pos]
@@ -487,8 +497,8 @@ def layer_mi(
         y: true labels, N int64.
         first_index: 1-based layer number of ``layers[0]``; pair i gets j = first_index + i.
         batch_size: forward batch size; memory is O(batch * D + N * d') per layer.
-        proj_dim: d' of the per-layer projection; ``None`` uses EDGE's rule
-            floor(log2(N_y / 10)) for the largest class N_y.
+        proj_dim: d' of the per-layer projection; ``None`` uses :func:`default_proj_dim` of
+            the largest class size (1 for ~100 samples per class, 3 for 1,000).
         seed: base seed; each estimate uses a seed derived from (seed, j, class), so results do
             not depend on execution order or process.
         estimator: ``"edge"`` (default) or ``"ksg"``.
@@ -514,7 +524,14 @@ def layer_mi(
     if proj_dim is None:
         proj_dim = default_proj_dim(int(counts.max()), 1 << 30)
     feats = project_layer_outputs(
-        model, layers, x, proj_dim=proj_dim, batch_size=batch_size, seed=seed, device=device
+        model,
+        layers,
+        x,
+        proj_dim=proj_dim,
+        batch_size=batch_size,
+        seed=seed,
+        first_index=first_index,
+        device=device,
     )
     members = [np.flatnonzero(labels == c) for c in classes]
 
