@@ -1,0 +1,308 @@
+"""Benchmark of semirobust_ray.mi: accuracy and speed of our EDGE against third-party KSG,
+scaling with N, Ray speed-up of layer MI, and time / peak memory of a VGG16's layer MI.
+
+Usage:
+    python benchmarks/bench_mi.py [--quick] [--json FILE]
+
+``--quick`` uses smaller N and skips the slowest parts (for CI smoke runs); the numbers in
+BENCHMARKS.md come from a full run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# Reference EDGE_4_4_1.py (Noshad), measured on a 2-core CPU with N = 20,000 (issue 4); the code
+# itself is not part of this repository.
+REFERENCE_EDGE_20K = {
+    (1, 0.0): 0.001,
+    (1, 0.5): 0.355,
+    (1, 0.9): 1.338,
+    (1, 0.99): 2.828,
+    (4, 0.0): 1.89,
+    (4, 0.5): 8.63,
+    (4, 0.9): 10.0,
+}
+REFERENCE_EDGE_SECONDS = 5.5
+CIFAR = Path("/work/shared/datasets/cifar10_subset.npz")
+
+
+def gaussian_pair(n: int, d: int, r: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray, float]:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d))
+    y = r * x + math.sqrt(1.0 - r * r) * rng.standard_normal((n, d))
+    return x, y, -0.5 * d * math.log2(1.0 - r * r)
+
+
+def timed(fn, *args, repeat: int = 1, **kw) -> tuple[float, float]:
+    """(value, best wall time of ``repeat`` runs)."""
+    best = math.inf
+    value = math.nan
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        value = fn(*args, **kw)
+        best = min(best, time.perf_counter() - t0)
+    return value, best
+
+
+def bench_accuracy(n: int) -> list[dict]:
+    from sklearn.feature_selection import mutual_info_regression
+
+    from semirobust_ray.mi import edge_mi, ksg_mi
+
+    def sklearn_ksg(x: np.ndarray, y: np.ndarray) -> float:
+        # scikit-learn's KSG handles a 1-D target only; it returns nats.
+        nats = mutual_info_regression(x, y.ravel(), n_neighbors=3, random_state=0)[0]
+        return nats / math.log(2.0)
+
+    rows = []
+    for d, r in [(1, 0.0), (1, 0.5), (1, 0.9), (1, 0.99), (4, 0.0), (4, 0.5), (4, 0.9)]:
+        x, y, true = gaussian_pair(n, d, r)
+        edge, t_edge = timed(edge_mi, x, y, repeat=3)
+        ksg, t_ksg = timed(ksg_mi, x, y)
+        row = {
+            "d": d,
+            "r": r,
+            "n": n,
+            "true": true,
+            "edge": edge,
+            "edge_s": t_edge,
+            "ksg_ours": ksg,
+            "ksg_ours_s": t_ksg,
+        }
+        if d == 1:
+            sk, t_sk = timed(sklearn_ksg, x, y, repeat=3)
+            row.update(sklearn_ksg=sk, sklearn_ksg_s=t_sk)
+        if n == 20000:
+            row["reference_edge"] = REFERENCE_EDGE_20K[(d, r)]
+        rows.append(row)
+    return rows
+
+
+def bench_scaling(ns: list[int]) -> list[dict]:
+    from semirobust_ray.mi import edge_mi
+
+    out = []
+    for n in ns:
+        x, y, true = gaussian_pair(n, 4, 0.5, seed=1)
+        # Fixed d' = 4 so every N solves the same 4-D problem (the default rule projects small N).
+        est, t = timed(edge_mi, x, y, proj_dim=4, repeat=2)
+        out.append({"n": n, "seconds": t, "edge": est, "true": true})
+    return out
+
+
+def bench_ray(n: int) -> dict:
+    """Sequential vs Ray-task layer MI on a 6-layer MLP (10 classes, 5 pairs -> 50 estimates)."""
+    import ray
+    import torch
+
+    from semirobust_ray.mi import layer_mi
+
+    torch.manual_seed(0)
+    mods = [torch.nn.Linear(64, 256)] + [torch.nn.Linear(256, 256) for _ in range(4)]
+    mods.append(torch.nn.Linear(256, 10))
+    seq: list[torch.nn.Module] = []
+    for m in mods:
+        seq += [m, torch.nn.ReLU()]
+    model = torch.nn.Sequential(*seq[:-1]).eval()
+    layers = [(str(i), m) for i, m in enumerate(model) if isinstance(m, torch.nn.Linear)]
+    x = torch.randn(n, 64)
+    y = torch.arange(n) % 10
+    result: dict = {"n": n, "pairs": len(layers) - 1, "classes": 10}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        for est, kw in [("edge", {"proj_dim": 4}), ("ksg", {"proj_dim": 4})]:
+            # Warm the workers (torch import) so the timing is the steady state of a trial.
+            layer_mi(model, layers, x, y, first_index=1, use_ray=True, estimator=est, **kw)
+            s, t_seq = timed(
+                layer_mi, model, layers, x, y, first_index=1, use_ray=False, estimator=est, **kw
+            )
+            p, t_ray = timed(
+                layer_mi, model, layers, x, y, first_index=1, use_ray=True, estimator=est, **kw
+            )
+            result[est] = {
+                "sequential_s": t_seq,
+                "ray_s": t_ray,
+                "speedup": t_seq / t_ray,
+                "identical": s == p,
+            }
+    finally:
+        ray.shutdown()
+    return result
+
+
+def vgg16_layer_mi(n_images: int) -> dict:
+    """Full class-conditional layer MI of a VGG16 (all 16 trainable layers, 15 pairs) on the
+    shared CIFAR-10 subset. Runs in its own process (see main) so ru_maxrss is its own peak."""
+    import torch
+
+    from semirobust_ray.mi import layer_mi
+
+    torch.manual_seed(0)
+    try:
+        from semirobust_ray.models import create_model, trainable_layers
+
+        model = create_model("vgg16", 10, 32)
+        layers = trainable_layers(model)
+        source = "semirobust_ray.models.create_model('vgg16', 10, 32)"
+    except ImportError:
+        import torchvision
+
+        model = torchvision.models.vgg16_bn(num_classes=10)
+        model.avgpool = torch.nn.Identity()
+        model.classifier = torch.nn.Sequential(
+            torch.nn.Linear(512, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512),
+            torch.nn.ReLU(), torch.nn.Linear(512, 10),
+        )  # fmt: skip
+        layers = [
+            (n, m)
+            for n, m in model.named_modules()
+            if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)
+        ]
+        source = "torchvision vgg16_bn, 32x32 classifier"
+    model.eval()
+    data = np.load(CIFAR, allow_pickle=False)
+    x = torch.from_numpy(data["x_test"][:n_images]).permute(0, 3, 1, 2).float() / 255.0
+    y = torch.from_numpy(data["y_test"][:n_images])
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    t0 = time.perf_counter()
+    res = layer_mi(model, layers, x, y, first_index=1, batch_size=128)
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    biggest = 0
+    hook = None
+
+    def size_hook(_m, _i, out):
+        nonlocal biggest
+        biggest = max(biggest, out[0].numel())
+
+    try:
+        hook = [m.register_forward_hook(size_hook) for _, m in layers]
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for h in hook or []:
+            h.remove()
+    return {
+        "model": source,
+        "images": int(x.shape[0]),
+        "layers": len(layers),
+        "pairs": len(res),
+        "seconds": seconds,
+        "peak_gb": peak,
+        "rss_before_mi_gb": rss_before,
+        "largest_layer_floats_per_image": biggest,
+        "full_activation_gb_if_materialised": biggest * x.shape[0] * 4 / 2**30,
+        "bits": {f"{r.j}:{r.next}": round(r.bits, 3) for r in res},
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small N, skip the 100k scaling point")
+    ap.add_argument("--json", type=Path, help="write all results to this file")
+    ap.add_argument("--vgg-only", type=int, metavar="N", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.vgg_only:
+        print(json.dumps(vgg16_layer_mi(args.vgg_only)))
+        return
+
+    n_acc = 5000 if args.quick else 20000
+    ns = [1000, 3000, 10000] if args.quick else [1000, 3000, 10000, 30000, 100000]
+    results: dict = {
+        "machine": f"{platform.processor() or platform.machine()}, "
+        f"{__import__('os').cpu_count()} CPUs, python {platform.python_version()}",
+    }
+
+    acc = bench_accuracy(n_acc)
+    results["accuracy"] = acc
+    print(f"\n# Known-MI tasks, N = {n_acc} (bits; seconds)")
+    print(
+        f"{'d':>2} {'r':>5} {'true':>7} {'EDGE':>7} {'t':>7} {'KSG':>7} {'t':>7} {'sk-KSG':>7} {'t':>7} {'ref':>6}"
+    )
+    for row in acc:
+        sk = (
+            f"{row['sklearn_ksg']:7.3f} {row['sklearn_ksg_s']:7.3f}"
+            if "sklearn_ksg" in row
+            else " " * 15
+        )
+        ref = f"{row['reference_edge']:6.2f}" if "reference_edge" in row else ""
+        print(
+            f"{row['d']:>2} {row['r']:>5} {row['true']:7.3f} {row['edge']:7.3f} {row['edge_s']:7.3f} "
+            f"{row['ksg_ours']:7.3f} {row['ksg_ours_s']:7.3f} {sk} {ref}"
+        )
+    one_d = [r for r in acc if r["d"] == 1]
+    results["edge_speedup_vs_thirdparty"] = sum(r["sklearn_ksg_s"] for r in one_d) / sum(
+        r["edge_s"] for r in one_d
+    )
+    results["edge_speedup_vs_reference"] = REFERENCE_EDGE_SECONDS / float(
+        np.mean([r["edge_s"] for r in acc])
+    )
+    results["edge_max_abs_err_1d"] = max(abs(r["edge"] - r["true"]) for r in one_d)
+    results["sklearn_max_abs_err_1d"] = max(abs(r["sklearn_ksg"] - r["true"]) for r in one_d)
+    print(
+        f"EDGE speed-up vs scikit-learn KSG (1-D): {results['edge_speedup_vs_thirdparty']:.1f}x; "
+        f"vs reference EDGE (5.5 s): {results['edge_speedup_vs_reference']:.0f}x"
+    )
+
+    scaling = bench_scaling(ns)
+    results["scaling"] = scaling
+    ln = np.log([s["n"] for s in scaling])
+    lt = np.log([s["seconds"] for s in scaling])
+    results["scaling_loglog_slope"] = float(np.polyfit(ln[1:], lt[1:], 1)[0])
+    print("\n# EDGE time vs N (4-D, r = 0.5)")
+    for s in scaling:
+        print(f"N={s['n']:>7}: {s['seconds']:.3f} s  ({s['edge']:.3f} bits, true {s['true']:.3f})")
+    print(f"log-log slope: {results['scaling_loglog_slope']:.2f} (1 = linear)")
+
+    ray_res = bench_ray(5000 if args.quick else 20000)
+    results["ray"] = ray_res
+    print(f"\n# layer_mi, sequential vs Ray tasks (2 CPUs), N = {ray_res['n']}")
+    for est in ("edge", "ksg"):
+        e = ray_res[est]
+        print(
+            f"{est}: sequential {e['sequential_s']:.2f} s, Ray {e['ray_s']:.2f} s, "
+            f"speed-up {e['speedup']:.2f}x, identical={e['identical']}"
+        )
+    results["ray_speedup_edge"] = ray_res["edge"]["speedup"]
+    results["ray_speedup_ksg"] = ray_res["ksg"]["speedup"]
+
+    if CIFAR.exists():
+        n_img = 256 if args.quick else 1017
+        proc = subprocess.run(
+            [sys.executable, __file__, "--vgg-only", str(n_img)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        vgg = json.loads(proc.stdout.strip().splitlines()[-1])
+        results["vgg16"] = vgg
+        results["mi_vgg16_peak_gb"] = vgg["peak_gb"]
+        results["mi_vgg16_seconds"] = vgg["seconds"]
+        print(
+            f"\n# VGG16 class-conditional layer MI ({vgg['model']}), {vgg['images']} CIFAR-10 images, "
+            f"{vgg['pairs']} pairs: {vgg['seconds']:.1f} s, peak RSS {vgg['peak_gb']:.2f} GB "
+            f"(a materialised largest layer alone: {vgg['full_activation_gb_if_materialised']:.2f} GB)"
+        )
+    else:
+        print(f"\n(skipping VGG16: {CIFAR} not found)")
+
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+        print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
