@@ -1,0 +1,297 @@
+"""Report: Table 1 numbers, the minimal split, files, CLI, and rebuilding from a Tune directory."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from semirobust_ray.report import (
+    ReportError,
+    load_results,
+    main,
+    minimal_split,
+    rho_column,
+    table1,
+    table1_markdown,
+    write_report,
+)
+
+N = 6  # layers of the hand-built model
+ACC_STAR = 0.60
+K = 0.05
+REPO = Path(__file__).resolve().parents[1]
+
+# depth -> per-trial (acc, reached, epochs_run); reached means within k on validation.
+TRIALS = {
+    1: [(0.30, False, 3), (0.35, False, 3)],
+    2: [(0.50, False, 3), (0.52, False, 3)],
+    3: [(0.56, True, 2), (0.58, True, 1)],
+    4: [(0.59, True, 1), (0.57, True, 2)],
+}
+
+
+def bits(depth: int, trial: int, j: int) -> float:
+    """A distinct, recognisable MI value per (depth, trial, pair)."""
+    return round(2.0 + 0.5 * j + 0.1 * depth + (0.3 if trial == 0 else 0.0), 4)
+
+
+def trial_dict(depth: int, t: int, acc: float, reached: bool, epochs: int) -> dict[str, Any]:
+    a = N - depth
+    # Pairs (j−1, j) for j = a+1..n, as algorithm1.trial_mi measures them (j ≥ 2).
+    mi = [
+        {"j": j, "prev": f"layer{j - 1}", "next": f"layer{j}", "bits": bits(depth, t, j)}
+        for j in range(max(a + 1, 2), N + 1)
+    ]
+    history = [
+        {
+            "epoch": e + 1,
+            "loss": 1.0,
+            "train_acc": 0.5,
+            "val_robust_acc": acc,
+            "gap": 0.1,
+            "seconds": 0.1,
+        }
+        for e in range(epochs)
+    ]
+    return {
+        "fb_layers": depth,
+        "trial": t,
+        "seed": 100 * depth + t,
+        "acc_star": ACC_STAR,
+        "acc_sr": 0.10 * depth,
+        "acc": acc,
+        "clean_acc": 0.9,
+        "best_epoch": epochs,
+        "epochs_run": epochs,
+        "reached": reached,
+        "seconds": 1.0,
+        "history": history,
+        "mi": mi,
+        "diff": ACC_STAR - acc,
+    }
+
+
+def make_results() -> dict[str, Any]:
+    trials = [
+        trial_dict(d, t, acc, reached, ep)
+        for d, runs in TRIALS.items()
+        for t, (acc, reached, ep) in enumerate(runs)
+    ]
+    return {
+        "config": {
+            "model": "smallcnn",
+            "dataset": "digits",
+            "k": K,
+            "seeds": 2,
+            "split_depths": [1, 2, 3, 4],
+        },
+        "num_layers": N,
+        "baseline": {"acc_star": ACC_STAR, "acc_star_val": 0.61, "clean_acc_robust": 0.8},
+        "trials": trials,
+    }
+
+
+@pytest.fixture
+def results() -> dict[str, Any]:
+    return make_results()
+
+
+def test_table1_numbers(results: dict[str, Any]) -> None:
+    df = table1(results)
+    assert list(df["|f_b|"]) == [1, 2, 3, 4]
+    assert set(df["Model"]) == {"SmallCNN"} and set(df["Dataset"]) == {"Digits"}
+    for _, row in df.iterrows():
+        d = int(row["|f_b|"])
+        accs = [acc for acc, _, _ in TRIALS[d]]
+        assert row["Acc"] == pytest.approx(max(accs))  # Acc = best trial
+        assert row["Acc*"] == pytest.approx(ACC_STAR)
+        assert row["Diff"] == pytest.approx(ACC_STAR - max(accs))
+        assert row["Trials"] == 2
+        assert bool(row["Reached"]) == any(r for _, r, _ in TRIALS[d])
+        # ρ_n: the last pair (j = n) is in every f_b; min over trials = the trial without +0.3.
+        assert row["ρ_n"] == pytest.approx(min(bits(d, 0, N), bits(d, 1, N)))
+        # ρ_{n-3} is the pair ending at layer 3: in f_b only when a + 1 <= 3, i.e. |f_b| >= 4.
+        if d >= 4:
+            assert row[rho_column(3)] == pytest.approx(bits(d, 1, 3))
+        else:
+            assert math.isnan(row[rho_column(3)])
+        # n = 6 has no pair ending at layer −1, −5, −9.
+        for x in (7, 11, 15):
+            assert math.isnan(row[rho_column(x)])
+
+
+def test_acc_sr_is_the_best_trials(results: dict[str, Any]) -> None:
+    df = table1(results).set_index("|f_b|")
+    assert df.loc[3, "Acc_sr"] == pytest.approx(0.3)
+
+
+def test_rho_outside_fb_is_nan_even_if_measured() -> None:
+    """A stray MI entry for a pair outside f_b (e.g. from f_a) must not appear in Table 1."""
+    res = make_results()
+    res["num_layers"] = 16
+    for t in res["trials"]:
+        t["mi"] = [{"j": j, "prev": "p", "next": "n", "bits": float(j)} for j in range(2, 17)]
+    df = table1(res).set_index("|f_b|")
+    assert df.loc[4, "ρ_n"] == 16.0 and df.loc[4, rho_column(3)] == 13.0
+    assert math.isnan(df.loc[3, rho_column(3)])  # a = 13: pair ending at 13 links f_a to f_a
+    assert math.isnan(df.loc[4, rho_column(7)])
+
+
+def test_rho_columns_for_deep_split() -> None:
+    """|f_b| = 12 of a 16-layer net fills ρ_n … ρ_{n−11} but not ρ_{n−15}."""
+    res = make_results()
+    res["num_layers"] = 16
+    res["trials"] = [trial_dict(1, 0, 0.5, True, 1)]
+    res["trials"][0].update(
+        fb_layers=12, mi=[{"j": j, "prev": "p", "next": "n", "bits": j / 2} for j in range(5, 17)]
+    )
+    row = table1(res).iloc[0]
+    assert [row[rho_column(x)] for x in (0, 3, 7, 11)] == [8.0, 6.5, 4.5, 2.5]
+    assert math.isnan(row[rho_column(15)])
+
+
+def test_markdown_is_percent(results: dict[str, Any]) -> None:
+    md = table1_markdown(table1(results))
+    lines = md.strip().splitlines()
+    assert len(lines) == 2 + 4
+    assert "\\|f_b\\|" in lines[0] and "Acc* (%)" in lines[0] and "ρ_{n-3}" in lines[0]
+    row4 = lines[-1].split("|")
+    assert " 60.0 " in row4 and " 59.0 " in row4 and " 1.0 " in row4  # Acc*, Acc, Diff
+
+
+def test_minimal_split(results: dict[str, Any]) -> None:
+    m = minimal_split(results)
+    assert m["minimal_fb_layers"] == 3
+    assert m["acc"] == pytest.approx(0.58) and m["acc_star"] == pytest.approx(ACC_STAR)
+    assert m["k"] == K
+    ev = {e["fb_layers"]: e for e in m["evidence"]}
+    assert sorted(ev) == [1, 2, 3, 4]
+    assert [ev[d]["reached"] for d in (1, 2, 3, 4)] == [False, False, True, True]
+    assert ev[3]["epochs"] == 3 and ev[3]["trials"] == 2 and ev[3]["best_trial"] == 1
+    assert ev[2]["acc"] == pytest.approx(0.52)
+    json.dumps(m, allow_nan=False)  # strict JSON: no NaN
+
+
+def test_minimal_split_none_reached(results: dict[str, Any]) -> None:
+    for t in results["trials"]:
+        t["reached"] = False
+    m = minimal_split(results)
+    assert m["minimal_fb_layers"] is None and m["acc"] is None
+    assert m["acc_star"] == pytest.approx(ACC_STAR)  # from the baseline
+
+
+def _assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    assert width > 300 and height > 200
+
+
+def test_write_report_files(results: dict[str, Any], tmp_path: Path) -> None:
+    paths = write_report(results, tmp_path)
+    names = {p.name for p in paths.values()}
+    assert names == {"table1.csv", "table1.md", "rho_vs_depth.png", "minimal_split.json"}
+    csv = pd.read_csv(tmp_path / "table1.csv")
+    assert list(csv["|f_b|"]) == [1, 2, 3, 4]
+    assert csv["Acc"].max() == pytest.approx(0.59)  # CSV keeps fractions
+    assert json.loads((tmp_path / "minimal_split.json").read_text())["minimal_fb_layers"] == 3
+    _assert_png(tmp_path / "rho_vs_depth.png")
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_figure_without_mi(results: dict[str, Any], tmp_path: Path) -> None:
+    for t in results["trials"]:
+        t["mi"] = []
+    write_report(results, tmp_path)
+    _assert_png(tmp_path / "rho_vs_depth.png")
+    assert math.isnan(table1(results)["ρ_n"].iloc[0])
+
+
+def test_load_runner_results(results: dict[str, Any], tmp_path: Path) -> None:
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    loaded = load_results(tmp_path)
+    assert len(loaded["trials"]) == 8
+    assert load_results(tmp_path / "results.json")["num_layers"] == N
+
+
+def write_tune_dir(root: Path, results: dict[str, Any]) -> None:
+    """A Tune experiment directory as the search layer writes it, plus one unfinished trial."""
+    root.mkdir(parents=True, exist_ok=True)
+    meta = {k: results[k] for k in ("config", "num_layers", "baseline")}
+    (root / "search_meta.json").write_text(json.dumps(meta))
+    for i, t in enumerate(results["trials"]):
+        d = root / f"trainable_{i:05d}_{i}_fb_layers={t['fb_layers']}"
+        d.mkdir()
+        lines = [
+            {"epoch": h["epoch"], "val_robust_acc": h["val_robust_acc"], "training_iteration": e}
+            for e, h in enumerate(t["history"], 1)
+        ]
+        lines.append({"done": True, "trial_result_json": json.dumps(t)})
+        (d / "result.json").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        (d / "params.json").write_text(json.dumps({"fb_layers": t["fb_layers"]}))
+    d = root / "trainable_00099_99_fb_layers=5"
+    d.mkdir()
+    (d / "params.json").write_text(json.dumps({"fb_layers": 5}))
+    (d / "result.json").write_text(
+        json.dumps({"epoch": 1, "training_iteration": 1, "gap": 0.2}) + "\n" + '{"epoch": 2, "ga'
+    )  # the second line was cut off by a crash
+
+
+def test_rebuild_from_tune_dir(results: dict[str, Any], tmp_path: Path) -> None:
+    root = tmp_path / "search"
+    write_tune_dir(root, results)
+    loaded = load_results(root)
+    assert len(loaded["trials"]) == 8
+    assert [u["params"]["fb_layers"] for u in loaded["unfinished"]] == [5]
+    assert loaded["unfinished"][0]["reports"] == 1
+    pd.testing.assert_frame_equal(table1(loaded), table1(results))
+    assert main([str(root)]) == 0
+    m = json.loads((root / "minimal_split.json").read_text())
+    assert m["minimal_fb_layers"] == 3 and len(m["unfinished"]) == 1
+    assert 5 not in [e["fb_layers"] for e in m["evidence"]]
+    _assert_png(root / "rho_vs_depth.png")
+
+
+def test_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ReportError, match="neither"):
+        load_results(tmp_path)
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    assert main([str(tmp_path / "missing")]) == 2
+    (tmp_path / "results.json").write_text('{"config": {}, "num_l')
+    with pytest.raises(ReportError, match="not valid JSON"):
+        load_results(tmp_path)
+    (tmp_path / "results.json").write_text(json.dumps({"config": {}, "num_layers": 3}))
+    with pytest.raises(ReportError, match="baseline"):
+        load_results(tmp_path)
+    good = make_results()
+    del good["trials"][0]["acc"]
+    (tmp_path / "results.json").write_text(json.dumps(good))
+    with pytest.raises(ReportError, match="lacks acc"):
+        load_results(tmp_path)
+
+
+def test_cli_subprocess(results: dict[str, Any], tmp_path: Path) -> None:
+    """The real ``python -m`` entry point prints the table and the minimal split."""
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    ok = subprocess.run(
+        [sys.executable, "-m", "semirobust_ray.report", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "|f_b|" in ok.stdout and "minimal robust split: |f_b| = 3" in ok.stdout
+    assert (tmp_path / "table1.md").is_file()
+    # The error path (exit 2, one line, no traceback) is checked in-process in test_errors;
+    # a second interpreter start would double this test's time for the same code path.
