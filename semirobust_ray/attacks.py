@@ -1,0 +1,472 @@
+"""Attack registry: FGSM, I-FGSM (BIM), PGD, C&W (L2) and AutoAttack behind one interface.
+
+Every attack takes float images in [0, 1] (models carry their own input normalisation, so ε is
+measured in pixel space exactly as in the paper) and returns adversarial images in [0, 1]::
+
+    attack = create_attack("pgd", model, eps=8 / 255, alpha=1 / 255, steps=10, seed=0)
+    x_adv = attack(x, y)
+
+Guarantees, whatever mode the model is in and whatever grad mode the caller runs under:
+
+* the model runs in eval mode during the attack and every submodule gets back its own
+  train/eval flag afterwards (a model with a frozen, eval-mode part stays mixed);
+* parameters and buffers are not modified, and no ``.grad`` is written to parameters: their
+  ``requires_grad`` is switched off during the attack, which also makes every gradient step
+  compute only the gradient with respect to the input;
+* L∞ attacks (fgsm, ifgsm, pgd, autoattack) stay inside the ε-ball around ``x`` and in [0, 1];
+* randomness (PGD's random start, AutoAttack) comes from the attack's ``seed`` and never
+  touches the global RNG, so two attacks built with the same seed produce the same x_adv.
+
+FGSM, I-FGSM and PGD are implemented here rather than taken from torchattacks: the loop is the
+same (the tests check that they agree with torchattacks), but the random start uses a private
+generator instead of the global RNG. C&W wraps ``torchattacks.CW``; AutoAttack wraps the official
+implementation (``pyautoattack``), standard version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import inspect
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "ATTACKS",
+    "PAPER_ATTACK_STEPS",
+    "PAPER_EPSILONS",
+    "Attack",
+    "AttackError",
+    "create_attack",
+    "default_steps",
+    "register_attack",
+]
+
+#: ε values of the paper (L∞, pixel scale 0..1).
+PAPER_EPSILONS: tuple[float, ...] = (8 / 255, 16 / 255, 32 / 255)
+
+#: Iterations the paper uses for each ε with step 1/255 (Kurakin et al.'s rule, see default_steps).
+PAPER_ATTACK_STEPS: dict[float, int] = {8 / 255: 10, 16 / 255: 20, 32 / 255: 36}
+
+#: Step size of the paper's iterative attacks.
+PAPER_ALPHA = 1 / 255
+
+
+class AttackError(ValueError):
+    """A bad attack name or parameter; the message names the value and what is allowed."""
+
+
+def default_steps(eps: float) -> int:
+    """Iterations for an iterative attack at ``eps`` with step 1/255, as in the paper.
+
+    Kurakin et al. (2018): ``min(ε·255 + 4, 1.25·ε·255)``, which gives 10, 20 and 36 for
+    ε = 8, 16 and 32 /255.
+    """
+    _check_eps(eps)
+    pixels = eps * 255.0
+    # round() before ceil() so 8/255*255 = 7.999… does not become 11 steps.
+    return max(1, math.ceil(round(min(pixels + 4.0, 1.25 * pixels), 6)))
+
+
+# --------------------------------------------------------------------------- base class
+
+
+class Attack:
+    """Base class: validates inputs, guards the model, and calls :meth:`_perturb`.
+
+    Subclasses set :attr:`norm` and implement ``_perturb(x, y) -> x_adv`` on tensors that are
+    already on the model's device; :meth:`__call__` takes care of everything else.
+    """
+
+    name: str = "attack"
+    #: Threat model: "Linf" attacks stay within ``eps`` of x in every pixel; "L2" ones do not
+    #: promise an ε-ball (C&W is a minimum-norm attack).
+    norm: str = "Linf"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        eps: float = 8 / 255,
+        alpha: float = PAPER_ALPHA,
+        steps: int = 10,
+        seed: int = 0,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise AttackError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        _check_eps(eps)
+        _check_alpha(alpha)
+        _check_steps(steps)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise AttackError(f"seed must be an integer, got {seed!r}")
+        self.model = model
+        self.eps = float(eps)
+        self.alpha = float(alpha)
+        self.steps = int(steps)
+        self.seed = seed
+        self._generators: dict[torch.device, torch.Generator] = {}
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Return adversarial examples for images ``x`` (float, [0, 1]) with labels ``y``.
+
+        The result is detached, has the shape and device of ``x``, and lies in [0, 1].
+        """
+        _check_batch(x, y)
+        if torch.is_inference_mode_enabled():
+            raise AttackError("attacks need autograd: call them outside torch.inference_mode()")
+        device = _model_device(self.model, x.device)
+        x_in = x.detach().to(device=device, dtype=torch.float32)
+        y_in = y.detach().to(device=device, dtype=torch.long)
+        if len(x_in) == 0:
+            return x.detach().clone()
+        with _attack_guard(self.model), torch.enable_grad():
+            x_adv = self._perturb(x_in, y_in)
+        return x_adv.detach().clamp_(0.0, 1.0).to(device=x.device, dtype=x.dtype)
+
+    def _perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        """The attack's private RNG on ``device``, seeded with ``seed`` on first use.
+
+        It advances from call to call (each batch of an adversarial epoch gets a fresh random
+        start); the n-th call of two attacks with the same seed draws the same numbers.
+        """
+        if device not in self._generators:
+            self._generators[device] = torch.Generator(device=device).manual_seed(self.seed)
+        return self._generators[device]
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(eps={self.eps:.6g}, alpha={self.alpha:.6g}, "
+            f"steps={self.steps}, seed={self.seed})"
+        )
+
+
+#: Registry of attack classes by name (aliases point to the same class).
+ATTACKS: dict[str, type[Attack]] = {}
+
+
+def register_attack(name: str, *aliases: str) -> Callable[[type[Attack]], type[Attack]]:
+    """Class decorator that registers an :class:`Attack` subclass under ``name`` and aliases."""
+
+    def decorator(cls: type[Attack]) -> type[Attack]:
+        for key in (name, *aliases):
+            if key in ATTACKS:
+                raise ValueError(f"attack {key!r} is already registered")
+            ATTACKS[key] = cls
+        cls.name = name
+        return cls
+
+    return decorator
+
+
+def create_attack(
+    name: str,
+    model: nn.Module,
+    *,
+    eps: float = 8 / 255,
+    alpha: float = PAPER_ALPHA,
+    steps: int = 10,
+    seed: int = 0,
+    **kwargs: Any,
+) -> Attack:
+    """Build the attack ``name`` against ``model`` (which takes images in [0, 1]).
+
+    Args:
+        name: ``fgsm``, ``ifgsm`` (alias ``bim``), ``pgd``, ``cw`` or ``autoattack``.
+        model: the classifier; attacks never change its mode, parameters, buffers or grads.
+        eps: L∞ radius in pixel scale, in (0, 1]; the paper uses 8, 16, 32 /255. Not a bound
+            for ``cw`` (a minimum-L2 attack).
+        alpha: step size of ifgsm / pgd (> 0); the paper uses 1/255.
+        steps: iterations of ifgsm / pgd, optimisation steps of cw (≥ 1); the paper uses
+            :func:`default_steps` (10, 20, 36).
+        seed: seeds the attack's private RNG (PGD random start, AutoAttack).
+        **kwargs: attack-specific options, e.g. ``random_start`` (pgd), ``c``, ``kappa``,
+            ``lr`` (cw), ``version``, ``batch_size`` (autoattack).
+
+    Raises:
+        AttackError: unknown name (with the closest valid one), out-of-range parameter, or an
+            option the attack does not take.
+    """
+    if name not in ATTACKS:
+        names = sorted(ATTACKS)
+        msg = f"unknown attack {name!r}; valid: {', '.join(names)}"
+        close = difflib.get_close_matches(str(name).lower(), names, n=1, cutoff=0.5)
+        if close:
+            msg += f" (did you mean {close[0]!r}?)"
+        raise AttackError(msg)
+    cls = ATTACKS[name]
+    accepted = {
+        p.name
+        for p in inspect.signature(cls.__init__).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    } - {"eps", "alpha", "steps", "seed"}
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise AttackError(
+            f"attack {name!r} does not take option(s) {', '.join(unknown)}; "
+            f"it takes: {', '.join(sorted(accepted)) or 'none beyond eps, alpha, steps, seed'}"
+        )
+    return cls(model, eps=eps, alpha=alpha, steps=steps, seed=seed, **kwargs)
+
+
+# --------------------------------------------------------------------------- attacks
+
+
+@register_attack("fgsm")
+class FGSM(Attack):
+    """Fast Gradient Sign Method (Goodfellow et al., 2015): one step of size ε."""
+
+    def _perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        grad = _input_grad(self.model, x, y)
+        return (x + self.eps * grad.sign()).clamp(0.0, 1.0)
+
+
+@register_attack("pgd")
+class PGD(Attack):
+    """Projected gradient descent (Madry et al., 2018) under L∞, with a uniform random start.
+
+    Matches ``torchattacks.PGD``: each step moves ``alpha`` along the sign of the input gradient
+    of the cross-entropy and projects back onto the ε-ball and [0, 1].
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        eps: float = 8 / 255,
+        alpha: float = PAPER_ALPHA,
+        steps: int = 10,
+        seed: int = 0,
+        random_start: bool = True,
+    ) -> None:
+        super().__init__(model, eps=eps, alpha=alpha, steps=steps, seed=seed)
+        self.random_start = bool(random_start)
+
+    def _perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x_adv = x.clone()
+        if self.random_start:
+            noise = torch.empty_like(x).uniform_(
+                -self.eps, self.eps, generator=self._generator(x.device)
+            )
+            x_adv = (x_adv + noise).clamp(0.0, 1.0)
+        for _ in range(self.steps):
+            grad = _input_grad(self.model, x_adv, y)
+            x_adv = x_adv + self.alpha * grad.sign()
+            # Same projection as torchattacks so the two agree to the last bit.
+            delta = torch.clamp(x_adv - x, min=-self.eps, max=self.eps)
+            x_adv = torch.clamp(x + delta, min=0.0, max=1.0)
+        return x_adv
+
+
+@register_attack("ifgsm", "bim")
+class IFGSM(PGD):
+    """Iterative FGSM / Basic Iterative Method (Kurakin et al., 2017): PGD without random start."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        eps: float = 8 / 255,
+        alpha: float = PAPER_ALPHA,
+        steps: int = 10,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(model, eps=eps, alpha=alpha, steps=steps, seed=seed, random_start=False)
+
+
+@register_attack("cw")
+class CW(Attack):
+    """Carlini & Wagner L2 attack (``torchattacks.CW``), untargeted.
+
+    A minimum-norm attack: ``eps`` does not bound it (the paper's ε-ball applies to the L∞
+    attacks) and ``alpha`` is unused; ``steps`` is the number of Adam steps. torchattacks'
+    default ``lr = 0.01`` barely moves in ten steps, hence the larger default here (chosen on the
+    digits test model so that the paper's 10 steps already find adversarials).
+    """
+
+    norm = "L2"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        eps: float = 8 / 255,
+        alpha: float = PAPER_ALPHA,
+        steps: int = 10,
+        seed: int = 0,
+        c: float = 1.0,
+        kappa: float = 0.0,
+        lr: float = 0.1,
+    ) -> None:
+        super().__init__(model, eps=eps, alpha=alpha, steps=steps, seed=seed)
+        for key, value, ok, allowed in (
+            ("c", c, c > 0, "> 0"),
+            ("kappa", kappa, kappa >= 0, ">= 0"),
+            ("lr", lr, lr > 0, "> 0"),
+        ):
+            if not (ok and math.isfinite(value)):
+                raise AttackError(f"cw {key} must be {allowed}, got {value!r}")
+        self.c, self.kappa, self.lr = float(c), float(kappa), float(lr)
+
+    def _perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        import torchattacks
+
+        attack = torchattacks.CW(
+            self.model, c=self.c, kappa=self.kappa, steps=self.steps, lr=self.lr
+        )
+        attack.set_device(x.device)
+        # CW is deterministic, but fork the RNG anyway in case a model draws random numbers.
+        with _forked_rng(x.device):
+            return attack(x, y)
+
+
+@register_attack("autoattack")
+class AutoAttack(Attack):
+    """Official AutoAttack (Croce & Hein, 2020) from ``pyautoattack``, standard version, L∞.
+
+    Runs APGD-CE, APGD-T, FAB-T and Square; ``alpha`` and ``steps`` are unused (AutoAttack is
+    parameter-free). With fewer than 10 classes the targeted attacks use every other class as
+    target instead of 9 (which would fail). Seeded through AutoAttack's own ``seed``; the global
+    RNG, which AutoAttack reseeds, is restored afterwards.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        eps: float = 8 / 255,
+        alpha: float = PAPER_ALPHA,
+        steps: int = 10,
+        seed: int = 0,
+        version: str = "standard",
+        norm: str = "Linf",
+        batch_size: int = 500,
+    ) -> None:
+        super().__init__(model, eps=eps, alpha=alpha, steps=steps, seed=seed)
+        if version not in ("standard", "plus", "rand"):
+            raise AttackError(
+                f"autoattack version must be one of standard, plus, rand, got {version!r}"
+            )
+        if norm not in ("Linf", "L2"):
+            raise AttackError(f"autoattack norm must be Linf or L2, got {norm!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise AttackError(f"autoattack batch_size must be an integer >= 1, got {batch_size!r}")
+        self.version, self.norm, self.batch_size = version, norm, batch_size
+
+    def _perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        from pyautoattack import AutoAttack as _AutoAttack
+
+        with torch.no_grad():
+            num_classes = int(self.model(x[:1]).shape[1])
+        if num_classes < 3:
+            raise AttackError(
+                f"autoattack needs at least 3 classes (DLR loss), the model has {num_classes}"
+            )
+        aa = _AutoAttack(
+            self.model,
+            eps=self.eps,
+            norm=self.norm,
+            version=self.version,
+            device=x.device,
+            seed=self.seed,
+        )
+        targets = min(9, num_classes - 1)
+        aa.apgd_targeted.n_target_classes = min(aa.apgd_targeted.n_target_classes, targets)
+        aa.fab.n_target_classes = min(aa.fab.n_target_classes, targets)
+        with _forked_rng(x.device):
+            # pyautoattack returns (x_adv, y_adv), unlike upstream AutoAttack.
+            x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=self.batch_size)
+        return x_adv
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Gradient of the summed cross-entropy w.r.t. the input only.
+
+    Parameters have ``requires_grad`` off inside the guard, so autograd records nothing for
+    them. The sum (not mean) keeps per-example gradients from shrinking with the batch size; the
+    sign, which is all the attacks use, is the same.
+    """
+    x = x.detach().requires_grad_(True)
+    loss = F.cross_entropy(model(x), y, reduction="sum")
+    (grad,) = torch.autograd.grad(loss, x)
+    return grad
+
+
+@contextlib.contextmanager
+def _attack_guard(model: nn.Module) -> Iterator[None]:
+    """Eval mode and frozen parameters for the duration of an attack, restored per module."""
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.eval()
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+        for p, requires_grad in flags:
+            p.requires_grad_(requires_grad)
+
+
+@contextlib.contextmanager
+def _forked_rng(device: torch.device) -> Iterator[None]:
+    """Restore the global RNG (and the CUDA one of ``device``) after third-party code reseeds it."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type="cuda"):
+        yield
+
+
+def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return fallback
+
+
+def _check_eps(eps: float) -> None:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 < eps <= 1.0:
+        raise AttackError(f"eps must be in (0, 1] (pixel scale, e.g. 8/255), got {eps!r}")
+
+
+def _check_alpha(alpha: float) -> None:
+    if (
+        isinstance(alpha, bool)
+        or not isinstance(alpha, (int, float))
+        or not (alpha > 0.0 and math.isfinite(alpha))
+    ):
+        raise AttackError(f"alpha (step size) must be > 0, got {alpha!r}")
+
+
+def _check_steps(steps: int) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise AttackError(f"steps must be an integer >= 1, got {steps!r}")
+
+
+def _check_batch(x: torch.Tensor, y: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise AttackError(
+            f"x must be a float tensor in [0, 1], got {getattr(x, 'dtype', type(x).__name__)} "
+            "(convert uint8 images with semirobust_ray.data.to_unit)"
+        )
+    if not isinstance(y, torch.Tensor) or y.ndim != 1 or len(y) != len(x):
+        raise AttackError(
+            f"y must be a 1-D label tensor with one label per image ({len(x)}), "
+            f"got shape {tuple(getattr(y, 'shape', ()))}"
+        )
+    if len(x) and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
+        raise AttackError(
+            f"x must lie in [0, 1], got range [{float(x.min()):.4g}, {float(x.max()):.4g}] "
+            "(normalisation belongs inside the model)"
+        )
