@@ -94,13 +94,15 @@ class Attack:
         *,
         eps: float = 8 / 255,
         alpha: float = PAPER_ALPHA,
-        steps: int = 10,
+        steps: int | None = 10,
         seed: int = 0,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise AttackError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         _check_eps(eps)
         _check_alpha(alpha)
+        if steps is None:
+            steps = default_steps(eps)
         _check_steps(steps)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise AttackError(f"seed must be an integer, got {seed!r}")
@@ -120,7 +122,7 @@ class Attack:
         if torch.is_inference_mode_enabled():
             raise AttackError("attacks need autograd: call them outside torch.inference_mode()")
         device = _model_device(self.model, x.device)
-        x_in = x.detach().to(device=device, dtype=torch.float32)
+        x_in = x.detach().to(device=device)
         y_in = y.detach().to(device=device, dtype=torch.long)
         if len(x_in) == 0:
             return x.detach().clone()
@@ -172,7 +174,7 @@ def create_attack(
     *,
     eps: float = 8 / 255,
     alpha: float = PAPER_ALPHA,
-    steps: int = 10,
+    steps: int | None = 10,
     seed: int = 0,
     **kwargs: Any,
 ) -> Attack:
@@ -184,8 +186,8 @@ def create_attack(
         eps: L∞ radius in pixel scale, in (0, 1]; the paper uses 8, 16, 32 /255. Not a bound
             for ``cw`` (a minimum-L2 attack).
         alpha: step size of ifgsm / pgd (> 0); the paper uses 1/255.
-        steps: iterations of ifgsm / pgd, optimisation steps of cw (≥ 1); the paper uses
-            :func:`default_steps` (10, 20, 36).
+        steps: iterations of ifgsm / pgd, optimisation steps of cw (≥ 1); ``None`` picks the
+            paper's count for ``eps`` (:func:`default_steps`: 10, 20, 36).
         seed: seeds the attack's private RNG (PGD random start, AutoAttack).
         **kwargs: attack-specific options, e.g. ``random_start`` (pgd), ``c``, ``kappa``,
             ``lr`` (cw), ``version``, ``batch_size`` (autoattack).
@@ -242,7 +244,7 @@ class PGD(Attack):
         *,
         eps: float = 8 / 255,
         alpha: float = PAPER_ALPHA,
-        steps: int = 10,
+        steps: int | None = 10,
         seed: int = 0,
         random_start: bool = True,
     ) -> None:
@@ -275,7 +277,7 @@ class IFGSM(PGD):
         *,
         eps: float = 8 / 255,
         alpha: float = PAPER_ALPHA,
-        steps: int = 10,
+        steps: int | None = 10,
         seed: int = 0,
     ) -> None:
         super().__init__(model, eps=eps, alpha=alpha, steps=steps, seed=seed, random_start=False)
@@ -299,7 +301,7 @@ class CW(Attack):
         *,
         eps: float = 8 / 255,
         alpha: float = PAPER_ALPHA,
-        steps: int = 10,
+        steps: int | None = 10,
         seed: int = 0,
         c: float = 1.0,
         kappa: float = 0.0,
@@ -343,7 +345,7 @@ class AutoAttack(Attack):
         *,
         eps: float = 8 / 255,
         alpha: float = PAPER_ALPHA,
-        steps: int = 10,
+        steps: int | None = 10,
         seed: int = 0,
         version: str = "standard",
         norm: str = "Linf",

@@ -168,6 +168,9 @@ def test_paper_steps() -> None:
     for eps, steps in PAPER_ATTACK_STEPS.items():
         assert default_steps(eps) == steps
     assert default_steps(4 / 255) == 5
+    model = TinyCNN()
+    for eps, steps in PAPER_ATTACK_STEPS.items():
+        assert create_attack("pgd", model, eps=eps, steps=None).steps == steps
 
 
 # --------------------------------------------------------------------------- model invariants

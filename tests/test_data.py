@@ -243,6 +243,24 @@ def test_missing_torchvision_data_says_how_to_get_it(tmp_path: Path, name: str, 
     assert label in msg and str(tmp_path) in msg and "download" in msg and "\n" not in msg
 
 
+def test_imagenette_reads_a_torchvision_layout_offline(tmp_path: Path) -> None:
+    """A tiny tree in torchvision's Imagenette layout goes through the real loading code."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 3), ("val", 2)):
+        for wnid in ("n01440764", "n03888257"):  # tench, parachute
+            d = tmp_path / "imagenette2-160" / split / wnid
+            d.mkdir(parents=True)
+            for i in range(n):
+                arr = rng.integers(0, 256, (160, 213, 3), dtype=np.uint8)
+                Image.fromarray(arr).save(d / f"{wnid}_{i}.JPEG")
+    d = load_dataset("imagenette", root=str(tmp_path), image_size=32, val_fraction=0.0)
+    assert d.x_train.shape == (6, 3, 32, 32) and d.x_test.shape == (4, 3, 32, 32)
+    assert d.num_classes == 2 and d.class_names == ("tench", "parachute")
+    assert d.y_train.tolist() == [0, 0, 0, 1, 1, 1]
+
+
 def test_default_root_honours_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SEMIROBUST_DATA", str(tmp_path / "env_root"))
     with pytest.raises(DatasetError, match="env_root"):
