@@ -67,7 +67,8 @@ class DatasetError(ValueError):
     """A user error while loading a dataset; the message is one line that says what to fix."""
 
 
-@dataclass(frozen=True)
+# eq=False: a generated __eq__ would compare tensors and raise; identity is what callers need.
+@dataclass(frozen=True, eq=False)
 class DataSplits:
     """Train / validation / test splits of one dataset, held in memory.
 
@@ -104,7 +105,7 @@ class DataSplits:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RawDataset:
     """What a registered loader returns: the full training pool and the test set.
 
