@@ -138,8 +138,6 @@ def run_trial(
     kw = {"batch_size": c.batch_size, "device": exp.device}
     x_val, y_val = exp.eval_split("val")
     x_test, y_test = exp.eval_split("test")
-    train_attack = exp.train_attack(model, seed)
-    val_attack = exp.eval_attack(model, seed)
     if state is None:
         acc_sr = evaluate(model, x_test, y_test, attack=exp.eval_attack(model, seed), **kw)
         state = TrialState(
@@ -166,10 +164,14 @@ def run_trial(
     while not reached and state.epoch < c.epochs:
         t0 = time.perf_counter()
         d = exp.data
+        # Attacks are seeded per epoch, so a trial resumed from a checkpoint draws the same
+        # random starts as one that never stopped.
+        epoch_seed = (seed + 7919 * (state.epoch + 1)) % 2**31
+        attack = exp.train_attack(model, epoch_seed)
         stats = train_epoch(
-            model, d.x_train, d.y_train, optimizer, generator=gen, attack=train_attack, **kw
+            model, d.x_train, d.y_train, optimizer, generator=gen, attack=attack, **kw
         )
-        val = evaluate(model, x_val, y_val, attack=val_attack, **kw)
+        val = evaluate(model, x_val, y_val, attack=exp.eval_attack(model, epoch_seed), **kw)
         record = EpochRecord(
             epoch=state.epoch + 1,
             loss=stats.loss,
