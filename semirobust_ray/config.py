@@ -94,6 +94,7 @@ class ExperimentConfig:
     cpus_per_trial: int = 1
     mi_cpus: int = 1
     max_concurrent: int | None = None
+    num_samples: int | None = None  # optuna: trials to sample (default T x depths / 2)
     max_failures: int = 2
 
     def __post_init__(self) -> None:
@@ -258,7 +259,14 @@ def _validate(c: ExperimentConfig) -> None:
     _number("baseline_adv_epochs", c.baseline_adv_epochs, integer=True, low=1)
     _number("val_fraction", c.val_fraction, low=0, high=1, low_open=True, high_open=True)
     _number("image_size", c.image_size, integer=True, low=8, optional=True)
-    for name in ("max_train", "max_test", "eval_samples", "mi_samples", "max_concurrent"):
+    for name in (
+        "max_train",
+        "max_test",
+        "eval_samples",
+        "mi_samples",
+        "max_concurrent",
+        "num_samples",
+    ):
         _number(name, getattr(c, name), integer=True, low=1, optional=True)
     _number("mi_proj_dim", c.mi_proj_dim, integer=True, low=1, optional=True)
     _number("gpus_per_trial", c.gpus_per_trial, low=0)

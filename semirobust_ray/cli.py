@@ -1,0 +1,115 @@
+"""``launch/search.py`` / ``semirobust-search``: find the minimal robust split with Ray Tune.
+
+Every input is validated before Ray starts; a mistake ends the program with exit code 2 and one
+line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from semirobust_ray.config import ExperimentConfig, load_config
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "search_spaces" / "quickstart.yaml"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The launcher's flags; every one is documented in README.md."""
+    p = argparse.ArgumentParser(
+        prog="launch/search.py",
+        description="Find the smallest trailing subnetwork f_b whose adversarial training "
+        "makes the whole network robust (Algorithm 1 of the semirobustness paper), with Ray Tune.",
+    )
+    p.add_argument(
+        "--config",
+        default=None,
+        help="search-space YAML file (default: search_spaces/quickstart.yaml)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key; the value is YAML, e.g. --set split_depths=[2,4,8] "
+        "(repeatable)",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to join (e.g. 'auto' on a cluster node, or ray://host:10001); "
+        "default: join a running cluster if there is one, else start Ray locally",
+    )
+    p.add_argument(
+        "--storage-path",
+        default="results",
+        help="where results, checkpoints and TensorBoard logs go: a local directory "
+        "(default: ./results) or s3://, gs:// or a shared filesystem on a cluster",
+    )
+    p.add_argument("--name", default=None, help="search name (default: MODEL-DATASET-SEARCH)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted search (same --storage-path and --name) without "
+        "re-running finished trials",
+    )
+    p.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        default=None,
+        help="GPUs each trial reserves (fractions share a GPU); default: the config's "
+        "gpus_per_trial (0 = CPU)",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, validate, search, print where everything is."""
+    args = build_parser().parse_args(argv)
+    try:
+        overrides = list(args.overrides)
+        if args.gpus_per_trial is not None:
+            overrides.append(f"gpus_per_trial={args.gpus_per_trial}")
+        config = load_config(args.config or DEFAULT_CONFIG, overrides)
+        from semirobust_ray.search import run_search  # imports Ray: only for valid input
+
+        outcome = run_search(
+            config,
+            storage_path=args.storage_path,
+            name=args.name,
+            address=args.address,
+            resume=args.resume,
+        )
+    except ValueError as err:  # every user-facing error class derives from ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "interrupted: finished trials are kept; continue with the same command plus --resume",
+            file=sys.stderr,
+        )
+        return 130
+    _print_summary(outcome, config)
+    return 0
+
+
+def _print_summary(outcome, config: ExperimentConfig) -> None:
+    from semirobust_ray.report import table1, table1_markdown
+
+    depth = outcome.minimal_fb_layers
+    print()
+    print(table1_markdown(table1(outcome.results)))
+    print()
+    if depth is None:
+        print(f"No candidate |f_b| reached Acc* - k (k = {config.k}).")
+    else:
+        print(f"Minimal robust split: |f_b| = {depth} (reaches Acc* - k, k = {config.k}).")
+    print(f"Report:      {outcome.report_dir}  (table1.md, rho_vs_depth.png, minimal_split.json)")
+    print(f"TensorBoard: tensorboard --logdir {outcome.experiment_dir}")
+    print(f"Wall time:   {outcome.seconds:.0f} s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

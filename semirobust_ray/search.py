@@ -1,0 +1,416 @@
+"""Assemble and run the Ray Tune search for the minimal robust split.
+
+- ``grid``: every candidate split depth × T trials (the paper's protocol).
+- ``bisection``: :class:`BisectionSearcher` probes depths in binary-search order, T trials per
+  probed depth, and ends the search once the minimal depth reaching Acc* − k is established.
+- ``optuna``: TPE over split depth and learning rate, minimising |f_b| subject to reaching
+  Acc* − k (:func:`semirobust_ray.trial.objective`), behind a ConcurrencyLimiter.
+
+The baseline is trained once per search, as a Ray task with a trial's resources (a GPU when
+trials get one), cached on disk, saved under the search's directory with checksums, and handed to
+every trial through ``tune.with_parameters``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pickle
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+from ray.tune.search import ConcurrencyLimiter, Searcher
+
+from semirobust_ray.baseline import Baseline, BaselineMetrics, baseline_key, get_baseline
+from semirobust_ray.config import ExperimentConfig
+from semirobust_ray.experiment import Experiment, prepare
+from semirobust_ray.report import load_results, minimal_split, write_report
+from semirobust_ray.storage import CorruptFileError, load_state, read_json, save_state, write_json
+from semirobust_ray.training import resolve_device
+from semirobust_ray.trial import TRIAL_RESULT_KEY, algorithm1_trainable
+
+SEARCH_META_FILE = "search_meta.json"
+BASELINE_DIR = "baseline"
+
+Log = Callable[[str], None]
+
+
+class SearchError(ValueError):
+    """A problem with the search set-up (storage, resume, resources); one line."""
+
+
+# --- bisection ----------------------------------------------------------------------------
+
+
+class BisectionSearcher(Searcher):
+    """Binary search over sorted candidate depths for the smallest one reaching Acc* − k.
+
+    Premise (the paper's): a larger f_b is at least as robust, so "reached" is monotone in
+    |f_b|. Each probe runs T trials; a probe is decided as soon as one trial reaches (the depth
+    reaches) or all T finish without reaching. Trials of a decided probe keep running to
+    completion (ρ is a minimum over all T trials) while the next probe starts.
+    """
+
+    def __init__(self, depths: list[int], trials_per_depth: int) -> None:
+        super().__init__(metric="reached", mode="max")
+        self.depths = sorted(depths)
+        self.trials_per_depth = trials_per_depth
+        self.lo, self.hi = 0, len(self.depths)  # the answer's index lies in [lo, hi]
+        self.probe: int | None = None
+        self.issued = 0
+        self.outcomes: dict[int, list[bool]] = {}
+        self.live: dict[str, int] = {}
+
+    @property
+    def finished(self) -> bool:
+        return self.lo >= self.hi
+
+    @property
+    def minimal_depth(self) -> int | None:
+        """The answer once :attr:`finished`: the smallest reaching depth, or None."""
+        return self.depths[self.lo] if self.finished and self.lo < len(self.depths) else None
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self.finished:
+            return self.FINISHED
+        if self.probe is None:
+            self.probe = (self.lo + self.hi) // 2
+            self.issued = 0
+            self.outcomes.setdefault(self.probe, [])
+        if self.issued >= self.trials_per_depth:
+            return None  # wait for this probe's trials
+        self.live[trial_id] = self.probe
+        self.issued += 1
+        return {"fb_layers": self.depths[self.probe], "trial": self.issued - 1}
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        index = self.live.pop(trial_id, None)
+        if index is None:
+            return
+        reached = bool(result and not error and result.get("reached"))
+        self.outcomes.setdefault(index, []).append(reached)
+        if index != self.probe:
+            return  # a trial of an already decided probe: only its rho matters now
+        outcomes = self.outcomes[index]
+        if any(outcomes):
+            self.hi = index
+        elif len(outcomes) == self.trials_per_depth:
+            self.lo = index + 1
+        else:
+            return
+        self.probe = None
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        # Tune's own experiment state is pickled in the same directory; both come from the
+        # user's own search directory, which must be trusted (see Tuner.restore's warning).
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
+
+# --- storage of the search's own files ----------------------------------------------------
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def resolve_storage_path(storage_path: str) -> str:
+    """An absolute local directory (created, checked writable) or a URI, unchanged."""
+    if _is_uri(storage_path):
+        return storage_path
+    path = Path(storage_path).expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write_test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise SearchError(
+            f"storage path '{storage_path}' is not writable ({err.strerror or err})"
+        ) from None
+    return str(path)
+
+
+def experiment_dir(storage_path: str, name: str) -> str:
+    return f"{storage_path.rstrip('/')}/{name}"
+
+
+def _local(path: str) -> Path | None:
+    return None if _is_uri(path) else Path(path)
+
+
+def save_search_files(exp_dir: str, exp: Experiment, baseline: Baseline) -> None:
+    """``search_meta.json`` (for reports) and the baseline's weights, under the search dir."""
+    meta = {
+        "config": exp.config.to_dict(),
+        "num_layers": exp.num_layers,
+        "baseline": {"key": baseline.key, **asdict(baseline.metrics)},
+    }
+    local = _local(exp_dir)
+    if local is None:
+        import pyarrow.fs as pafs
+
+        fs, root = pafs.FileSystem.from_uri(exp_dir)
+        with fs.open_output_stream(f"{root}/{SEARCH_META_FILE}") as f:
+            f.write(json.dumps(meta, indent=2).encode())
+        return  # the on-disk cache of the node that trained it keeps the weights
+    write_json(local / SEARCH_META_FILE, meta)
+    bdir = local / BASELINE_DIR
+    sums = {
+        "regular.pt": save_state(bdir / "regular.pt", baseline.regular_state),
+        "robust.pt": save_state(bdir / "robust.pt", baseline.robust_state),
+    }
+    write_json(
+        bdir / "baseline.json", {"key": baseline.key, "metrics": meta["baseline"], "sha256": sums}
+    )
+
+
+def load_search_baseline(exp_dir: str, key: str) -> Baseline | None:
+    """The baseline stored with a search (for resume), if present, whole and of this config."""
+    local = _local(exp_dir)
+    if local is None or not (local / BASELINE_DIR / "baseline.json").exists():
+        return None
+    bdir = local / BASELINE_DIR
+    meta = read_json(bdir / "baseline.json")
+    if meta.get("key") != key:
+        return None
+    metrics = {k: v for k, v in meta["metrics"].items() if k != "key"}
+    return Baseline(
+        key,
+        bdir,
+        load_state(bdir / "regular.pt", meta["sha256"]["regular.pt"]),
+        load_state(bdir / "robust.pt", meta["sha256"]["robust.pt"]),
+        BaselineMetrics(**metrics),
+        reused=True,
+    )
+
+
+# --- the search ---------------------------------------------------------------------------
+
+
+@dataclass
+class SearchOutcome:
+    """What a finished search produced and where."""
+
+    experiment_dir: str
+    report_dir: Path
+    minimal_fb_layers: int | None
+    results: dict[str, Any]
+    report_paths: dict[str, Path]
+    seconds: float
+    trial_seconds: float
+
+
+def _baseline_on_cluster(exp: Experiment, log: Log) -> Baseline:
+    """Train (or fetch from cache) the baseline in a Ray task with one trial's resources."""
+    c = exp.config
+
+    def task(e: Experiment) -> Baseline:
+        return get_baseline(dataclasses.replace(e, device=resolve_device(e.config.device)))
+
+    remote = ray.remote(num_cpus=c.cpus_per_trial, num_gpus=c.gpus_per_trial)(task)
+    log("[search] baseline: regular + adversarial training of the full network (once)")
+    return ray.get(remote.remote(exp))
+
+
+def _resources(c: ExperimentConfig) -> tune.PlacementGroupFactory:
+    bundles = [{"CPU": c.cpus_per_trial, "GPU": c.gpus_per_trial}]
+    bundles += [{"CPU": 1}] * (c.mi_cpus if c.mi else 0)
+    return tune.PlacementGroupFactory(bundles)
+
+
+def _param_space(exp: Experiment) -> dict[str, Any]:
+    c = exp.config
+    # Constant settings ride along so TensorBoard's HParams view can compare searches.
+    constants = {"epochs": c.epochs, "k": c.k, "lr": c.lr, "batch_size": c.batch_size}
+    if c.search == "grid":
+        return {
+            "fb_layers": tune.grid_search(exp.split_depths),
+            "trial": tune.grid_search(list(range(c.seeds))),
+            **constants,
+        }
+    if c.search == "optuna":
+        return {
+            **constants,
+            "fb_layers": tune.choice(exp.split_depths),
+            "lr": tune.loguniform(c.lr / 4, c.lr * 4),
+        }
+    return constants
+
+
+def _tune_config(exp: Experiment) -> tune.TuneConfig:
+    c = exp.config
+    scheduler = None
+    if c.scheduler == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        scheduler = ASHAScheduler(
+            time_attr="epoch",
+            metric="val_robust_acc",
+            mode="max",
+            max_t=c.epochs,
+            grace_period=1,
+        )
+    if c.search == "grid":
+        return tune.TuneConfig(
+            num_samples=1, scheduler=scheduler, max_concurrent_trials=c.max_concurrent
+        )
+    if c.search == "bisection":
+        return tune.TuneConfig(
+            search_alg=BisectionSearcher(exp.split_depths, c.seeds),
+            num_samples=-1,
+            scheduler=scheduler,
+            max_concurrent_trials=c.max_concurrent,
+        )
+    from ray.tune.search.optuna import OptunaSearch  # imports optuna: only when asked for
+
+    searcher = OptunaSearch(metric="objective", mode="min", seed=c.seed)
+    limited = ConcurrencyLimiter(searcher, max_concurrent=c.max_concurrent or 2)
+    samples = c.num_samples or max(4, math.ceil(c.seeds * len(exp.split_depths) / 2))
+    return tune.TuneConfig(search_alg=limited, num_samples=samples, scheduler=scheduler)
+
+
+def results_from_grid(grid, exp: Experiment, baseline: Baseline) -> dict[str, Any]:
+    """The report's results dict built from Tune's in-memory results (any storage)."""
+    trials = []
+    for r in grid:
+        payload = (r.metrics or {}).get(TRIAL_RESULT_KEY)
+        if payload:
+            trials.append(json.loads(payload))
+    return {
+        "config": exp.config.to_dict(),
+        "num_layers": exp.num_layers,
+        "baseline": {"key": baseline.key, **asdict(baseline.metrics)},
+        "trials": trials,
+    }
+
+
+def run_search(
+    config: ExperimentConfig,
+    *,
+    storage_path: str = "results",
+    name: str | None = None,
+    address: str | None = None,
+    resume: bool = False,
+    log: Log = print,
+    verbose: int = 1,
+) -> SearchOutcome:
+    """Validate, start or join Ray, train the baseline once, run the trials, write the report."""
+    start = time.perf_counter()
+    storage = resolve_storage_path(storage_path)
+    name = name or f"{config.model}-{config.dataset}-{config.search}"
+    exp_dir = experiment_dir(storage, name)
+    if resume:
+        if not tune.Tuner.can_restore(exp_dir):
+            raise SearchError(f"--resume: '{exp_dir}' holds no search to resume")
+        local = _local(exp_dir)
+        if local is not None and (local / SEARCH_META_FILE).exists():
+            # The search resumes with the settings it started with, not today's config file.
+            config = ExperimentConfig.from_dict(read_json(local / SEARCH_META_FILE)["config"])
+    elif _local(exp_dir) is not None and (Path(exp_dir) / SEARCH_META_FILE).exists():
+        raise SearchError(
+            f"'{exp_dir}' already holds a search: pass --resume to continue it, "
+            f"or --name to start a new one"
+        )
+    exp = prepare(config)
+    _init_ray(address, log)
+    _check_gpus(config)
+    baseline = None
+    if resume:
+        try:
+            baseline = load_search_baseline(exp_dir, baseline_key(exp))
+        except CorruptFileError as err:
+            log(f"[search] stored baseline unusable, recomputing it: {err}")
+    if baseline is None:
+        baseline = _baseline_on_cluster(exp, log)
+        save_search_files(exp_dir, exp, baseline)
+    log(f"[search] Acc* = {baseline.acc_star:.4f}; candidate |f_b|: {exp.split_depths}")
+
+    trainable = tune.with_resources(
+        tune.with_parameters(algorithm1_trainable, experiment=exp, baseline=baseline),
+        _resources(config),
+    )
+    if resume:
+        tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=_param_space(exp),
+            tune_config=_tune_config(exp),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=storage,
+                failure_config=tune.FailureConfig(max_failures=config.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                verbose=verbose,
+            ),
+        )
+    grid = tuner.fit()
+
+    local = _local(exp_dir)
+    if local is not None:
+        results = load_results(local)  # every finished trial, this run's and earlier runs'
+        report_dir = local
+    else:
+        results = results_from_grid(grid, exp, baseline)
+        report_dir = Path("results") / name
+    paths = write_report(results, report_dir)
+    minimal = minimal_split(results)
+    trial_seconds = sum(t.get("seconds", 0.0) for t in results["trials"])
+    return SearchOutcome(
+        experiment_dir=exp_dir,
+        report_dir=report_dir,
+        minimal_fb_layers=minimal.get("minimal_fb_layers"),
+        results=results,
+        report_paths=paths,
+        seconds=time.perf_counter() - start,
+        trial_seconds=trial_seconds,
+    )
+
+
+def _init_ray(address: str | None, log: Log) -> None:
+    """Join ``address`` (or a running cluster when none is given), else start Ray locally."""
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    try:
+        ray.init(address="auto", log_to_driver=True)
+        log("[search] joined the running Ray cluster")
+    except (ConnectionError, RuntimeError):
+        ray.init(include_dashboard=False)
+
+
+def _check_gpus(c: ExperimentConfig) -> None:
+    """Refuse a GPU request no node can satisfy, instead of waiting for it forever."""
+    if c.gpus_per_trial <= 0:
+        return
+    per_node = [n.get("Resources", {}).get("GPU", 0) for n in ray.nodes() if n.get("Alive")]
+    best = max(per_node, default=0)
+    if best < c.gpus_per_trial and not _autoscaling():
+        raise SearchError(
+            f"gpus_per_trial={c.gpus_per_trial} but the largest node has {best:g} GPUs "
+            f"(cluster total {ray.cluster_resources().get('GPU', 0):g}); "
+            f"lower --gpus-per-trial or add GPU nodes"
+        )
+
+
+def _autoscaling() -> bool:
+    """Whether an autoscaler can still add nodes (then missing GPUs may appear later)."""
+    return bool(os.environ.get("RAY_AUTOSCALER_ENABLED")) or os.path.exists(
+        os.path.expanduser("~/ray_bootstrap_config.yaml")
+    )

@@ -1,0 +1,122 @@
+"""An Algorithm 1 trial as a Ray Tune function trainable.
+
+The science lives in :func:`semirobust_ray.algorithm1.run_trial`; this module only connects it to
+Tune: it reports after every epoch with a checkpoint of f_b alone (a few MB, not the whole
+network), resumes from that checkpoint when Tune restarts a failed trial, and finishes with one
+report carrying the trial's Acc, whether it reached Acc* − k, and its I_{j,t} per layer pair.
+
+Large objects (the data, the baseline weights) arrive through ``tune.with_parameters``, never
+through ``config``: the config holds only the trial's coordinates and the settings worth seeing
+in TensorBoard's HParams view.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from semirobust_ray.algorithm1 import EpochRecord, TrialResult, TrialState, run_trial
+from semirobust_ray.baseline import Baseline
+from semirobust_ray.experiment import Experiment
+from semirobust_ray.storage import load_state, save_state
+from semirobust_ray.training import resolve_device
+
+CHECKPOINT_FILE = "trial_state.pt"
+#: The key of the final report that holds ``TrialResult.to_dict()`` as JSON (see report.py).
+TRIAL_RESULT_KEY = "trial_result_json"
+#: Config keys a search may vary per trial; everything else comes from the experiment's config.
+TUNABLE_KEYS = ("epochs", "k", "lr", "momentum", "weight_decay", "batch_size")
+
+
+def objective(fb_layers: int, reached: bool, num_layers: int) -> float:
+    """What model-based search minimises: |f_b|, plus a penalty of n when Acc* − k is missed.
+
+    Any depth that reaches therefore scores below every depth that does not.
+    """
+    return float(fb_layers + (0 if reached else num_layers))
+
+
+def _trial_index(config: dict[str, Any]) -> int:
+    if "trial" in config:
+        return int(config["trial"])
+    # Model-based searches sample no trial index: derive one from Tune's trial id so that two
+    # trials at the same depth still get different seeds.
+    trial_id = tune.get_context().get_trial_id() or "0"
+    return int(hashlib.sha256(trial_id.encode()).hexdigest()[:6], 16)
+
+
+def _epoch_metrics(
+    record: EpochRecord, fb_layers: int, trial: int, exp: Experiment, baseline: Baseline
+) -> dict[str, Any]:
+    reached = record.gap <= exp.config.k
+    return {
+        **dataclasses.asdict(record),
+        "fb_layers": fb_layers,
+        "trial": trial,
+        "acc_star": baseline.acc_star,
+        "acc_star_val": baseline.metrics.acc_star_val,
+        "reached": int(reached),
+        "objective": objective(fb_layers, reached, exp.num_layers),
+        "done": False,
+    }
+
+
+def final_metrics(result: TrialResult, num_layers: int) -> dict[str, Any]:
+    """The last report of a trial: scalars for Tune/TensorBoard plus the full result as JSON."""
+    best_val = max((h["val_robust_acc"] for h in result.history), default=float("nan"))
+    metrics: dict[str, Any] = {
+        "fb_layers": result.fb_layers,
+        "trial": result.trial,
+        "acc": result.acc,
+        "acc_sr": result.acc_sr,
+        "acc_star": result.acc_star,
+        "clean_acc": result.clean_acc,
+        "diff": result.diff,
+        "val_robust_acc": best_val,
+        "reached": int(result.reached),
+        "epochs_run": result.epochs_run,
+        "epoch": result.epochs_run,
+        "objective": objective(result.fb_layers, result.reached, num_layers),
+        "done": True,
+        TRIAL_RESULT_KEY: json.dumps(result.to_dict()),
+    }
+    for pair in result.mi:
+        metrics[f"I_j/{pair['j']:02d}"] = pair["bits"]
+    return metrics
+
+
+def algorithm1_trainable(
+    config: dict[str, Any], *, experiment: Experiment, baseline: Baseline
+) -> None:
+    """Tune entry point: run (or resume) trial ``config["trial"]`` at depth ``config["fb_layers"]``."""
+    overrides = {k: config[k] for k in TUNABLE_KEYS if k in config}
+    exp = dataclasses.replace(
+        experiment,
+        config=experiment.config.replace(**overrides) if overrides else experiment.config,
+        # Resolved here, on the worker: the driver may be a CPU-only head node.
+        device=resolve_device(experiment.config.device),
+    )
+    fb_layers, trial = int(config["fb_layers"]), _trial_index(config)
+
+    state = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = TrialState.from_dict(load_state(Path(d) / CHECKPOINT_FILE))
+
+    def on_epoch(record: EpochRecord, st: TrialState) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            save_state(Path(d) / CHECKPOINT_FILE, st.to_dict())
+            tune.report(
+                _epoch_metrics(record, fb_layers, trial, exp, baseline),
+                checkpoint=tune.Checkpoint.from_directory(d),
+            )
+
+    result = run_trial(exp, baseline, fb_layers, trial, state=state, on_epoch=on_epoch)
+    tune.report(final_metrics(result, exp.num_layers))
