@@ -39,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--address",
         default=None,
-        help="Ray cluster to join (e.g. 'auto' on a cluster node, or ray://host:10001); "
-        "default: join a running cluster if there is one, else start Ray locally",
+        help="Ray cluster to join ('auto' on a cluster node, ray://host:10001), or 'local' "
+        "for a new local instance; default: join a running cluster if any, else start locally",
     )
     p.add_argument(
         "--storage-path",

@@ -307,8 +307,13 @@ def run_search(
     resume: bool = False,
     log: Log = print,
     verbose: int = 1,
+    trainable_fn: Callable[..., None] = algorithm1_trainable,
 ) -> SearchOutcome:
-    """Validate, start or join Ray, train the baseline once, run the trials, write the report."""
+    """Validate, start or join Ray, train the baseline once, run the trials, write the report.
+
+    ``trainable_fn`` replaces the Tune function (same keyword arguments as
+    :func:`semirobust_ray.trial.algorithm1_trainable`), e.g. to inject faults in tests.
+    """
     start = time.perf_counter()
     storage = resolve_storage_path(storage_path)
     name = name or f"{config.model}-{config.dataset}-{config.search}"
@@ -340,7 +345,7 @@ def run_search(
     log(f"[search] Acc* = {baseline.acc_star:.4f}; candidate |f_b|: {exp.split_depths}")
 
     trainable = tune.with_resources(
-        tune.with_parameters(algorithm1_trainable, experiment=exp, baseline=baseline),
+        tune.with_parameters(trainable_fn, experiment=exp, baseline=baseline),
         _resources(config),
     )
     if resume:
@@ -384,6 +389,9 @@ def run_search(
 def _init_ray(address: str | None, log: Log) -> None:
     """Join ``address`` (or a running cluster when none is given), else start Ray locally."""
     if ray.is_initialized():
+        return
+    if address == "local":
+        ray.init(include_dashboard=False)
         return
     if address:
         ray.init(address=address, log_to_driver=True)

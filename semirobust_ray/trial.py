@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import tune
 
 from semirobust_ray.algorithm1 import EpochRecord, TrialResult, TrialState, run_trial
@@ -119,4 +120,6 @@ def algorithm1_trainable(
             )
 
     result = run_trial(exp, baseline, fb_layers, trial, state=state, on_epoch=on_epoch)
-    tune.report(final_metrics(result, exp.num_layers))
+    # Where it ran, so a multi-node search can be audited from its results alone.
+    node = {"node_id": ray.get_runtime_context().get_node_id(), "resumed": int(state is not None)}
+    tune.report({**final_metrics(result, exp.num_layers), **node})

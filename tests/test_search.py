@@ -1,0 +1,201 @@
+"""The Ray Tune system end to end at CI size: searches, agreement, retries, reports, TensorBoard."""
+
+import json
+from pathlib import Path
+
+import pytest
+import ray
+
+from semirobust_ray import report
+from semirobust_ray.config import ExperimentConfig
+from semirobust_ray.search import BisectionSearcher, SearchError, run_search
+from semirobust_ray.trial import algorithm1_trainable
+
+CI_SEARCH = dict(
+    model="smallcnn",
+    dataset="digits",
+    attack="pgd",
+    eps=0.1,
+    alpha=0.03,
+    steps=3,
+    batch_size=64,
+    lr=0.05,
+    baseline_epochs=3,
+    baseline_adv_epochs=3,
+    epochs=2,
+    seeds=1,
+    split_depths=[1, 3, 6],
+    k=0.05,
+    mi=True,
+    max_failures=1,
+)
+
+
+def quiet(_msg: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def searches(ray_local, tmp_path_factory):
+    """One grid and one bisection search over the same problem (shared baseline cache)."""
+    root = tmp_path_factory.mktemp("searches")
+    cache = root / "cache"
+    out = {}
+    for algo in ("grid", "bisection"):
+        config = ExperimentConfig.from_dict({**CI_SEARCH, "search": algo, "cache_dir": str(cache)})
+        out[algo] = run_search(config, storage_path=str(root), name=algo, log=quiet, verbose=0)
+    return out
+
+
+def _trial_epochs(outcome) -> int:
+    return sum(t["epochs_run"] for t in outcome.results["trials"])
+
+
+def test_grid_and_bisection_find_the_same_minimal_split(searches):
+    grid, bisection = searches["grid"], searches["bisection"]
+    assert len(grid.results["trials"]) == 3  # every depth x T
+    assert grid.minimal_fb_layers == bisection.minimal_fb_layers
+    expected = report.minimal_split(grid.results)["minimal_fb_layers"]
+    assert grid.minimal_fb_layers == expected
+    assert _trial_epochs(bisection) <= _trial_epochs(grid)
+
+
+def test_search_writes_report_meta_and_baseline(searches):
+    d = Path(searches["grid"].experiment_dir)
+    for name in (
+        "table1.md",
+        "table1.csv",
+        "rho_vs_depth.png",
+        "minimal_split.json",
+        "search_meta.json",
+        "baseline/baseline.json",
+        "baseline/robust.pt",
+    ):
+        assert (d / name).is_file(), name
+    minimal = json.loads((d / "minimal_split.json").read_text())
+    assert minimal["minimal_fb_layers"] == searches["grid"].minimal_fb_layers
+    assert {e["fb_layers"] for e in minimal["evidence"]} == {1, 3, 6}
+    trials = searches["grid"].results["trials"]
+    assert all(t["mi"] for t in trials)  # every trial measured its I_j
+    assert {len(t["mi"]) for t in trials} == {1, 3, 5}  # |f_b| pairs from f_a's last layer
+
+
+def test_report_is_rebuilt_from_stored_results_alone(searches, capsys):
+    d = Path(searches["bisection"].experiment_dir)
+    before = (d / "table1.md").read_text()
+    for name in ("table1.md", "table1.csv", "rho_vs_depth.png", "minimal_split.json"):
+        (d / name).unlink()
+    assert report.main([str(d)]) == 0
+    assert (d / "table1.md").read_text() == before
+    assert (d / "rho_vs_depth.png").stat().st_size > 1000
+    capsys.readouterr()
+
+
+def test_tensorboard_events_hold_the_reported_scalars(searches):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    d = Path(searches["grid"].experiment_dir)
+    events = sorted(d.glob("*/events.out.tfevents.*"))
+    assert len(events) == 3
+    tags = set()
+    for ev in events:
+        acc = EventAccumulator(str(ev))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    for tag in ("acc", "val_robust_acc", "gap", "loss", "acc_sr", "I_j/06"):
+        assert f"ray/tune/{tag}" in tags, tag
+
+
+def test_existing_search_is_not_overwritten(searches):
+    d = Path(searches["grid"].experiment_dir)
+    config = ExperimentConfig.from_dict({**CI_SEARCH, "search": "grid"})
+    with pytest.raises(SearchError, match="already holds a search: pass --resume"):
+        run_search(config, storage_path=str(d.parent), name="grid", log=quiet)
+    with pytest.raises(SearchError, match="holds no search to resume"):
+        run_search(config, storage_path=str(d.parent), name="nothing", resume=True, log=quiet)
+
+
+def make_flaky_trainable(marker: Path):
+    """A trainable that fails once, right after the first epoch's checkpoint, like a worker
+    dying mid-trial. Built as a closure so Ray ships it by value to its workers."""
+
+    def flaky_trainable(config, *, experiment, baseline):
+        import semirobust_ray.trial as trial_module
+        from ray import tune
+
+        if tune.get_checkpoint() is not None:
+            marker.with_suffix(".resumed").write_text("from checkpoint")
+        if marker.exists():
+            return algorithm1_trainable(config, experiment=experiment, baseline=baseline)
+        original = trial_module.run_trial
+
+        def failing(*args, on_epoch, **kwargs):
+            def hook(record, state):
+                on_epoch(record, state)
+                marker.write_text("failed once")
+                raise RuntimeError("injected fault after epoch 1")
+
+            return original(*args, on_epoch=hook, **kwargs)
+
+        trial_module.run_trial = failing
+        try:
+            return algorithm1_trainable(config, experiment=experiment, baseline=baseline)
+        finally:
+            trial_module.run_trial = original
+
+    return flaky_trainable
+
+
+def test_failed_trial_resumes_from_checkpoint_with_the_same_result(searches, tmp_path):
+    marker = tmp_path / "fault"
+    config = ExperimentConfig.from_dict(
+        {
+            **CI_SEARCH,
+            "split_depths": [6],
+            "k": 0.0,
+            "cache_dir": str(Path(searches["grid"].experiment_dir).parent / "cache"),
+        }
+    )
+    outcome = run_search(
+        config,
+        storage_path=str(tmp_path),
+        name="flaky",
+        log=quiet,
+        verbose=0,
+        trainable_fn=make_flaky_trainable(marker),
+    )
+    assert marker.read_text() == "failed once"
+    assert marker.with_suffix(".resumed").read_text() == "from checkpoint"
+    (faulty,) = outcome.results["trials"]
+    clean = next(t for t in searches["grid"].results["trials"] if t["fb_layers"] == 6)
+    assert faulty["epochs_run"] == clean["epochs_run"] == 2
+
+    def numbers(h):
+        return [{k: v for k, v in e.items() if k != "seconds"} for e in h]
+
+    assert numbers(faulty["history"]) == numbers(clean["history"])
+    assert faulty["acc"] == clean["acc"]
+
+
+def test_bisection_searcher_logic_without_ray():
+    s = BisectionSearcher([1, 2, 3, 4, 5, 6, 7, 8], trials_per_depth=2)
+    reaches = {d: d >= 3 for d in range(1, 9)}
+    probed = []
+    n = 0
+    while True:
+        suggestion = s.suggest(f"t{n}")
+        if suggestion == s.FINISHED:
+            break
+        assert suggestion is not None
+        probed.append(suggestion["fb_layers"])
+        s.on_trial_complete(f"t{n}", {"reached": int(reaches[suggestion["fb_layers"]])})
+        n += 1
+    assert s.minimal_depth == 3
+    assert len(set(probed)) <= 4  # log2(8) + 1 probes, not 8
