@@ -26,7 +26,7 @@ from semirobust_ray.algorithm1 import EpochRecord, TrialResult, TrialState, run_
 from semirobust_ray.baseline import Baseline
 from semirobust_ray.experiment import Experiment
 from semirobust_ray.storage import load_state, save_state
-from semirobust_ray.training import resolve_device
+from semirobust_ray.training import DivergenceError, resolve_device
 
 CHECKPOINT_FILE = "trial_state.pt"
 #: The key of the final report that holds ``TrialResult.to_dict()`` as JSON (see report.py).
@@ -92,6 +92,19 @@ def final_metrics(result: TrialResult, num_layers: int) -> dict[str, Any]:
     return metrics
 
 
+def diverged_metrics(fb_layers: int, trial: int, reason: str, num_layers: int) -> dict[str, Any]:
+    """The last report of a trial whose loss became NaN or infinite."""
+    return {
+        "fb_layers": fb_layers,
+        "trial": trial,
+        "reached": 0,
+        "diverged": 1,
+        "failure": f"diverged: {reason}",
+        "objective": objective(fb_layers, False, num_layers),
+        "done": True,
+    }
+
+
 def algorithm1_trainable(
     config: dict[str, Any], *, experiment: Experiment, baseline: Baseline
 ) -> None:
@@ -119,7 +132,13 @@ def algorithm1_trainable(
                 checkpoint=tune.Checkpoint.from_directory(d),
             )
 
-    result = run_trial(exp, baseline, fb_layers, trial, state=state, on_epoch=on_epoch)
+    try:
+        result = run_trial(exp, baseline, fb_layers, trial, state=state, on_epoch=on_epoch)
+    except DivergenceError as err:
+        # Retrying a diverged trial would diverge again: end it as failed, with the reason,
+        # and let the search go on (it counts as not reaching Acc* - k).
+        tune.report(diverged_metrics(fb_layers, trial, str(err), exp.num_layers))
+        return
     # Where it ran, so a multi-node search can be audited from its results alone.
     node = {"node_id": ray.get_runtime_context().get_node_id(), "resumed": int(state is not None)}
     tune.report({**final_metrics(result, exp.num_layers), **node})
