@@ -127,8 +127,9 @@ def make_flaky_trainable(marker: Path):
     dying mid-trial. Built as a closure so Ray ships it by value to its workers."""
 
     def flaky_trainable(config, *, experiment, baseline):
-        import semirobust_ray.trial as trial_module
         from ray import tune
+
+        import semirobust_ray.trial as trial_module
 
         if tune.get_checkpoint() is not None:
             marker.with_suffix(".resumed").write_text("from checkpoint")
