@@ -98,6 +98,30 @@ def _smallcnn(num_classes: int, image_size: int, in_channels: int) -> nn.Module:
     )
 
 
+@register_model("smallvgg")
+def _smallvgg(num_classes: int, image_size: int, in_channels: int) -> nn.Module:
+    """Twelve trainable layers (10 conv + 2 linear) with BatchNorm, narrow enough for a CPU.
+
+    For searches over many candidate depths on small images (works from 8x8).
+    """
+    widths = [16, 16, 32, 32, 32, 64, 64, 64, 64, 64]
+    layers: list[nn.Module] = []
+    cin = in_channels
+    for i, cout in enumerate(widths):
+        layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+        if i in (1, 4):
+            layers.append(nn.MaxPool2d(2))
+        cin = cout
+    return nn.Sequential(
+        *layers,
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, 64),
+        nn.ReLU(),
+        nn.Linear(64, num_classes),
+    )
+
+
 @register_model("alexnet")
 def _alexnet(num_classes: int, image_size: int, in_channels: int) -> nn.Module:
     """torchvision AlexNet (8 trainable layers); the 32x32 variant uses a 3x3 stride-2 stem."""

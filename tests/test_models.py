@@ -11,6 +11,7 @@ from semirobust_ray.models import ModelError, create_model, split, trainable_lay
     ("name", "size", "expected"),
     [
         ("smallcnn", 8, 6),
+        ("smallvgg", 8, 12),
         ("alexnet", 32, 8),
         ("vgg16", 32, 16),
         ("resnet50", 32, 54),
