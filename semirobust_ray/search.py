@@ -359,7 +359,10 @@ def run_search(
                 name=name,
                 storage_path=storage,
                 failure_config=tune.FailureConfig(max_failures=config.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                # Tune snapshots the experiment state whenever a trial has written
+                # num_to_keep checkpoints since the last snapshot: 1 would force a snapshot
+                # every epoch. f_b checkpoints are small, so keeping 3 costs little.
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
                 verbose=verbose,
             ),
         )
