@@ -9,6 +9,7 @@ f*_a in the weight update.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from collections.abc import Callable, Iterator
@@ -77,6 +78,16 @@ def make_optimizer(
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
+#: Trial training methods of :func:`train_epoch` (``train_method`` in the config).
+TRAIN_METHODS: tuple[str, ...] = ("standard", "fast", "free")
+
+#: FGSM step of "fast" adversarial training as a multiple of ε (Wong et al., 2020).
+FAST_STEP_FACTOR = 1.25
+
+#: Default number of replays per minibatch of "free" adversarial training (Shafahi et al., 2019).
+FREE_REPLAYS = 4
+
+
 def train_epoch(
     model: nn.Module,
     x: torch.Tensor,
@@ -87,30 +98,211 @@ def train_epoch(
     device: torch.device,
     generator: torch.Generator,
     attack: AttackFn | None = None,
+    method: str = "standard",
+    eps: float | None = None,
+    alpha: float | None = None,
+    replays: int = FREE_REPLAYS,
+    channels_last: bool | None = None,
+    bf16: bool = False,
 ) -> EpochStats:
-    """One epoch of training; with ``attack`` every batch is replaced by its adversarial version.
+    """One pass over ``(x, y)``: regular or adversarial training of the parameters that need grad.
 
-    ``x`` is uint8 (N×C×H×W). Raises :class:`DivergenceError` on a non-finite loss.
+    ``x`` is uint8 (N×C×H×W); it is moved to ``device`` once and converted to [0, 1] floats one
+    batch at a time. Raises :class:`DivergenceError` on a non-finite loss. Only parameters with
+    ``requires_grad`` get gradients, so after :func:`semirobust_ray.models.split` only f_b is
+    updated and f*_a stays bit-identical (frozen weights, BN statistics in eval mode).
+
+    Methods (``method``):
+
+    * ``"standard"`` (the paper): every batch is replaced by ``attack(x, y)`` (e.g. PGD-10),
+      then one SGD step on it; without ``attack``, regular training.
+    * ``"fast"``: FGSM with a random start (Wong et al., 2020, "Fast is better than free"):
+      δ ~ U(−ε, ε), one signed-gradient step of size ``alpha`` (default 1.25·ε), projected back
+      to the ε-ball and [0, 1]; then one SGD step. Two gradient computations per batch instead
+      of PGD-K's K + 1. The step runs through :class:`semirobust_ray.attacks.PGD` (one step),
+      so like every attack here it sees the model in eval mode and computes input gradients only.
+    * ``"free"``: free adversarial training (Shafahi et al., 2019): each batch is replayed
+      ``replays`` = m times; each replay does ONE forward/backward on ``x + δ`` in train mode that
+      yields both f_b's weight gradient (one SGD step) and the input gradient, with which δ moves
+      by ``alpha`` (default ε) along its sign and is clipped to the ε-ball. δ is carried across
+      replays and on to the next batch (as in the paper's Algorithm 1) and starts at 0 each call.
+      One call therefore makes m optimizer steps per batch and costs about m regular epochs:
+      epochs are counted as passes over the data, so E "free" epochs are E·m minibatch updates.
+      Shafahi et al. run E/m passes to match the step count of E regular epochs, which is the
+      equivalence to use when comparing budgets.
+
+    ``fast`` and ``free`` take ε from ``eps`` or, when omitted, from ``attack.eps`` (the
+    training attack the config builds); ``alpha`` is their own step (not ``attack.alpha``,
+    PGD's small step). Their random numbers come from a seed: ``attack.seed`` when the attack has
+    one (Algorithm 1 seeds it per epoch, so resumed trials repeat), else one drawn from
+    ``generator``. Evaluation is not affected: robust accuracy is measured with the strong
+    attack as before.
+
+    Speed options (they do not change what is computed, only how): ``channels_last`` stores
+    activations NHWC (default: on for CUDA, off on CPU, where it did not pay); ``bf16`` runs
+    forward passes (attack steps included) under bfloat16 autocast — faster on GPUs and CPUs
+    with bf16 units, but it does change the arithmetic, hence off by default.
     """
+    if method not in TRAIN_METHODS:
+        raise ValueError(f"unknown train method {method!r}; valid: {', '.join(TRAIN_METHODS)}")
+    if method != "standard":
+        eps = _method_eps(method, eps, attack)
+    if method == "free" and (
+        isinstance(replays, bool) or not isinstance(replays, int) or replays < 1
+    ):
+        raise ValueError(f"replays must be an integer >= 1, got {replays!r}")
+    if channels_last is None:
+        channels_last = device.type == "cuda"
+    if channels_last:
+        # In place, so the attack (which holds the same module) runs NHWC as well; values and
+        # the optimizer's Parameter objects are unchanged.
+        model.to(memory_format=torch.channels_last)
+
     model.train()
-    x, y = x.to(device), y.to(device)
-    total_loss, correct, seen = 0.0, 0, 0
-    for idx in batches(len(y), batch_size, generator):
-        idx = idx.to(device)
-        xb, yb = to_unit(x[idx]), y[idx]
-        if attack is not None:
-            xb = attack(xb, yb).detach()
-        logits = model(xb)
-        loss = F.cross_entropy(logits, yb)
-        if not torch.isfinite(loss):
-            raise DivergenceError(f"training loss became {loss.item()} after {seen} examples")
-        optimizer.zero_grad(set_to_none=True)
+    # One host-to-device copy of the uint8 images per epoch; batches are gathered on the device.
+    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    n = len(y)
+    order = torch.randperm(n, generator=generator).to(device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    step: _Step
+    if method == "standard":
+        step = _StandardStep(model, optimizer, attack, amp)
+    elif method == "fast":
+        fgsm = _fast_attack(model, eps, alpha, _method_seed(attack, generator))
+        step = _StandardStep(model, optimizer, fgsm, amp)
+    else:
+        step = _FreeStep(model, optimizer, eps, alpha if alpha is not None else eps, replays, amp)
+    # Sums stay on the device: one synchronisation per batch (the divergence check), none per
+    # example.
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        xb = to_unit(x[idx]).contiguous(memory_format=fmt)
+        yb = y[idx]
+        loss_sum, hits, count = step(xb, yb)
+        if not torch.isfinite(loss_sum):
+            raise DivergenceError(f"training loss became {loss_sum.item()} after {seen} examples")
+        total_loss += loss_sum
+        correct += hits
+        seen += count
+    return EpochStats(total_loss.item() / seen, correct.item() / seen, n)
+
+
+class _Step:
+    """One batch of training; returns (summed loss, correct predictions, examples trained on)."""
+
+    def __call__(
+        self, xb: torch.Tensor, yb: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        raise NotImplementedError
+
+
+class _StandardStep(_Step):
+    """Attack (if any), then one SGD step on the detached adversarial batch.
+
+    The attacked batch is detached and f*_a's parameters do not require grad, so autograd
+    records nothing until the first f_b layer: the update's backward covers f_b only, and
+    f*_a's forward is effectively a no-grad pass (tests/test_training.py checks the graph).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        attack: AttackFn | None,
+        amp: contextlib.AbstractContextManager,
+    ) -> None:
+        self.model, self.optimizer, self.attack, self.amp = model, optimizer, attack, amp
+
+    def __call__(
+        self, xb: torch.Tensor, yb: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        if self.attack is not None:
+            with self.amp:
+                xb = self.attack(xb, yb).detach()
+        with self.amp:
+            logits = self.model(xb)
+        loss = F.cross_entropy(logits.float(), yb)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        total_loss += loss.item() * len(yb)
-        correct += (logits.argmax(1) == yb).sum().item()
-        seen += len(yb)
-    return EpochStats(total_loss / seen, correct / seen, seen)
+        self.optimizer.step()
+        n = len(yb)
+        return loss.detach() * n, (logits.detach().argmax(1) == yb).sum(), n
+
+
+class _FreeStep(_Step):
+    """Free adversarial training: m replays of a batch, δ carried across replays and batches."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        eps: float,
+        alpha: float,
+        replays: int,
+        amp: contextlib.AbstractContextManager,
+    ) -> None:
+        self.model, self.optimizer, self.amp = model, optimizer, amp
+        self.eps, self.alpha, self.replays = float(eps), float(alpha), replays
+        self.delta: torch.Tensor | None = None
+
+    def __call__(
+        self, xb: torch.Tensor, yb: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        n = len(yb)
+        if self.delta is None:
+            # The first batch is the largest (only the last one can be short).
+            self.delta = torch.zeros_like(xb)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=xb.device)
+        hits = torch.zeros((), dtype=torch.int64, device=xb.device)
+        for _ in range(self.replays):
+            delta = self.delta[:n].clone().requires_grad_(True)
+            with self.amp:
+                logits = self.model((xb + delta).clamp(0.0, 1.0))
+            loss = F.cross_entropy(logits.float(), yb)
+            self.optimizer.zero_grad(set_to_none=True)
+            # One backward: weight gradients for f_b and the input gradient for δ.
+            loss.backward()
+            self.optimizer.step()
+            with torch.no_grad():
+                self.delta[:n] = (delta + self.alpha * delta.grad.sign()).clamp_(
+                    -self.eps, self.eps
+                )
+            if not torch.isfinite(loss):
+                return loss.detach(), hits, n
+            loss_sum += loss.detach() * n
+            hits += (logits.detach().argmax(1) == yb).sum()
+        return loss_sum, hits, n * self.replays
+
+
+def _method_eps(method: str, eps: float | None, attack: AttackFn | None) -> float:
+    if eps is None:
+        eps = getattr(attack, "eps", None)
+    if eps is None:
+        raise ValueError(
+            f"train method {method!r} needs eps: pass eps= or an attack with an .eps attribute"
+        )
+    if not 0.0 < float(eps) <= 1.0:
+        raise ValueError(f"eps must be in (0, 1] (pixel scale), got {eps!r}")
+    return float(eps)
+
+
+def _method_seed(attack: AttackFn | None, generator: torch.Generator) -> int:
+    seed = getattr(attack, "seed", None)
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        return seed
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+
+
+def _fast_attack(model: nn.Module, eps: float, alpha: float | None, seed: int) -> AttackFn:
+    """FGSM with random start = one PGD step of 1.25·ε from a uniform start in the ε-ball."""
+    from semirobust_ray.attacks import PGD
+
+    step = alpha if alpha is not None else FAST_STEP_FACTOR * eps
+    return PGD(model, eps=eps, alpha=step, steps=1, seed=seed, random_start=True)
 
 
 def predict_adversarial(
