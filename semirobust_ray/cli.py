@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from semirobust_ray.config import ExperimentConfig, load_config
+from semirobust_ray.storage import CorruptFileError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "search_spaces" / "quickstart.yaml"
 
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             address=args.address,
             resume=args.resume,
         )
-    except ValueError as err:  # every user-facing error class derives from ValueError
+    except (ValueError, CorruptFileError) as err:  # user-facing errors and damaged files
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

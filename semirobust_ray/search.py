@@ -46,6 +46,10 @@ class SearchError(ValueError):
     """A problem with the search set-up (storage, resume, resources); one line."""
 
 
+class SearchInterrupted(KeyboardInterrupt):
+    """Tune stopped early (SIGINT, SIGUSR1) and left trials unfinished: resume to finish them."""
+
+
 # --- bisection ----------------------------------------------------------------------------
 
 
@@ -120,6 +124,21 @@ class BisectionSearcher(Searcher):
             self.__dict__.update(pickle.load(f))
 
 
+class _FinishWatch(tune.Callback):
+    """Counts, after every step of Tune's loop, the trials not yet TERMINATED or ERROR.
+
+    After an interrupt Tune stops the running trials and marks them TERMINATED, so only the
+    count taken before that tells an interrupted search from a finished one (ASHA-stopped
+    trials are TERMINATED too). A class attribute: ``Tuner.restore`` rebuilds the callbacks
+    from its pickle, so the instance that runs is not the one created here.
+    """
+
+    unfinished = 0
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        type(self).unfinished = sum(t.status not in ("TERMINATED", "ERROR") for t in trials)
+
+
 # --- storage of the search's own files ----------------------------------------------------
 
 
@@ -185,17 +204,21 @@ def load_search_baseline(exp_dir: str, key: str) -> Baseline | None:
         return None
     bdir = local / BASELINE_DIR
     meta = read_json(bdir / "baseline.json")
-    if meta.get("key") != key:
+    if not isinstance(meta, dict) or meta.get("key") != key:
         return None
-    metrics = {k: v for k, v in meta["metrics"].items() if k != "key"}
-    return Baseline(
-        key,
-        bdir,
-        load_state(bdir / "regular.pt", meta["sha256"]["regular.pt"]),
-        load_state(bdir / "robust.pt", meta["sha256"]["robust.pt"]),
-        BaselineMetrics(**metrics),
-        reused=True,
-    )
+    try:
+        metrics = {k: v for k, v in meta["metrics"].items() if k != "key"}
+        return Baseline(
+            key,
+            bdir,
+            load_state(bdir / "regular.pt", meta["sha256"]["regular.pt"]),
+            load_state(bdir / "robust.pt", meta["sha256"]["robust.pt"]),
+            BaselineMetrics(**metrics),
+            reused=True,
+        )
+    except (KeyError, TypeError, AttributeError) as err:
+        # A hand-edited or partly written record: as unusable as a failed checksum.
+        raise CorruptFileError(f"{bdir / 'baseline.json'} is incomplete ({err!r})") from None
 
 
 # --- the search ---------------------------------------------------------------------------
@@ -324,7 +347,7 @@ def run_search(
         local = _local(exp_dir)
         if local is not None and (local / SEARCH_META_FILE).exists():
             # The search resumes with the settings it started with, not today's config file.
-            config = ExperimentConfig.from_dict(read_json(local / SEARCH_META_FILE)["config"])
+            config = _stored_config(local / SEARCH_META_FILE)
     elif _local(exp_dir) is not None and (Path(exp_dir) / SEARCH_META_FILE).exists():
         raise SearchError(
             f"'{exp_dir}' already holds a search: pass --resume to continue it, "
@@ -348,6 +371,7 @@ def run_search(
         tune.with_parameters(trainable_fn, experiment=exp, baseline=baseline),
         _resources(config),
     )
+    _FinishWatch.unfinished = 0
     if resume:
         tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_errored=True)
     else:
@@ -363,10 +387,16 @@ def run_search(
                 # num_to_keep checkpoints since the last snapshot: 1 would force a snapshot
                 # every epoch. f_b checkpoints are small, so keeping 3 costs little.
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
+                callbacks=[_FinishWatch()],
                 verbose=verbose,
             ),
         )
     grid = tuner.fit()
+    if _FinishWatch.unfinished:
+        # Tune handles the first SIGINT itself: fit() returns normally, with the trials it
+        # stopped or never started marked TERMINATED. That search is not finished, and a report
+        # written now would look final.
+        raise SearchInterrupted(f"{_FinishWatch.unfinished} trial(s) unfinished")
 
     local = _local(exp_dir)
     if local is not None:
@@ -387,6 +417,18 @@ def run_search(
         seconds=time.perf_counter() - start,
         trial_seconds=trial_seconds,
     )
+
+
+def _stored_config(path: Path) -> ExperimentConfig:
+    """The config a search was started with, from its ``search_meta.json``."""
+    try:
+        return ExperimentConfig.from_dict(read_json(path)["config"])
+    except CorruptFileError as err:
+        raise SearchError(f"--resume: {err}; the search cannot be resumed") from None
+    except (KeyError, TypeError):
+        raise SearchError(
+            f"--resume: {path} holds no 'config' mapping; the search cannot be resumed"
+        ) from None
 
 
 def _init_ray(address: str | None, log: Log) -> None:
