@@ -16,8 +16,9 @@ Tune experiment directory format (what the search layer must write):
   "baseline": {"acc_star": ..., ...}}``;
 - one directory per trial (found recursively) holding Tune's ``result.json`` (JSON lines, one per
   ``tune.report``). A finished trial's last report carries ``"trial_result_json"``: the JSON
-  string of ``TrialResult.to_dict()``. A trial without such a line is listed as unfinished and is
-  not used.
+  string of ``TrialResult.to_dict()``. A trial whose last report carries ``"failure"`` instead
+  (a diverged loss) is listed under ``failed`` with that reason; any other trial without a
+  result line is listed as unfinished. Neither is used in the table.
 """
 
 from __future__ import annotations
@@ -143,11 +144,16 @@ def _load_tune_results(root: Path) -> dict[str, Any]:
     _require_header(meta, root / SEARCH_META_FILE)
     trials: list[dict[str, Any]] = []
     unfinished: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
     # Sorted so that the trial order (and hence every output file) is reproducible.
     for result_file in sorted(root.rglob(TUNE_RESULT_FILE)):
         trial_dir = result_file.parent
         rel = str(trial_dir.relative_to(root))
         final, last, reports = _scan_tune_result(result_file)
+        if final is None and last is not None and last.get("failure"):
+            # Ended on purpose without a result (e.g. diverged): a failed trial, with its reason.
+            failed.append(_failed_entry(rel, trial_dir, last))
+            continue
         if final is None:
             unfinished.append(_unfinished_entry(rel, trial_dir, last, reports))
             continue
@@ -159,7 +165,13 @@ def _load_tune_results(root: Path) -> dict[str, Any]:
             ) from None
         _trial_from_dict(trial, str(result_file))
         trials.append({**trial, "trial_dir": rel})
-    return {**meta, "trials": trials, "unfinished": unfinished, "source": str(root)}
+    return {
+        **meta,
+        "trials": trials,
+        "unfinished": unfinished,
+        "failed": failed,
+        "source": str(root),
+    }
 
 
 def _scan_tune_result(path: Path) -> tuple[str | None, dict[str, Any] | None, int]:
@@ -204,6 +216,14 @@ def _unfinished_entry(
         for key in ("epoch", "training_iteration", "fb_layers", "val_robust_acc", "gap"):
             if key in last:
                 entry[key] = last[key]
+    return entry
+
+
+def _failed_entry(rel: str, trial_dir: Path, last: dict[str, Any]) -> dict[str, Any]:
+    entry: dict[str, Any] = {"trial_dir": rel, "failure": str(last["failure"])}
+    for key in ("fb_layers", "trial"):
+        if key in last:
+            entry[key] = last[key]
     return entry
 
 
@@ -377,8 +397,9 @@ def minimal_split(results: dict[str, Any]) -> dict[str, Any]:
     """The smallest |f_b| whose trials reached Acc* − k, with the evidence for it.
 
     ``minimal_fb_layers`` is null when no depth reached. ``evidence`` lists every depth tried
-    (best Acc, whether some trial reached, trials and trial-epochs spent); ``unfinished`` lists
-    trials that never reported a final result (not counted in the evidence).
+    (best Acc, whether some trial reached, trials and trial-epochs spent); ``failed`` lists
+    trials that ended without a result and why (e.g. a diverged loss), ``unfinished`` trials that
+    never reported a final result; neither is counted in the evidence.
     """
     summaries = depth_summaries(results)
     best = minimal_depth(summaries)
@@ -409,6 +430,7 @@ def minimal_split(results: dict[str, Any]) -> dict[str, Any]:
             }
             for s in summaries
         ],
+        "failed": list(results.get("failed", [])),
         "unfinished": list(results.get("unfinished", [])),
     }
 
@@ -446,6 +468,8 @@ def _summary_lines(results: dict[str, Any], paths: dict[str, Path]) -> Iterable[
             f"minimal robust split: |f_b| = {m['minimal_fb_layers']} "
             f"(Acc {100 * m['acc']:.1f}% vs Acc* {100 * m['acc_star']:.1f}%, k = {m['k']})"
         )
+    for f in m["failed"]:
+        yield f"failed trial |f_b| = {f.get('fb_layers', '?')}: {f['failure']}"
     if m["unfinished"]:
         yield f"{len(m['unfinished'])} unfinished trial(s) not counted"
     for p in paths.values():
