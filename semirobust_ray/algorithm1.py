@@ -169,7 +169,14 @@ def run_trial(
         epoch_seed = (seed + 7919 * (state.epoch + 1)) % 2**31
         attack = exp.train_attack(model, epoch_seed)
         stats = train_epoch(
-            model, d.x_train, d.y_train, optimizer, generator=gen, attack=attack, **kw
+            model,
+            d.x_train,
+            d.y_train,
+            optimizer,
+            generator=gen,
+            attack=attack,
+            method=c.train_method,
+            **kw,
         )
         val = evaluate(model, x_val, y_val, attack=exp.eval_attack(model, epoch_seed), **kw)
         record = EpochRecord(
@@ -253,6 +260,8 @@ def trial_mi(
         seed=seed,
         estimator=c.mi_estimator,
         device=exp.device,
+        # Without CPUs reserved for them, MI tasks inside a trial would wait forever.
+        use_ray=None if c.mi_cpus > 0 else False,
     )
     return [asdict(p) for p in pairs]
 

@@ -185,3 +185,12 @@ def test_cifar10_subset_trial_runs_on_real_images(tmp_path):
     baseline = get_baseline(exp, log=quiet)
     result = run_trial(exp, baseline, 2, 0, log=quiet)
     assert 0.0 <= result.acc <= 1.0 and result.epochs_run == 1
+
+
+@pytest.mark.parametrize("method", ["fast", "free"])
+def test_cheaper_trial_training_methods_run_and_keep_fa_frozen(digits, method):
+    exp, baseline = digits
+    exp = prepare(exp.config.replace(train_method=method, epochs=1, k=0.0))
+    result = run_trial(exp, baseline, 2, 0, log=quiet)
+    assert result.epochs_run == 1 and 0.0 <= result.acc <= 1.0
+    assert result.acc > result.acc_sr  # training f_b helped against the evaluation attack
