@@ -1,7 +1,7 @@
 """Every benchmark of the project side by side in one process, with one JSON of figures.
 
 Usage:
-    python benchmarks/run.py [--quick] [--search] [--json FILE] [--only training|mi ...]
+    python benchmarks/run.py [--quick] [--search] [--json FILE] [--only training|mi|search ...]
 
 ``--quick`` is the smoke mode (under ~10 minutes on a 2-core CPU); the full mode produces the
 tables in BENCHMARKS.md. The top level of the JSON holds the headline figures under the names
@@ -31,6 +31,9 @@ HEADLINE = (
     "at_ratio_to_limit_bf16",
     "edge_speedup_vs_thirdparty",
     "mi_vgg16_peak_gb",
+    "search_epoch_ratio",
+    "search_wall_ratio",
+    "ray_overhead_fraction",
 )
 
 
@@ -60,7 +63,13 @@ def run_mi(quick: bool) -> dict[str, Any]:
         return json.loads(out.read_text())
 
 
-BENCHMARKS = {"training": run_training, "mi": run_mi}
+def run_search(quick: bool) -> dict[str, Any]:
+    import bench_search
+
+    return bench_search.run(quick=quick)
+
+
+BENCHMARKS = {"training": run_training, "mi": run_mi, "search": run_search}
 
 
 def main() -> int:

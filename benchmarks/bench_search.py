@@ -1,0 +1,150 @@
+"""Search-level cost: bisection against grid, and what Ray Tune adds on top of the trials.
+
+``python benchmarks/bench_search.py [--quick] [--json FILE]``
+
+- ``search_epoch_ratio``: trial-epochs spent by the ``bisection`` search divided by those of the
+  ``grid`` search on the same problem (12 candidate depths of the 12-layer ``smallvgg`` on the
+  digits data), both required to find the same minimal split; the wall-time ratio beside it.
+- ``ray_overhead_fraction``: (search wall time − time spent inside trials) / search wall time for
+  a search of sequential trials lasting ≥ 30 s each, Ray's start-up included. The baseline is
+  taken from a warm cache first, so the figure is Ray's cost, not stage 1's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from semirobust_ray.baseline import get_baseline
+from semirobust_ray.config import ExperimentConfig
+from semirobust_ray.experiment import prepare
+from semirobust_ray.search import run_search
+
+CIFAR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10_subset.npz"
+DIGITS = dict(
+    dataset="digits",
+    attack="pgd",
+    eps=0.1,
+    alpha=0.03,
+    batch_size=64,
+    lr=0.05,
+    mi=False,
+    baseline_epochs=4,
+    baseline_adv_epochs=4,
+)
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def _trial_epochs(outcome) -> int:
+    return sum(t["epochs_run"] for t in outcome.results["trials"])
+
+
+def search_epoch_ratio(root: Path, quick: bool) -> dict[str, Any]:
+    """Run grid and bisection over the same 12 depths; compare their cost and answer."""
+    config = ExperimentConfig.from_dict(
+        {
+            **DIGITS,
+            "model": "smallvgg",
+            "steps": 3,
+            "split_depths": list(range(1, 13)),
+            "epochs": 3,
+            "k": 0.05,
+            "seeds": 1 if quick else 2,
+            "cache_dir": str(root / "cache"),
+        }
+    )
+    get_baseline(prepare(config), log=_quiet)  # both searches then share the cached baseline
+    outcomes = {}
+    for algo in ("grid", "bisection"):
+        t0 = time.perf_counter()
+        outcomes[algo] = run_search(
+            config.replace(search=algo),
+            storage_path=str(root),
+            name=f"ratio-{algo}",
+            log=_quiet,
+            verbose=0,
+        )
+        outcomes[algo].seconds = time.perf_counter() - t0
+    grid, bis = outcomes["grid"], outcomes["bisection"]
+    return {
+        "search_epoch_ratio": _trial_epochs(bis) / _trial_epochs(grid),
+        "search_wall_ratio": bis.seconds / grid.seconds,
+        "grid_trial_epochs": _trial_epochs(grid),
+        "bisection_trial_epochs": _trial_epochs(bis),
+        "grid_trials": len(grid.results["trials"]),
+        "bisection_trials": len(bis.results["trials"]),
+        "grid_minimal_fb_layers": grid.minimal_fb_layers,
+        "bisection_minimal_fb_layers": bis.minimal_fb_layers,
+        "same_minimal_split": grid.minimal_fb_layers == bis.minimal_fb_layers,
+        "candidate_depths": 12,
+        "seeds": config.seeds,
+    }
+
+
+def ray_overhead_fraction(root: Path, quick: bool) -> dict[str, Any]:
+    """Sequential trials of >= 30 s each; the share of wall time not spent inside trials."""
+    config = ExperimentConfig.from_dict(
+        {
+            **DIGITS,
+            "model": "smallcnn",
+            "steps": 7,
+            "split_depths": [2, 4] if quick else [2, 4, 6],
+            "epochs": 12,
+            "k": 0.0,
+            "seeds": 1,
+            "max_concurrent": 1,
+            "cache_dir": str(root / "cache-overhead"),
+        }
+    )
+    get_baseline(prepare(config), log=_quiet)
+    if ray.is_initialized():
+        ray.shutdown()  # Ray's start-up counts: a user's search pays it too
+    t0 = time.perf_counter()
+    outcome = run_search(
+        config, storage_path=str(root), name="overhead", log=_quiet, verbose=0, address="local"
+    )
+    wall = time.perf_counter() - t0
+    inside = sum(t["seconds"] for t in outcome.results["trials"])
+    return {
+        "ray_overhead_fraction": (wall - inside) / wall,
+        "overhead_wall_s": wall,
+        "overhead_trial_s": inside,
+        "overhead_trials": len(outcome.results["trials"]),
+        "overhead_min_trial_s": min(t["seconds"] for t in outcome.results["trials"]),
+    }
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """Both figures, side by side in one process."""
+    with tempfile.TemporaryDirectory() as d:
+        root = Path(d)
+        figures = search_epoch_ratio(root, quick)
+        ray.shutdown()
+        figures.update(ray_overhead_fraction(root, quick))
+        ray.shutdown()
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="T = 1 and fewer trials")
+    parser.add_argument("--json", help="write the figures to this file")
+    args = parser.parse_args()
+    figures = run(args.quick)
+    for key, value in figures.items():
+        print(f"{key:32s} {value:.4g}" if isinstance(value, float) else f"{key:32s} {value}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
