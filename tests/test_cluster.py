@@ -1,0 +1,153 @@
+"""A search on a 2-node Ray cluster on one machine (``ray.cluster_utils.Cluster``).
+
+The head has no GPU; one worker node advertises a fake GPU (``num_gpus=1``: a scheduling
+resource only, torch.cuda stays unavailable, so trials placed there still compute on the CPU).
+This module starts its own cluster and shuts it down at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+from semirobust_ray.config import ExperimentConfig
+from semirobust_ray.search import run_search
+
+CLUSTER_SEARCH = dict(
+    model="smallcnn",
+    dataset="digits",
+    attack="pgd",
+    eps=0.1,
+    alpha=0.03,
+    steps=3,
+    batch_size=64,
+    lr=0.05,
+    baseline_epochs=3,
+    baseline_adv_epochs=3,
+    epochs=2,
+    seeds=1,
+    k=0.0,
+    mi=False,  # one CPU per trial, so four trials run at once across the two nodes
+    max_failures=2,
+    search="grid",
+)
+
+
+def quiet(_msg: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0})
+    gpu_node = c.add_node(num_cpus=2, num_gpus=1)
+    c.wait_for_nodes()
+    ray.init(address=c.address, log_to_driver=False)
+    yield c, c.head_node.node_id, gpu_node
+    ray.shutdown()
+    c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cluster-cache")
+
+
+def _config(cache_dir: Path, **changes) -> ExperimentConfig:
+    return ExperimentConfig.from_dict({**CLUSTER_SEARCH, "cache_dir": str(cache_dir), **changes})
+
+
+def _final_reports(exp_dir: str) -> list[dict]:
+    out = []
+    for result_file in sorted(Path(exp_dir).glob("*/result.json")):
+        rows = [json.loads(line) for line in result_file.read_text().splitlines() if line]
+        out.append(rows[-1])
+    return out
+
+
+def test_trials_spread_over_both_nodes(cluster, cache_dir, tmp_path):
+    _, head_id, gpu_node = cluster
+    outcome = run_search(
+        _config(cache_dir, split_depths=[1, 2, 3, 6]),
+        storage_path=str(tmp_path),
+        name="spread",
+        log=quiet,
+        verbose=0,
+    )
+    finals = _final_reports(outcome.experiment_dir)
+    assert sorted(f["fb_layers"] for f in finals) == [1, 2, 3, 6]
+    assert {f["node_id"] for f in finals} == {head_id, gpu_node.node_id}
+    assert outcome.results["unfinished"] == []
+
+
+def test_gpu_trials_go_only_to_the_gpu_node_and_compute_on_cpu(cluster, cache_dir, tmp_path):
+    _, _, gpu_node = cluster
+    outcome = run_search(
+        _config(cache_dir, split_depths=[1, 6], gpus_per_trial=1),
+        storage_path=str(tmp_path),
+        name="gpu",
+        log=quiet,
+        verbose=0,
+    )
+    finals = _final_reports(outcome.experiment_dir)
+    assert [f["node_id"] for f in finals] == [gpu_node.node_id] * 2
+    # torch.cuda is unavailable there: device "auto" fell back to the CPU and the trials ran.
+    assert all(0.0 <= t["acc"] <= 1.0 for t in outcome.results["trials"])
+
+
+def test_more_gpus_per_trial_than_any_node_is_refused_not_waited_for(cluster, cache_dir, tmp_path):
+    from semirobust_ray.search import SearchError
+
+    with pytest.raises(
+        SearchError, match=r"gpus_per_trial=2 but the largest node has 1 GPUs \(cluster total 1\)"
+    ):
+        run_search(
+            _config(cache_dir, split_depths=[1], gpus_per_trial=2),
+            storage_path=str(tmp_path),
+            name="toomany",
+            log=quiet,
+            verbose=0,
+        )
+
+
+@pytest.mark.slow
+def test_worker_node_removed_mid_search_reschedules_its_trials(cluster, cache_dir, tmp_path):
+    c, head_id, _ = cluster
+    extra = c.add_node(num_cpus=2, num_gpus=0)
+    c.wait_for_nodes()
+    removed_at: list[float] = []
+
+    def remove_when_trials_run() -> None:
+        # Trials write their checkpoints straight to the storage path: the first one means the
+        # trials are under way on both nodes.
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            if list(tmp_path.glob("removal/*/checkpoint_*")):
+                break
+            time.sleep(0.2)
+        removed_at.append(time.time())
+        c.remove_node(extra, allow_graceful=False)
+
+    killer = threading.Thread(target=remove_when_trials_run, daemon=True)
+    killer.start()
+    outcome = run_search(
+        _config(cache_dir, split_depths=[1, 2, 3, 6]),
+        storage_path=str(tmp_path),
+        name="removal",
+        log=quiet,
+        verbose=0,
+    )
+    killer.join(timeout=5)
+    assert removed_at, "the node was never removed"
+    finals = _final_reports(outcome.experiment_dir)
+    assert sorted(f["fb_layers"] for f in finals) == [1, 2, 3, 6]
+    assert outcome.results["unfinished"] == []
+    assert extra.node_id not in {f["node_id"] for f in finals if f["timestamp"] > removed_at[0]}
+    # The removal hit trials in flight: Tune recorded their failure and retried them.
+    assert list(Path(outcome.experiment_dir).glob("*/error.txt"))

@@ -1,0 +1,518 @@
+"""Faults a long search must survive without losing finished work, and reproducible numbers.
+
+- The driver (``launch/search.py``) interrupted with SIGINT or killed with SIGKILL mid-search:
+  ``--resume`` finishes it, finished trials are not re-run, trials in flight continue from their
+  last checkpoint.
+- A trial's worker process dies mid-epoch: the trial is retried from its checkpoint and the
+  search reports exactly what a fault-free search reports.
+- A trial whose loss diverges ends as a failed trial with its reason; the search goes on.
+- A damaged baseline (cache entry or the copy stored with a search) is detected and rebuilt.
+- The same config and seed give the same Acc*, Acc_sr, Acc and ρ twice on CPU.
+
+The subprocess tests come first in this module: they start their own local Ray (``--address
+local``); the in-process tests share one Ray instance started afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from semirobust_ray import report
+from semirobust_ray.baseline import get_baseline, load_baseline
+from semirobust_ray.config import ExperimentConfig
+from semirobust_ray.experiment import prepare
+from semirobust_ray.storage import CorruptFileError, read_json
+from semirobust_ray.trial import algorithm1_trainable
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# CI size (like tests/test_search.py's CI_SEARCH, same baseline): 3 grid trials of 1-2 epochs.
+# With MI each trial reserves both CPUs, so trials run one after another and the moment "one
+# trial finished, the next has a checkpoint but no result" exists for a few seconds.
+FAULT_SEARCH = dict(
+    model="smallcnn",
+    dataset="digits",
+    attack="pgd",
+    eps=0.1,
+    alpha=0.03,
+    steps=3,
+    batch_size=64,
+    lr=0.05,
+    baseline_epochs=3,
+    baseline_adv_epochs=3,
+    epochs=2,
+    seeds=1,
+    split_depths=[1, 2, 6],
+    k=0.0,
+    mi=True,
+    max_failures=1,
+    search="grid",
+)
+FINAL_KEY = "trial_result_json"
+
+
+def quiet(_msg: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    """One baseline cache for the module: trained by the first search, reused by the rest."""
+    return tmp_path_factory.mktemp("baseline-cache")
+
+
+# --- driver interrupted or killed ----------------------------------------------------------
+
+
+def _launch(storage: Path, cache: Path, *extra: str) -> list[str]:
+    sets = []
+    for key, value in {**FAULT_SEARCH, "cache_dir": str(cache)}.items():
+        sets += ["--set", f"{key}={json.dumps(value)}"]
+    return [
+        sys.executable,
+        str(ROOT / "launch" / "search.py"),
+        "--address",
+        "local",
+        "--storage-path",
+        str(storage),
+        "--name",
+        "x",
+        *sets,
+        *extra,
+    ]
+
+
+def _env() -> dict[str, str]:
+    # The child must start its own Ray, never join one this process may have started.
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # Tune copies its experiment state and the trials' result.json to the storage path together,
+    # every 10 s by default: what a killed driver leaves there is a consistent snapshot up to
+    # 10 s old (trials finished after it re-run from their last checkpoint). Every second here,
+    # so that the moment "one trial finished, one in flight" shows up on the storage path.
+    env["TUNE_GLOBAL_CHECKPOINT_S"] = "1"
+    return env
+
+
+def _lines(result_file: Path) -> list[dict]:
+    rows = []
+    for line in result_file.read_text(errors="replace").splitlines():
+        with contextlib.suppress(json.JSONDecodeError):  # a line being written right now
+            rows.append(json.loads(line))
+    return rows
+
+
+def _snapshot(exp_dir: Path) -> tuple[dict[Path, bytes], list[Path]]:
+    """What the storage path shows: (finished trials' result.json bytes, trial dirs in flight:
+    reported at least one epoch, with its checkpoint, but no final result)."""
+    finished, in_flight = {}, []
+    for result_file in sorted(exp_dir.glob("*/result.json")):
+        data = result_file.read_bytes()
+        if FINAL_KEY.encode() in data:
+            finished[result_file] = data
+        elif _lines(result_file) and any(result_file.parent.glob("checkpoint_*")):
+            in_flight.append(result_file.parent)
+    return finished, in_flight
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Kill what the child left behind (its Ray processes share its process group)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def _run_until_signal(
+    cmd: list[str], exp_dir: Path, sig: int, log: Path, *, after=(), timeout: float = 300
+):
+    """Start the launcher, wait until the storage path shows a finished trial (beyond those in
+    ``after``) and one in flight, then send ``sig`` to the driver alone (as ``kill`` would).
+
+    Returns (exit code, stderr text, the storage path's snapshot once the driver is gone).
+    Trials keep a checkpoint per epoch and spend seconds on their final evaluation and MI after
+    the last one, so the trial seen in flight is normally still in flight when the signal lands.
+    """
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=_env(), stdout=out, stderr=subprocess.PIPE, text=True,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                finished, in_flight = _snapshot(exp_dir)
+                if set(finished) - set(after) and in_flight:
+                    break
+                assert proc.poll() is None, (
+                    f"the search ended (exit {proc.returncode}) before a trial was seen in "
+                    f"flight; log: {log}"
+                )
+                assert time.monotonic() < deadline, f"no trial finished in {timeout} s; log: {log}"
+                time.sleep(0.1)
+            os.kill(proc.pid, sig)
+            try:
+                _, err = proc.communicate(timeout=120)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"the driver did not exit within 120 s of signal {sig}")
+            return proc.returncode, err, _snapshot(exp_dir)
+        finally:
+            _kill_group(proc)
+
+
+def _resume(cmd: list[str], log: Path) -> subprocess.CompletedProcess:
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [*cmd, "--resume"], cwd=ROOT, env=_env(), stdout=out, stderr=subprocess.PIPE,
+            text=True, start_new_session=True,
+        )  # fmt: skip
+        try:
+            _, err = proc.communicate(timeout=400)
+        finally:
+            _kill_group(proc)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, "", err)
+
+
+def _assert_kept_and_continued(*snapshots) -> None:
+    for finished, in_flight in snapshots:
+        for result_file, data in finished.items():
+            assert result_file.read_bytes() == data, f"finished trial was re-run: {result_file}"
+        for trial_dir in in_flight:
+            last = _lines(trial_dir / "result.json")[-1]
+            assert FINAL_KEY in last, f"{trial_dir.name} never finished"
+            assert last["resumed"] == 1, f"{trial_dir.name} restarted instead of continuing"
+
+
+def _assert_complete(exp_dir: Path) -> None:
+    results = report.load_results(exp_dir)
+    coords = sorted((t["fb_layers"], t["trial"]) for t in results["trials"])
+    assert coords == [(d, 0) for d in FAULT_SEARCH["split_depths"]]  # each exactly once
+    assert results["unfinished"] == []
+    minimal = json.loads((exp_dir / "minimal_split.json").read_text())
+    assert [e["fb_layers"] for e in minimal["evidence"]] == FAULT_SEARCH["split_depths"]
+    assert all(e["trials"] == 1 for e in minimal["evidence"])
+
+
+def test_interrupted_then_killed_driver_resumes_without_losing_or_rerunning_trials(
+    tmp_path, cache_dir
+):
+    """SIGINT (Ctrl+C), resume, SIGKILL of the resumed driver, resume again: one search."""
+    exp_dir = tmp_path / "store" / "x"
+    cmd = _launch(tmp_path / "store", cache_dir)
+
+    code, err, first = _run_until_signal(cmd, exp_dir, signal.SIGINT, tmp_path / "run1.log")
+    assert code == 130, err[-2000:]
+    assert (
+        "interrupted: finished trials are kept; continue with the same command plus --resume" in err
+    )
+    assert "Traceback" not in err
+    assert not (exp_dir / "minimal_split.json").exists()  # no report that looks final
+
+    code, err, second = _run_until_signal(
+        [*cmd, "--resume"], exp_dir, signal.SIGKILL, tmp_path / "run2.log", after=first[0]
+    )
+    assert code == -signal.SIGKILL
+    assert first[1] and second[1], "a trial in flight at each signal"
+    for result_file, data in first[0].items():
+        assert result_file.read_bytes() == data, f"finished trial was re-run: {result_file}"
+
+    done = _resume(cmd, tmp_path / "run3.log")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    _assert_kept_and_continued(first, second)
+    _assert_complete(exp_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_driver_signal_then_resume_finishes_the_search(tmp_path, cache_dir, sig):
+    exp_dir = tmp_path / "store" / "x"
+    cmd = _launch(tmp_path / "store", cache_dir)
+    code, err, snapshot = _run_until_signal(cmd, exp_dir, sig, tmp_path / "run1.log")
+    assert code == (130 if sig == signal.SIGINT else -signal.SIGKILL), err[-2000:]
+    done = _resume(cmd, tmp_path / "run2.log")
+    assert done.returncode == 0, done.stderr[-2000:]
+    _assert_kept_and_continued(snapshot)
+    _assert_complete(exp_dir)
+
+
+# --- determinism ---------------------------------------------------------------------------
+
+
+def _without_timing(obj):
+    if isinstance(obj, dict):
+        return {k: _without_timing(v) for k, v in obj.items() if k != "seconds"}
+    if isinstance(obj, list):
+        return [_without_timing(v) for v in obj]
+    return obj
+
+
+def test_same_config_and_seed_give_the_same_numbers_twice(tmp_path):
+    """Baseline (Acc*) retrained from scratch in each run, then trials with MI (ρ)."""
+    from semirobust_ray.runner import run_algorithm1
+
+    # One thread, as in a Ray trial: with several, a busy machine slows PyTorch's OpenMP down
+    # many times over (and sums may round differently from a trial's).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        runs = [
+            run_algorithm1(
+                ExperimentConfig.from_dict(
+                    {
+                        **FAULT_SEARCH,
+                        "baseline_epochs": 2,
+                        "baseline_adv_epochs": 2,
+                        "split_depths": [4],
+                        "cache_dir": str(tmp_path / f"cache{i}"),
+                    }
+                ),
+                log=quiet,
+            )
+            for i in (1, 2)
+        ]
+    finally:
+        torch.set_num_threads(threads)
+    a, b = (_without_timing(r) for r in runs)
+    assert a["baseline"]["acc_star"] == b["baseline"]["acc_star"]
+    for ta, tb in zip(a["trials"], b["trials"], strict=True):
+        assert (ta["acc_sr"], ta["acc"]) == (tb["acc_sr"], tb["acc"])
+        assert [p["bits"] for p in ta["mi"]] == [p["bits"] for p in tb["mi"]]
+        assert ta["mi"]
+    assert a["config"].pop("cache_dir") != b["config"].pop("cache_dir")  # two trainings
+    assert a == b
+    digest = {hashlib.sha256(json.dumps(r, sort_keys=True).encode()).hexdigest() for r in (a, b)}
+    assert len(digest) == 1
+
+
+# --- in-process searches on one shared Ray instance ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _config(cache_dir: Path, **changes) -> ExperimentConfig:
+    return ExperimentConfig.from_dict({**FAULT_SEARCH, "cache_dir": str(cache_dir), **changes})
+
+
+@pytest.fixture(scope="module")
+def clean(ray_local, cache_dir, tmp_path_factory):
+    """A fault-free search at depth 6: the reference the faulty one must equal."""
+    from semirobust_ray.search import run_search
+
+    root = tmp_path_factory.mktemp("clean")
+    config = _config(cache_dir, split_depths=[6])
+    return run_search(config, storage_path=str(root), name="clean", log=quiet, verbose=0)
+
+
+def make_dying_trainable(marker: Path, depth: int):
+    """The real trainable, except that at ``depth`` the worker process is SIGKILLed in the middle
+    of epoch 2 (after epoch 1's checkpoint), once. No Python exception: the process vanishes.
+    A closure, so Ray ships it by value to its workers."""
+
+    def dying_trainable(config, *, experiment, baseline):
+        import semirobust_ray.algorithm1 as a1
+
+        if config["fb_layers"] != depth or marker.exists():
+            return algorithm1_trainable(config, experiment=experiment, baseline=baseline)
+        original = a1.train_epoch
+        epochs = []
+
+        def train_epoch(*args, attack, **kwargs):
+            epochs.append(1)
+            if len(epochs) < 2:
+                return original(*args, attack=attack, **kwargs)
+            batches = []
+
+            def lethal_attack(*a, **k):
+                batches.append(1)
+                if len(batches) == 3:  # third batch of epoch 2
+                    marker.write_text("killed mid-epoch")
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return attack(*a, **k)
+
+            return original(*args, attack=lethal_attack, **kwargs)
+
+        a1.train_epoch = train_epoch
+        return algorithm1_trainable(config, experiment=experiment, baseline=baseline)
+
+    return dying_trainable
+
+
+def _numbers(trial: dict) -> dict:
+    """A trial's result without wall-clock fields and the trial directory's name."""
+    out = {k: v for k, v in trial.items() if k not in ("seconds", "trial_dir")}
+    out["history"] = [{k: v for k, v in h.items() if k != "seconds"} for h in trial["history"]]
+    return out
+
+
+def test_worker_killed_mid_epoch_resumes_from_checkpoint_with_the_same_report(
+    clean, cache_dir, tmp_path
+):
+    from semirobust_ray.search import run_search
+
+    marker = tmp_path / "fault"
+    outcome = run_search(
+        _config(cache_dir, split_depths=[6]),
+        storage_path=str(tmp_path),
+        name="dying",
+        log=quiet,
+        verbose=0,
+        trainable_fn=make_dying_trainable(marker, depth=6),
+    )
+    assert marker.read_text() == "killed mid-epoch"
+    (trial_dir,) = Path(outcome.experiment_dir).glob("*fb_layers=6*")
+    last = _lines(trial_dir / "result.json")[-1]
+    assert last["resumed"] == 1  # continued from epoch 1's checkpoint, not from scratch
+    assert outcome.minimal_fb_layers == clean.minimal_fb_layers
+    got = sorted((_numbers(t) for t in outcome.results["trials"]), key=lambda t: t["fb_layers"])
+    want = sorted((_numbers(t) for t in clean.results["trials"]), key=lambda t: t["fb_layers"])
+    assert [t["epochs_run"] for t in want] == [2], "the fault must hit a 2-epoch trial"
+    assert got == want
+    d = Path(outcome.experiment_dir)
+    assert (d / "table1.csv").read_text() == (Path(clean.experiment_dir) / "table1.csv").read_text()
+
+
+def make_diverging_trainable(depth: int, lr: float = 1e6):
+    """The real trainable with a learning rate that blows the loss up at one depth."""
+
+    def diverging_trainable(config, *, experiment, baseline):
+        if config["fb_layers"] == depth:
+            config = {**config, "lr": lr}
+        return algorithm1_trainable(config, experiment=experiment, baseline=baseline)
+
+    return diverging_trainable
+
+
+def test_diverged_trial_fails_with_its_reason_and_the_search_goes_on(
+    ray_local, cache_dir, tmp_path
+):
+    from semirobust_ray.search import run_search
+
+    outcome = run_search(
+        _config(cache_dir, split_depths=[1, 6]),
+        storage_path=str(tmp_path),
+        name="nan",
+        log=quiet,
+        verbose=0,
+        trainable_fn=make_diverging_trainable(depth=6),
+    )
+    d = Path(outcome.experiment_dir)
+    assert [t["fb_layers"] for t in outcome.results["trials"]] == [1]
+    (trial_dir,) = d.glob("*fb_layers=6*")
+    last = _lines(trial_dir / "result.json")[-1]
+    assert last["diverged"] == 1 and last["failure"].startswith("diverged: training loss became")
+    assert not (trial_dir / "error.txt").exists()  # ended, not crashed: no pointless retries
+    minimal = json.loads((d / "minimal_split.json").read_text())
+    assert [e["fb_layers"] for e in minimal["evidence"]] == [1]
+    (failed,) = minimal["failed"]
+    assert failed["fb_layers"] == 6 and failed["failure"] == last["failure"]
+    assert minimal["unfinished"] == []
+    assert "| 1 |" in (d / "table1.md").read_text()
+
+
+# --- damaged baselines ---------------------------------------------------------------------
+
+
+def _flip_byte(path: Path) -> None:
+    """Modify a file in place without changing its length (bit rot, a bad copy)."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture
+def cached_entry(clean, cache_dir, tmp_path):
+    """A private copy of the module's cached baseline entry, free to damage."""
+    exp = prepare(_config(cache_dir))
+    good = get_baseline(exp, log=quiet)
+    assert good.reused
+    copy = tmp_path / "cache"
+    (copy / good.key).mkdir(parents=True)
+    for f in good.path.iterdir():
+        (copy / good.key / f.name).write_bytes(f.read_bytes())
+    return exp, good, copy
+
+
+@pytest.mark.parametrize("damage", ["truncated baseline.json", "same-length modified weights"])
+def test_damaged_cache_entry_is_detected_and_rebuilt_never_used(cached_entry, damage, monkeypatch):
+    import semirobust_ray.baseline as baseline_module
+
+    exp, good, cache = cached_entry
+    entry = cache / good.key
+    if damage == "truncated baseline.json":
+        meta = entry / "baseline.json"
+        meta.write_bytes(meta.read_bytes()[: meta.stat().st_size // 2])
+        with pytest.raises(CorruptFileError, match="is not valid JSON"):
+            load_baseline(entry)
+    else:
+        size = (entry / "robust.pt").stat().st_size
+        _flip_byte(entry / "robust.pt")
+        assert (entry / "robust.pt").stat().st_size == size
+        with pytest.raises(CorruptFileError, match="fails its checksum"):
+            load_baseline(entry)
+
+    trained = []
+
+    def retrain(exp, *, key, path, log):  # stands in for minutes of training
+        trained.append(key)
+        return dataclasses.replace(good, path=path, reused=False)
+
+    monkeypatch.setattr(baseline_module, "train_baseline", retrain)
+    logs: list[str] = []
+    rebuilt = get_baseline(exp, log=logs.append, cache_dir=str(cache))
+    assert trained == [good.key] and not rebuilt.reused
+    assert any("damaged, rebuilding" in line for line in logs)
+    again = load_baseline(entry)  # the entry is whole again
+    assert again.acc_star == good.acc_star
+
+
+@pytest.mark.parametrize("damage", ["flipped byte in robust.pt", "truncated baseline.json"])
+def test_resume_with_damaged_stored_baseline_recomputes_it(clean, damage, tmp_path):
+    import shutil
+
+    from semirobust_ray.search import load_search_baseline, run_search
+
+    exp_dir = tmp_path / "clean"
+    shutil.copytree(clean.experiment_dir, exp_dir)
+    bdir = exp_dir / "baseline"
+    if damage.startswith("flipped"):
+        _flip_byte(bdir / "robust.pt")
+    else:
+        meta = bdir / "baseline.json"
+        meta.write_bytes(meta.read_bytes()[:40])
+    key = clean.results["baseline"]["key"]
+    with pytest.raises(CorruptFileError):
+        load_search_baseline(str(exp_dir), key)
+    before = {p: p.read_bytes() for p in exp_dir.glob("*/result.json")}
+
+    logs: list[str] = []
+    outcome = run_search(
+        ExperimentConfig.from_dict(clean.results["config"]),
+        storage_path=str(tmp_path),
+        name="clean",
+        resume=True,
+        log=logs.append,
+        verbose=0,
+    )
+    assert any("stored baseline unusable, recomputing it" in line for line in logs)
+    assert load_search_baseline(str(exp_dir), key).acc_star == clean.results["baseline"]["acc_star"]
+    assert {p: p.read_bytes() for p in exp_dir.glob("*/result.json")} == before  # nothing re-ran
+    assert outcome.minimal_fb_layers == clean.minimal_fb_layers
+    assert read_json(exp_dir / "search_meta.json")["baseline"]["key"] == key
