@@ -507,7 +507,7 @@ def _torchvision_error(
         )
     return DatasetError(
         f"{label} not found under {root}; pass download: true (needs internet) or place {what} there "
-        f"(root is set by the 'root' option or ${DATA_ROOT_ENV})"
+        f"(root is set by the data_root config key or ${DATA_ROOT_ENV})"
     )
 
 

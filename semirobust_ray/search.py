@@ -287,23 +287,24 @@ def _tune_config(exp: Experiment) -> tune.TuneConfig:
             max_t=c.epochs,
             grace_period=1,
         )
+    # Reusing trial processes saves each trial a fresh Python + torch start-up (seconds);
+    # every trial reseeds everything it uses, so results do not depend on the process.
+    common = {"scheduler": scheduler, "reuse_actors": True}
     if c.search == "grid":
-        return tune.TuneConfig(
-            num_samples=1, scheduler=scheduler, max_concurrent_trials=c.max_concurrent
-        )
+        return tune.TuneConfig(num_samples=1, max_concurrent_trials=c.max_concurrent, **common)
     if c.search == "bisection":
         return tune.TuneConfig(
             search_alg=BisectionSearcher(exp.split_depths, c.seeds),
             num_samples=-1,
-            scheduler=scheduler,
             max_concurrent_trials=c.max_concurrent,
+            **common,
         )
     from ray.tune.search.optuna import OptunaSearch  # imports optuna: only when asked for
 
     searcher = OptunaSearch(metric="objective", mode="min", seed=c.seed)
     limited = ConcurrencyLimiter(searcher, max_concurrent=c.max_concurrent or 2)
     samples = c.num_samples or max(4, math.ceil(c.seeds * len(exp.split_depths) / 2))
-    return tune.TuneConfig(search_alg=limited, num_samples=samples, scheduler=scheduler)
+    return tune.TuneConfig(search_alg=limited, num_samples=samples, **common)
 
 
 def results_from_grid(grid, exp: Experiment, baseline: Baseline) -> dict[str, Any]:
