@@ -176,6 +176,7 @@ def run_trial(
             generator=gen,
             attack=attack,
             method=c.train_method,
+            bf16=c.precision == "bf16",
             **kw,
         )
         val = evaluate(model, x_val, y_val, attack=exp.eval_attack(model, epoch_seed), **kw)

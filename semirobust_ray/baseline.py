@@ -49,6 +49,7 @@ BASELINE_FIELDS = (
     "baseline_epochs",
     "baseline_adv_epochs",
     "baseline_init",
+    "precision",
 )
 
 Log = Callable[[str], None]
@@ -145,9 +146,10 @@ def train_baseline(exp: Experiment, *, key: str, path: Path, log: Log = print) -
     model = exp.build_model()
     opt = make_optimizer(list(model.parameters()), c.lr, c.momentum, c.weight_decay)
     kw = {"batch_size": c.batch_size, "device": exp.device}
+    train_kw = {**kw, "bf16": c.precision == "bf16"}
     d = exp.data
     for epoch in range(1, c.baseline_epochs + 1):
-        stats = train_epoch(model, d.x_train, d.y_train, opt, generator=gen, **kw)
+        stats = train_epoch(model, d.x_train, d.y_train, opt, generator=gen, **train_kw)
         log(f"[baseline] regular epoch {epoch}/{c.baseline_epochs}: loss {stats.loss:.4f}")
     regular_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     x_test, y_test = exp.eval_split("test")
@@ -161,7 +163,9 @@ def train_baseline(exp: Experiment, *, key: str, path: Path, log: Log = print) -
     opt = make_optimizer(list(model.parameters()), c.lr, c.momentum, c.weight_decay)
     attack = exp.train_attack(model, c.seed)
     for epoch in range(1, c.baseline_adv_epochs + 1):
-        stats = train_epoch(model, d.x_train, d.y_train, opt, generator=gen, attack=attack, **kw)
+        stats = train_epoch(
+            model, d.x_train, d.y_train, opt, generator=gen, attack=attack, **train_kw
+        )
         log(f"[baseline] adversarial epoch {epoch}/{c.baseline_adv_epochs}: loss {stats.loss:.4f}")
     robust_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     x_val, y_val = exp.eval_split("val")

@@ -25,6 +25,7 @@ BASELINE_INITS = ("scratch", "regular")
 MI_ESTIMATORS = ("edge", "ksg")
 DEVICES = ("auto", "cpu", "cuda")
 TRAIN_METHODS = ("standard", "fast", "free")
+PRECISIONS = ("fp32", "bf16")
 
 
 class ConfigError(ValueError):
@@ -71,6 +72,7 @@ class ExperimentConfig:
     seeds: int = 10  # T
     seed: int = 0
     train_method: str = "standard"
+    precision: str = "fp32"  # "bf16": autocast the training epochs (attack steps included)
     # optimisation
     batch_size: int = 512
     lr: float = 0.01
@@ -235,6 +237,7 @@ def _validate(c: ExperimentConfig) -> None:
     _choice("mi_estimator", c.mi_estimator, MI_ESTIMATORS)
     _choice("device", c.device, DEVICES)
     _choice("train_method", c.train_method, TRAIN_METHODS)
+    _choice("precision", c.precision, PRECISIONS)
     for name in ("download", "mi"):
         if not isinstance(getattr(c, name), bool):
             raise ConfigError(f"{name}: expected true or false, got {getattr(c, name)!r}")

@@ -21,8 +21,18 @@ from semirobust_ray.training import make_optimizer, seed_everything, train_epoch
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10_subset.npz"
 
 DIGITS = dict(
-    model="smallcnn", dataset="digits", attack="pgd", eps=0.1, alpha=0.025, steps=5,
-    batch_size=64, lr=0.05, baseline_epochs=4, baseline_adv_epochs=4, epochs=2, seeds=1,
+    model="smallcnn",
+    dataset="digits",
+    attack="pgd",
+    eps=0.1,
+    alpha=0.025,
+    steps=5,
+    batch_size=64,
+    lr=0.05,
+    baseline_epochs=4,
+    baseline_adv_epochs=4,
+    epochs=2,
+    seeds=1,
     mi=False,
 )
 
@@ -88,7 +98,13 @@ def test_adversarial_fb_epoch_leaves_fa_bit_identical(digits):
     opt = make_optimizer(s.fb_parameters(), 0.05, 0.9, 5e-4)
     d = exp.data
     train_epoch(
-        s.model, d.x_train, d.y_train, opt, batch_size=64, device=exp.device, generator=gen,
+        s.model,
+        d.x_train,
+        d.y_train,
+        opt,
+        batch_size=64,
+        device=exp.device,
+        generator=gen,
         attack=exp.train_attack(s.model, 0),
     )
     after = s.model.state_dict()
@@ -153,12 +169,19 @@ def test_split_depth_beyond_model_is_rejected_before_compute():
 
 def test_runner_end_to_end_writes_results(tmp_path, capsys, digits):
     exp, _ = digits
-    code = runner_main([
-        "--set", f"cache_dir={exp.config.cache_dir}",
-        *[f"--set={k}={json.dumps(v)}" for k, v in DIGITS.items()],
-        "--set", "split_depths=[1,6]", "--set", "mi=true",
-        "--out", str(tmp_path),
-    ])
+    code = runner_main(
+        [
+            "--set",
+            f"cache_dir={exp.config.cache_dir}",
+            *[f"--set={k}={json.dumps(v)}" for k, v in DIGITS.items()],
+            "--set",
+            "split_depths=[1,6]",
+            "--set",
+            "mi=true",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert [d["fb_layers"] for d in results["depths"]] == [1, 6]
@@ -176,11 +199,23 @@ def test_runner_bad_input_is_one_line_error(capsys):
 
 @pytest.mark.skipif(not CIFAR.exists(), reason=f"shared CIFAR-10 subset not found at {CIFAR}")
 def test_cifar10_subset_trial_runs_on_real_images(tmp_path):
-    exp = prepare(ExperimentConfig.from_dict({
-        **DIGITS, "dataset": "npz", "data_path": str(CIFAR), "eps": 8 / 255, "alpha": 2 / 255,
-        "max_train": 400, "max_test": 100, "baseline_epochs": 1, "baseline_adv_epochs": 1,
-        "epochs": 1, "cache_dir": str(tmp_path),
-    }))
+    exp = prepare(
+        ExperimentConfig.from_dict(
+            {
+                **DIGITS,
+                "dataset": "npz",
+                "data_path": str(CIFAR),
+                "eps": 8 / 255,
+                "alpha": 2 / 255,
+                "max_train": 400,
+                "max_test": 100,
+                "baseline_epochs": 1,
+                "baseline_adv_epochs": 1,
+                "epochs": 1,
+                "cache_dir": str(tmp_path),
+            }
+        )
+    )
     assert exp.data.image_size == 32 and exp.data.num_classes == 10
     baseline = get_baseline(exp, log=quiet)
     result = run_trial(exp, baseline, 2, 0, log=quiet)
@@ -194,3 +229,13 @@ def test_cheaper_trial_training_methods_run_and_keep_fa_frozen(digits, method):
     result = run_trial(exp, baseline, 2, 0, log=quiet)
     assert result.epochs_run == 1 and 0.0 <= result.acc <= 1.0
     assert result.acc > result.acc_sr  # training f_b helped against the evaluation attack
+
+
+def test_bf16_precision_trains_fb_and_changes_the_cache_key(digits):
+    from semirobust_ray.baseline import baseline_key
+
+    exp, baseline = digits
+    bf16 = prepare(exp.config.replace(precision="bf16", epochs=1, k=0.0))
+    assert baseline_key(bf16) != baseline.key  # a bf16 baseline is a different baseline
+    result = run_trial(bf16, baseline, 2, 0, log=quiet)
+    assert result.epochs_run == 1 and result.acc > result.acc_sr

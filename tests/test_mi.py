@@ -289,8 +289,9 @@ def test_projection_shapes_and_batch_independence(
 
 def test_layer_mi_memory_is_o_n_dprime() -> None:
     """A hooked layer whose full output would take N x D x 4 bytes = 1.07 GB (N=1024 images x
-    262,144 floats) must run in a process whose peak RSS stays under 0.9 GB (torch itself is
-    ~0.4 GB). Materialising the layer before projecting would blow this bound."""
+    262,144 floats) must raise the process's peak RSS by less than 0.5 GB over what one
+    batch already needs (the start-up peak of torch varies with the machine's load, so the
+    bound is on the increase). Materialising the layer before projecting would add >= 1.07 GB."""
     script = textwrap.dedent(
         """
         import resource, torch
@@ -302,6 +303,9 @@ def test_layer_mi_memory_is_o_n_dprime() -> None:
         model = torch.nn.Sequential(up, head).eval()
         x = torch.rand(1024, 1, 8, 8)
         y = torch.arange(1024) % 4
+        with torch.no_grad():
+            model(x[:64])  # one batch: the memory any implementation needs
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
         res = layer_mi(model, [("up", up), ("fc", head[2])], x, y, first_index=1, batch_size=64)
         assert len(res) == 1 and res[0].bits >= 0
         print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
@@ -315,8 +319,8 @@ def test_layer_mi_memory_is_o_n_dprime() -> None:
         check=True,
         cwd=Path(__file__).resolve().parents[1],  # so the child imports this checkout
     )
-    peak_gb = float(out.stdout.strip().splitlines()[-1])
-    assert peak_gb < 0.9, f"peak RSS {peak_gb:.2f} GB"
+    base_gb, peak_gb = (float(v) for v in out.stdout.strip().splitlines()[-2:])
+    assert peak_gb - base_gb < 0.5, f"peak RSS {base_gb:.2f} -> {peak_gb:.2f} GB"
 
 
 @pytest.fixture(scope="module")
