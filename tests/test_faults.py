@@ -38,7 +38,8 @@ from semirobust_ray.trial import algorithm1_trainable
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# CI size (like tests/test_search.py's CI_SEARCH, same baseline): 3 grid trials of 1-2 epochs.
+# CI size (like tests/test_search.py's CI_SEARCH, same baseline): 4 grid trials of 1-3 epochs,
+# so that a resumed search still has a trial in flight when the second signal is due.
 # With MI each trial reserves both CPUs, so trials run one after another and the moment "one
 # trial finished, the next has a checkpoint but no result" exists for a few seconds.
 FAULT_SEARCH = dict(
@@ -52,9 +53,9 @@ FAULT_SEARCH = dict(
     lr=0.05,
     baseline_epochs=3,
     baseline_adv_epochs=3,
-    epochs=2,
+    epochs=3,
     seeds=1,
-    split_depths=[1, 2, 6],
+    split_depths=[1, 2, 4, 6],
     k=0.0,
     mi=True,
     max_failures=1,
@@ -383,7 +384,9 @@ def test_worker_killed_mid_epoch_resumes_from_checkpoint_with_the_same_report(
     assert outcome.minimal_fb_layers == clean.minimal_fb_layers
     got = sorted((_numbers(t) for t in outcome.results["trials"]), key=lambda t: t["fb_layers"])
     want = sorted((_numbers(t) for t in clean.results["trials"]), key=lambda t: t["fb_layers"])
-    assert [t["epochs_run"] for t in want] == [2], "the fault must hit a 2-epoch trial"
+    assert [t["epochs_run"] for t in want] == [FAULT_SEARCH["epochs"]], (
+        "the fault must hit a trial that runs every epoch"
+    )
     assert got == want
     d = Path(outcome.experiment_dir)
     assert (d / "table1.csv").read_text() == (Path(clean.experiment_dir) / "table1.csv").read_text()
