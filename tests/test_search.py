@@ -200,3 +200,24 @@ def test_bisection_searcher_logic_without_ray():
         n += 1
     assert s.minimal_depth == 3
     assert len(set(probed)) <= 4  # log2(8) + 1 probes, not 8
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected_trials"),
+    [({"search": "optuna", "num_samples": 3}, 3), ({"search": "grid", "scheduler": "asha"}, 3)],
+    ids=["optuna", "grid+asha"],
+)
+def test_optuna_search_and_asha_scheduler_complete(searches, tmp_path, overrides, expected_trials):
+    cache = Path(searches["grid"].experiment_dir).parent / "cache"
+    config = ExperimentConfig.from_dict(
+        {**CI_SEARCH, **overrides, "mi": False, "cache_dir": str(cache)}
+    )
+    outcome = run_search(config, storage_path=str(tmp_path), name="x", log=quiet, verbose=0)
+    trials = outcome.results["trials"]
+    # ASHA ends poor trials before their final report: they are listed as unfinished and
+    # count as not reaching Acc* - k
+    assert len(trials) + len(outcome.results.get("unfinished", [])) == expected_trials
+    assert trials, "at least the best trial runs to the end"
+    assert {t["fb_layers"] for t in trials} <= {1, 3, 6}
+    if outcome.minimal_fb_layers is not None:
+        assert any(t["reached"] for t in trials if t["fb_layers"] == outcome.minimal_fb_layers)
