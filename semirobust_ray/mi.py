@@ -543,34 +543,19 @@ def layer_mi(
     def seed_of(i: int, ci: int) -> int:
         return _derived_seed(seed, first_index + i, int(classes[ci]))
 
+    # Slicing happens on the driver: per-class slices are small (N_y x d'), so shipping them as
+    # task arguments is cheaper than a round trip through the object store.
+    task_args = [
+        (feats[a][members[ci]], feats[b][members[ci]], estimator, seed_of(i, ci), estimator_kwargs)
+        for i, ci, a, b in jobs
+    ]
     if _ray_wanted(use_ray):
         import ray  # lazy: the science runs without Ray
 
         remote = ray.remote(num_cpus=1)(_estimate_task)
-        # Slicing happens on the driver: per-class slices are small (N_y x d'), so shipping
-        # them as arguments is cheaper than a round trip through the object store.
-        futures = [
-            remote.remote(
-                feats[a][members[ci]],
-                feats[b][members[ci]],
-                estimator,
-                seed_of(i, ci),
-                estimator_kwargs,
-            )
-            for i, ci, a, b in jobs
-        ]
-        values = ray.get(futures)
+        values = ray.get([remote.remote(*args) for args in task_args])
     else:
-        values = [
-            _estimate_task(
-                feats[a][members[ci]],
-                feats[b][members[ci]],
-                estimator,
-                seed_of(i, ci),
-                estimator_kwargs,
-            )
-            for i, ci, a, b in jobs
-        ]
+        values = [_estimate_task(*args) for args in task_args]
 
     per_pair = np.zeros(len(layers))
     for (i, ci, _, _), v in zip(jobs, values, strict=True):

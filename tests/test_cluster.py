@@ -14,29 +14,19 @@ from pathlib import Path
 
 import pytest
 import ray
+from conftest import DIGITS_SEARCH
 from ray.cluster_utils import Cluster
 
 from semirobust_ray.config import ExperimentConfig
 from semirobust_ray.search import run_search
 
-CLUSTER_SEARCH = dict(
-    model="smallcnn",
-    dataset="digits",
-    attack="pgd",
-    eps=0.1,
-    alpha=0.03,
-    steps=3,
-    batch_size=64,
-    lr=0.05,
-    baseline_epochs=3,
-    baseline_adv_epochs=3,
-    epochs=2,
-    seeds=1,
-    k=0.0,
-    mi=False,  # one CPU per trial, so four trials run at once across the two nodes
-    max_failures=2,
-    search="grid",
-)
+CLUSTER_SEARCH = {
+    **DIGITS_SEARCH,
+    "k": 0.0,
+    "mi": False,  # one CPU per trial, so four trials run at once across the two nodes
+    "max_failures": 2,
+    "search": "grid",
+}
 
 
 def quiet(_msg: str) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import DIGITS_SEARCH
 
 from semirobust_ray import report
 from semirobust_ray.baseline import get_baseline, load_baseline
@@ -42,25 +43,15 @@ ROOT = Path(__file__).resolve().parents[1]
 # so that a resumed search still has a trial in flight when the second signal is due.
 # With MI each trial reserves both CPUs, so trials run one after another and the moment "one
 # trial finished, the next has a checkpoint but no result" exists for a few seconds.
-FAULT_SEARCH = dict(
-    model="smallcnn",
-    dataset="digits",
-    attack="pgd",
-    eps=0.1,
-    alpha=0.03,
-    steps=3,
-    batch_size=64,
-    lr=0.05,
-    baseline_epochs=3,
-    baseline_adv_epochs=3,
-    epochs=3,
-    seeds=1,
-    split_depths=[1, 2, 4, 6],
-    k=0.0,
-    mi=True,
-    max_failures=1,
-    search="grid",
-)
+FAULT_SEARCH = {
+    **DIGITS_SEARCH,
+    "epochs": 3,
+    "split_depths": [1, 2, 4, 6],
+    "k": 0.0,
+    "mi": True,
+    "max_failures": 1,
+    "search": "grid",
+}
 FINAL_KEY = "trial_result_json"
 
 

@@ -5,30 +5,20 @@ from pathlib import Path
 
 import pytest
 import ray
+from conftest import DIGITS_SEARCH
 
 from semirobust_ray import report
 from semirobust_ray.config import ExperimentConfig
 from semirobust_ray.search import BisectionSearcher, SearchError, run_search
 from semirobust_ray.trial import algorithm1_trainable
 
-CI_SEARCH = dict(
-    model="smallcnn",
-    dataset="digits",
-    attack="pgd",
-    eps=0.1,
-    alpha=0.03,
-    steps=3,
-    batch_size=64,
-    lr=0.05,
-    baseline_epochs=3,
-    baseline_adv_epochs=3,
-    epochs=2,
-    seeds=1,
-    split_depths=[1, 3, 6],
-    k=0.05,
-    mi=True,
-    max_failures=1,
-)
+CI_SEARCH = {
+    **DIGITS_SEARCH,
+    "split_depths": [1, 3, 6],
+    "k": 0.05,
+    "mi": True,
+    "max_failures": 1,
+}
 
 
 def quiet(_msg: str) -> None:
