@@ -104,9 +104,11 @@ def load_baseline(path: Path) -> Baseline:
         regular = load_state(path / "regular.pt", meta["sha256"]["regular.pt"])
         robust = load_state(path / "robust.pt", meta["sha256"]["robust.pt"])
         metrics = BaselineMetrics(**meta["metrics"])
-    except (KeyError, TypeError) as err:
-        raise CorruptFileError(f"{path / 'baseline.json'} is incomplete ({err})") from None
-    return Baseline(meta["key"], path, regular, robust, metrics, reused=True)
+        key = meta["key"]
+    except (KeyError, TypeError, AttributeError) as err:
+        # A hand-edited or partly written record: as unusable as a failed checksum.
+        raise CorruptFileError(f"{path / 'baseline.json'} is incomplete ({err!r})") from None
+    return Baseline(key, path, regular, robust, metrics, reused=True)
 
 
 def get_baseline(exp: Experiment, *, log: Log = print, cache_dir: str | None = None) -> Baseline:

@@ -28,11 +28,17 @@ import ray
 from ray import tune
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
-from semirobust_ray.baseline import Baseline, BaselineMetrics, baseline_key, get_baseline
+from semirobust_ray.baseline import (
+    Baseline,
+    baseline_key,
+    get_baseline,
+    load_baseline,
+    save_baseline,
+)
 from semirobust_ray.config import ExperimentConfig
 from semirobust_ray.experiment import Experiment, prepare
 from semirobust_ray.report import load_results, minimal_split, write_report
-from semirobust_ray.storage import CorruptFileError, load_state, read_json, save_state, write_json
+from semirobust_ray.storage import CorruptFileError, read_json, write_json
 from semirobust_ray.training import resolve_device
 from semirobust_ray.trial import TRIAL_RESULT_KEY, algorithm1_trainable
 
@@ -187,14 +193,7 @@ def save_search_files(exp_dir: str, exp: Experiment, baseline: Baseline) -> None
             f.write(json.dumps(meta, indent=2).encode())
         return  # the on-disk cache of the node that trained it keeps the weights
     write_json(local / SEARCH_META_FILE, meta)
-    bdir = local / BASELINE_DIR
-    sums = {
-        "regular.pt": save_state(bdir / "regular.pt", baseline.regular_state),
-        "robust.pt": save_state(bdir / "robust.pt", baseline.robust_state),
-    }
-    write_json(
-        bdir / "baseline.json", {"key": baseline.key, "metrics": meta["baseline"], "sha256": sums}
-    )
+    save_baseline(dataclasses.replace(baseline, path=local / BASELINE_DIR))
 
 
 def load_search_baseline(exp_dir: str, key: str) -> Baseline | None:
@@ -202,23 +201,8 @@ def load_search_baseline(exp_dir: str, key: str) -> Baseline | None:
     local = _local(exp_dir)
     if local is None or not (local / BASELINE_DIR / "baseline.json").exists():
         return None
-    bdir = local / BASELINE_DIR
-    meta = read_json(bdir / "baseline.json")
-    if not isinstance(meta, dict) or meta.get("key") != key:
-        return None
-    try:
-        metrics = {k: v for k, v in meta["metrics"].items() if k != "key"}
-        return Baseline(
-            key,
-            bdir,
-            load_state(bdir / "regular.pt", meta["sha256"]["regular.pt"]),
-            load_state(bdir / "robust.pt", meta["sha256"]["robust.pt"]),
-            BaselineMetrics(**metrics),
-            reused=True,
-        )
-    except (KeyError, TypeError, AttributeError) as err:
-        # A hand-edited or partly written record: as unusable as a failed checksum.
-        raise CorruptFileError(f"{bdir / 'baseline.json'} is incomplete ({err!r})") from None
+    baseline = load_baseline(local / BASELINE_DIR)  # CorruptFileError when damaged
+    return baseline if baseline.key == key else None
 
 
 # --- the search ---------------------------------------------------------------------------

@@ -313,9 +313,12 @@ def predict_adversarial(
     batch_size: int,
     device: torch.device,
     attack: AttackFn | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    keep_inputs: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Adversarial (or clean) inputs in [0, 1] and the model's predictions on them, on CPU.
 
+    With ``keep_inputs=False`` the inputs are not kept (None is returned for them): an accuracy
+    needs only the predictions, and a large test set's float images would cost gigabytes.
     The model is evaluated in eval mode and its previous mode is restored afterwards.
     """
     modes = {m: m.training for m in model.modules()}
@@ -330,11 +333,12 @@ def predict_adversarial(
                 xb = attack(xb, yb).detach()
             with torch.no_grad():
                 preds.append(model(xb).argmax(1).cpu())
-            inputs.append(xb.cpu())
+            if keep_inputs:
+                inputs.append(xb.cpu())
     finally:
         for m, mode in modes.items():
             m.training = mode
-    return torch.cat(inputs), torch.cat(preds)
+    return (torch.cat(inputs) if keep_inputs else None), torch.cat(preds)
 
 
 def accuracy(preds: torch.Tensor, y: torch.Tensor) -> float:
@@ -352,5 +356,7 @@ def evaluate(
     attack: AttackFn | None = None,
 ) -> float:
     """Clean accuracy, or robust accuracy under ``attack``, as a fraction."""
-    _, preds = predict_adversarial(model, x, y, batch_size=batch_size, device=device, attack=attack)
+    _, preds = predict_adversarial(
+        model, x, y, batch_size=batch_size, device=device, attack=attack, keep_inputs=False
+    )
     return accuracy(preds, y)
