@@ -8,7 +8,9 @@ Acc* − Acc ≤ k, then measures the class-conditional layer MI I_{j,t}. A spli
 Validation versus test (a deliberate difference from the paper's pseudo-code, which stops on
 test accuracy): the k-stop and the choice of a trial's best epoch use robust accuracy on the
 VALIDATION split against Acc* measured on that split, so the test set never steers training.
-The reported Acc, Acc_sr and Acc* are robust accuracies on the TEST split under ``eval_attack``.
+The reported Acc, Acc_sr and Acc* are robust accuracies on the TEST split under ``eval_attack``;
+the per-epoch check may use a cheaper ``stop_attack`` (e.g. PGD while Acc is AutoAttack's), and
+then Acc*_val is measured with that same attack, so the gap compares like with like.
 
 Everything here runs without Ray; :mod:`semirobust_ray.trial` wraps :func:`run_trial` as a Ray
 Tune trainable and passes ``on_epoch`` to report and checkpoint.
@@ -179,7 +181,7 @@ def run_trial(
             bf16=c.precision == "bf16",
             **kw,
         )
-        val = evaluate(model, x_val, y_val, attack=exp.eval_attack(model, epoch_seed), **kw)
+        val = evaluate(model, x_val, y_val, attack=exp.stop_attack(model, epoch_seed), **kw)
         record = EpochRecord(
             epoch=state.epoch + 1,
             loss=stats.loss,

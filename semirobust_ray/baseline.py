@@ -30,6 +30,7 @@ CACHE_VERSION = 1
 #: resources) leaves it unchanged.
 BASELINE_FIELDS = (
     "model",
+    "width",
     "dataset",
     "image_size",
     "val_fraction",
@@ -40,6 +41,7 @@ BASELINE_FIELDS = (
     "alpha",
     "steps",
     "eval_attack",
+    "stop_attack",
     "eval_samples",
     "seed",
     "batch_size",
@@ -89,6 +91,7 @@ def baseline_key(exp: Experiment) -> str:
     fields = {name: c[name] for name in BASELINE_FIELDS}
     fields.update(
         eval_attack=exp.config.eval_attack_name,
+        stop_attack=exp.config.stop_attack_name,
         data=exp.data_fingerprint,
         version=__version__,
         cache_version=CACHE_VERSION,
@@ -171,10 +174,9 @@ def train_baseline(exp: Experiment, *, key: str, path: Path, log: Log = print) -
         log(f"[baseline] adversarial epoch {epoch}/{c.baseline_adv_epochs}: loss {stats.loss:.4f}")
     robust_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     x_val, y_val = exp.eval_split("val")
-    eval_attack = exp.eval_attack(model, c.seed)
     metrics = BaselineMetrics(
-        acc_star=evaluate(model, x_test, y_test, attack=eval_attack, **kw),
-        acc_star_val=evaluate(model, x_val, y_val, attack=eval_attack, **kw),
+        acc_star=evaluate(model, x_test, y_test, attack=exp.eval_attack(model, c.seed), **kw),
+        acc_star_val=evaluate(model, x_val, y_val, attack=exp.stop_attack(model, c.seed), **kw),
         clean_acc_robust=evaluate(model, d.x_test, d.y_test, **kw),
         clean_acc_regular=clean_regular,
         robust_acc_regular=robust_regular,

@@ -50,6 +50,7 @@ class ExperimentConfig:
 
     # what is searched
     model: str = "smallcnn"
+    width: float = 1.0  # width multiplier for every hidden layer (<1: a narrower network)
     dataset: str = "digits"
     data_path: str | None = None  # npz file or imagefolder directory
     data_root: str | None = None  # torchvision datasets (cifar10, cifar100, imagenette)
@@ -64,6 +65,7 @@ class ExperimentConfig:
     alpha: float = 1 / 255
     steps: int = 10
     eval_attack: str | None = None  # None: the training attack
+    stop_attack: str | None = None  # per-epoch k-stop check on val; None: eval_attack
     eval_samples: int | None = None  # cap on val/test images attacked per evaluation
     # Algorithm 1
     split_depths: tuple[int, ...] | None = None  # candidate |f_b|; None: every depth 1..n
@@ -140,6 +142,11 @@ class ExperimentConfig:
     def eval_attack_name(self) -> str:
         """The attack Acc*, Acc_sr and Acc are measured with."""
         return self.eval_attack or self.attack
+
+    @property
+    def stop_attack_name(self) -> str:
+        """The attack of the per-epoch validation check against Acc* - k."""
+        return self.stop_attack or self.eval_attack_name
 
 
 def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
@@ -229,8 +236,9 @@ def _validate(c: ExperimentConfig) -> None:
     _choice("model", c.model, MODELS)
     _choice("dataset", c.dataset, DATASETS)
     _choice("attack", c.attack, ATTACKS)
-    if c.eval_attack is not None:
-        _choice("eval_attack", c.eval_attack, ATTACKS)
+    for name in ("eval_attack", "stop_attack"):
+        if getattr(c, name) is not None:
+            _choice(name, getattr(c, name), ATTACKS)
     _choice("search", c.search, SEARCH_ALGORITHMS)
     _choice("scheduler", c.scheduler, SCHEDULERS)
     _choice("baseline_init", c.baseline_init, BASELINE_INITS)
@@ -247,6 +255,7 @@ def _validate(c: ExperimentConfig) -> None:
             raise ConfigError(f"{name}: expected a path, got {value!r}")
     if c.dataset in ("npz", "imagefolder") and not c.data_path:
         raise ConfigError(f"dataset '{c.dataset}' needs data_path (the file or directory to read)")
+    _number("width", c.width, low=0, high=1, low_open=True)
     _number("eps", c.eps, low=0, high=1, low_open=True)
     _number("alpha", c.alpha, low=0, high=1, low_open=True)
     _number("steps", c.steps, integer=True, low=1)

@@ -43,6 +43,7 @@ class Experiment:
             self.data.in_channels,
             mean=self._channel_stats[0],
             std=self._channel_stats[1],
+            width=self.config.width,
         ).to(self.device)
 
     @cached_property
@@ -62,6 +63,13 @@ class Experiment:
         c = self.config
         return create_attack(
             c.eval_attack_name, model, eps=c.eps, alpha=c.alpha, steps=c.steps, seed=seed
+        )
+
+    def stop_attack(self, model: torch.nn.Module, seed: int) -> AttackFn:
+        """The attack of the per-epoch validation check against Acc*_val - k (``stop_attack``)."""
+        c = self.config
+        return create_attack(
+            c.stop_attack_name, model, eps=c.eps, alpha=c.alpha, steps=c.steps, seed=seed
         )
 
     def eval_split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,7 +102,9 @@ def prepare(config: ExperimentConfig) -> Experiment:
         max_test=c.max_test,
     )
     device = resolve_device(c.device)
-    model = create_model(c.model, data.num_classes, data.image_size, data.in_channels)
+    model = create_model(
+        c.model, data.num_classes, data.image_size, data.in_channels, width=c.width
+    )
     n = len(trainable_layers(model))
     bad = [d for d in (c.split_depths or ()) if not 1 <= d <= n]
     if bad:

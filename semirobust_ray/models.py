@@ -175,6 +175,52 @@ def _resnet50(num_classes: int, image_size: int, in_channels: int) -> nn.Module:
     return model
 
 
+def _scaled(channels: int, width: float) -> int:
+    return max(1, round(channels * width))
+
+
+def narrow(net: nn.Module, width: float) -> nn.Module:
+    """Scale every hidden width of ``net`` by ``width`` (a uniform width multiplier).
+
+    Each Conv2d/Linear/BatchNorm is rebuilt with ``round(c * width)`` channels for every hidden
+    channel count c; the first layer's input (the image channels) and the last layer's output
+    (the class scores) stay. Because the same c
+    always maps to the same narrowed count, residual additions (ResNet) and flattened
+    conv-to-linear joints (c channels x s spatial positions: the narrowed c times s, when
+    ``c * width`` is whole) still line up; :func:`create_model` checks this with a forward pass.
+    The depth and layer order, hence the split depths, are unchanged.
+    """
+    layers = [m for m in net.modules() if isinstance(m, TRAINABLE_TYPES)]
+    first, last = layers[0], layers[-1]
+    for parent in list(net.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Conv2d):
+                cin = child.in_channels
+                new = nn.Conv2d(
+                    cin if child is first else _scaled(cin, width),
+                    _scaled(child.out_channels, width),
+                    child.kernel_size,
+                    child.stride,
+                    child.padding,
+                    child.dilation,
+                    1,
+                    child.bias is not None,
+                )
+            elif isinstance(child, nn.Linear):
+                out = child.out_features
+                new = nn.Linear(
+                    _scaled(child.in_features, width),
+                    out if child is last else _scaled(out, width),
+                    child.bias is not None,
+                )
+            elif isinstance(child, nn.BatchNorm2d):
+                new = nn.BatchNorm2d(_scaled(child.num_features, width))
+            else:
+                continue
+            setattr(parent, name, new)
+    return net
+
+
 def create_model(
     name: str,
     num_classes: int,
@@ -183,12 +229,14 @@ def create_model(
     *,
     mean: list[float] | None = None,
     std: list[float] | None = None,
+    width: float = 1.0,
 ) -> ImageClassifier:
     """Build registered model ``name`` for ``image_size``x``image_size`` inputs in [0, 1].
 
     ``mean``/``std`` (per channel, in [0, 1] pixel units) become the model's first module;
-    they default to 0.5 / 0.5. Raises :class:`ModelError` for an unknown name or an image too
-    small for the architecture.
+    they default to 0.5 / 0.5. ``width`` < 1 narrows every hidden layer (see :func:`narrow`),
+    for running the paper's architectures at reduced cost. Raises :class:`ModelError` for an
+    unknown name, a bad width or an image too small for the architecture.
     """
     if name not in MODELS:
         close = difflib.get_close_matches(name, MODELS, n=1)
@@ -198,13 +246,18 @@ def create_model(
         raise ModelError(f"num_classes must be at least 2, got {num_classes}")
     mean = list(mean) if mean is not None else [0.5] * in_channels
     std = list(std) if std is not None else [0.5] * in_channels
+    if not 0 < width <= 1:
+        raise ModelError(f"width must be in (0, 1], got {width}")
     net = MODELS[name](num_classes, image_size, in_channels)
+    if width != 1:
+        net = narrow(net, width)
     model = ImageClassifier(net, Normalize(mean, std), (in_channels, image_size, image_size))
     try:
         _trace(model)
     except RuntimeError as err:
+        at = f" at width {width}" if width != 1 else ""
         raise ModelError(
-            f"model '{name}' cannot run on {in_channels}x{image_size}x{image_size} images "
+            f"model '{name}'{at} cannot run on {in_channels}x{image_size}x{image_size} images "
             f"({str(err).splitlines()[0]})"
         ) from None
     return model

@@ -76,6 +76,29 @@ def test_changed_settings_miss_the_cache(digits):
     assert baseline_key(prepare(exp.config.replace(k=0.2, epochs=7, seeds=3))) == first.key
 
 
+def test_stop_attack_measures_acc_star_val_and_eval_attack_acc_star(digits):
+    """A different per-epoch check attack (C&W L2) beside the reported one (PGD): like with like."""
+    from semirobust_ray.baseline import baseline_key
+    from semirobust_ray.training import evaluate
+
+    exp, _ = digits
+    cheap = prepare(exp.config.replace(stop_attack="cw"))
+    assert baseline_key(cheap) != baseline_key(exp)
+    b = get_baseline(cheap, log=quiet)
+    model = cheap.build_model()
+    model.load_state_dict(b.robust_state)
+    kw = {"batch_size": cheap.config.batch_size, "device": cheap.device}
+    seed = cheap.config.seed
+    x_val, y_val = cheap.eval_split("val")
+    x_test, y_test = cheap.eval_split("test")
+    cw_val = evaluate(model, x_val, y_val, attack=cheap.stop_attack(model, seed), **kw)
+    pgd_val = evaluate(model, x_val, y_val, attack=cheap.eval_attack(model, seed), **kw)
+    assert b.metrics.acc_star_val == cw_val != pgd_val
+    assert b.metrics.acc_star == evaluate(
+        model, x_test, y_test, attack=cheap.eval_attack(model, seed), **kw
+    )
+
+
 def test_damaged_cache_is_rebuilt_not_used(digits, tmp_path):
     exp, first = digits
     exp2 = prepare(exp.config.replace(cache_dir=str(tmp_path)))

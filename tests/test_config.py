@@ -42,6 +42,9 @@ def test_defaults_are_the_authors_settings():
         ({"mi": "yes"}, r"mi: expected true or false"),
         ({"dataset": "npz"}, r"dataset 'npz' needs data_path"),
         ({"epoch": 3}, r"unknown config key 'epoch' \(did you mean 'epochs'\?\)"),
+        ({"width": 0}, r"width=0 is out of range: valid \(0, 1\]"),
+        ({"width": 2}, r"width=2 is out of range"),
+        ({"stop_attack": "apgd"}, r"stop_attack: unknown value 'apgd'.*valid: .*autoattack"),
     ],
 )
 def test_bad_values_name_key_value_and_valid_choices(values, pattern):

@@ -42,6 +42,27 @@ def test_models_take_unit_range_images_and_normalise_inside():
     assert torch.allclose(model(x), expected)
 
 
+@pytest.mark.parametrize(("name", "layers"), [("alexnet", 8), ("vgg16", 16), ("resnet50", 54)])
+def test_width_multiplier_narrows_hidden_layers_and_keeps_depth(name, layers):
+    full, narrow = create_model(name, 10, 32), create_model(name, 10, 32, width=0.125)
+    full_layers, narrow_layers = trainable_layers(full), trainable_layers(narrow)
+    # same depth and the same layer names, so split depths and checkpoints mean the same
+    assert [n for n, _ in narrow_layers] == [n for n, _ in full_layers]
+    assert len(narrow_layers) == layers
+    first, last = narrow_layers[0][1], narrow_layers[-1][1]
+    assert first.in_channels == 3 and last.out_features == 10
+    assert narrow_layers[1][1].weight.shape[1] * 8 == full_layers[1][1].weight.shape[1]
+    n_full = sum(p.numel() for p in full.parameters())
+    n_narrow = sum(p.numel() for p in narrow.parameters())
+    assert n_narrow < n_full / 30  # parameters shrink roughly with width squared
+    assert narrow(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_bad_width_is_a_one_line_error():
+    with pytest.raises(ModelError, match=r"width must be in \(0, 1\], got 1.5"):
+        create_model("vgg16", 10, 32, width=1.5)
+
+
 def test_bad_names_and_sizes_are_one_line_errors():
     with pytest.raises(ModelError, match=r"unknown model 'vgg'.*did you mean 'vgg16'"):
         create_model("vgg", 10, 32)
