@@ -14,7 +14,8 @@ on the adversarial test set, estimated with EDGE (Noshad, Zeng & Hero, 2019). Th
 * :func:`ksg_mi` -- the Kraskov-Stoegbauer-Grassberger k-NN estimator, the documented
   alternative for multi-dimensional, high-MI data (``estimator="ksg"``).
 * :func:`layer_mi` -- forward hooks, batch-wise projection (memory O(N*d') per layer, never
-  O(N*D)), per-(pair, class) estimates run sequentially or as Ray tasks with identical results.
+  O(N*D)), per-(pair, class) estimates run sequentially or, grouped into one chunk per
+  available CPU, as Ray tasks, with identical results.
 
 What differs from the reference implementation (``EDGE_4_4_1.py``) and why
 ------------------------------------------------------------------------------
@@ -535,12 +536,80 @@ def _estimate_task(
     return mi_estimate(a, b, estimator=estimator, seed=seed, **kwargs)
 
 
+def _estimate_chunk(items: list[tuple[Any, ...]]) -> list[float]:
+    """Several (pair, class) estimates in one Ray task: one round trip for many milliseconds."""
+    return [_estimate_task(*args) for args in items]
+
+
 def _ray_wanted(use_ray: bool | None) -> bool:
     if use_ray is not None:
         return use_ray
     # Only look at Ray if the caller already imported it: importing Ray costs seconds.
     ray_mod = sys.modules.get("ray")
     return bool(ray_mod is not None and ray_mod.is_initialized())
+
+
+def _ray_slots(ray: Any) -> tuple[int, bool]:
+    """(Ray tasks of one CPU that can run at once for the caller, caller holds a CPU itself).
+
+    Inside a trial whose placement group captures child tasks, the tasks can use the group's
+    CPUs minus the caller's own (the ``mi_cpus`` bundles); elsewhere, the CPUs Ray has free now.
+    A caller that is itself a Ray worker holding CPUs (a trial) computes one share locally
+    instead of idling in ``ray.get``; the driver holds none, so it only waits.
+    """
+    ctx = ray.get_runtime_context()
+    own = 0.0
+    if ctx.worker.mode == ray.WORKER_MODE:
+        own = float(ctx.get_assigned_resources().get("CPU", 0.0))
+    pg = ray.util.get_current_placement_group()
+    if pg is not None and ctx.should_capture_child_tasks_in_placement_group:
+        slots = sum(float(b.get("CPU", 0.0)) for b in pg.bundle_specs) - own
+    else:
+        slots = float(ray.available_resources().get("CPU", 0.0))
+    return max(int(slots), 0), own >= 1.0
+
+
+def _balanced_chunks(costs: Sequence[float], n_chunks: int) -> list[list[int]]:
+    """Longest-processing-time split of job indices into ``n_chunks`` non-empty lists.
+
+    Deterministic (ties broken by index); which chunk computes a job never changes its value.
+    """
+    order = sorted(range(len(costs)), key=lambda i: (-costs[i], i))
+    chunks: list[list[int]] = [[] for _ in range(min(n_chunks, len(costs)))]
+    loads = [0.0] * len(chunks)
+    for i in order:
+        c = min(range(len(chunks)), key=lambda k: (loads[k], k))
+        chunks[c].append(i)
+        loads[c] += costs[i]
+    return [sorted(ch) for ch in chunks]
+
+
+def _run_jobs(
+    task_args: list[tuple[Any, ...]], costs: list[float], ray_tasks: int | None
+) -> list[float]:
+    """Run the estimates as a few Ray tasks (one chunk of jobs per free CPU) plus, when the
+    caller holds a CPU, one chunk in-process; with no CPU to spare, all in-process."""
+    import ray  # lazy: the science runs without Ray
+
+    slots, local = _ray_slots(ray)
+    if ray_tasks is not None:
+        slots = ray_tasks
+    n_chunks = min(len(task_args), slots + int(local))
+    if slots < 1 or n_chunks < 2:
+        return _estimate_chunk(task_args)
+    chunks = _balanced_chunks(costs, n_chunks)
+    remote = ray.remote(num_cpus=1)(_estimate_chunk)
+    offset = 1 if local else 0
+    refs = [remote.remote([task_args[i] for i in ch]) for ch in chunks[offset:]]
+    results: list[list[float]] = []
+    if local:
+        results.append(_estimate_chunk([task_args[i] for i in chunks[0]]))
+    results += ray.get(refs)
+    values = [math.nan] * len(task_args)
+    for ch, vals in zip(chunks, results, strict=True):
+        for i, v in zip(ch, vals, strict=True):
+            values[i] = v
+    return values
 
 
 def layer_mi(
@@ -556,6 +625,7 @@ def layer_mi(
     estimator: str = "edge",
     device: str | torch.device = "cpu",
     use_ray: bool | None = None,
+    ray_tasks: int | None = None,
     **estimator_kwargs: Any,
 ) -> list[LayerPairMI]:
     """Class-conditional MI between consecutive layers, I_j = sum_y pi(y) I(f^(j-1); f^(j) | y).
@@ -576,7 +646,13 @@ def layer_mi(
         estimator: ``"edge"`` (default) or ``"ksg"``.
         device: where the forward pass runs.
         use_ray: run the per-(pair, class) estimates as Ray tasks; ``None`` means "if Ray is
-            initialised". Ray and sequential give identical numbers.
+            initialised". Ray and sequential give identical numbers. An estimate takes only
+            milliseconds, so they are grouped: one task per CPU the caller can use (inside a
+            trial, the CPUs its placement group reserves for MI), each computing a chunk of
+            estimates of similar total size, and a caller that holds a CPU (a trial) computes
+            one chunk itself; with no CPU to spare everything runs in-process.
+        ray_tasks: number of Ray tasks to split the work into instead of the free CPUs (plus
+            the caller's own chunk as above).
         **estimator_kwargs: passed to the estimator (e.g. ``cap``, ``combine``, ``k``).
 
     Returns:
@@ -622,12 +698,11 @@ def layer_mi(
         for i, ci, a, b in jobs
     ]
     if _ray_wanted(use_ray):
-        import ray  # lazy: the science runs without Ray
-
-        remote = ray.remote(num_cpus=1)(_estimate_task)
-        values = ray.get([remote.remote(*args) for args in task_args])
+        # Cost of an estimate ~ its class size; chunks of similar cost finish together.
+        costs = [float(members[ci].size) for _, ci, _, _ in jobs]
+        values = _run_jobs(task_args, costs, ray_tasks)
     else:
-        values = [_estimate_task(*args) for args in task_args]
+        values = _estimate_chunk(task_args)
 
     per_pair = np.zeros(len(layers))
     for (i, ci, _, _), v in zip(jobs, values, strict=True):

@@ -20,6 +20,7 @@ from sklearn.datasets import load_digits
 
 from semirobust_ray.mi import (
     LayerPairMI,
+    _balanced_chunks,
     default_proj_dim,
     edge_mi,
     ksg_mi,
@@ -369,3 +370,69 @@ def test_ray_and_sequential_identical(
         par = layer_mi(model, layers, x, y, first_index=1, use_ray=True, estimator=est, seed=7)
         auto = layer_mi(model, layers, x, y, first_index=1, estimator=est, seed=7)  # Ray is up
         assert seq == par == auto
+
+
+def test_ray_chunks_explicit_count_identical(
+    ray_session, digits: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    """Any grouping of the (pair, class) estimates into Ray tasks gives the same numbers: the
+    driver uses its free CPUs (2 here), and an explicit task count of 1, 4 or more tasks than
+    estimates changes nothing."""
+    from semirobust_ray.mi import _ray_slots
+
+    assert _ray_slots(ray_session) == (2, False)  # the driver holds no CPU of its own
+    x, y = digits
+    model = tiny_cnn().eval()
+    layers = trainable(model)
+    seq = layer_mi(model, layers, x, y, first_index=1, use_ray=False, seed=3)
+    for n in (1, 4, 1000):
+        assert (
+            layer_mi(model, layers, x, y, first_index=1, use_ray=True, ray_tasks=n, seed=3) == seq
+        )
+
+
+def test_ray_inside_placement_group_uses_reserved_cpus(
+    ray_session, digits: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    """A trial-like task in a placement group of [its own CPU, one CPU reserved for MI] that
+    captures child tasks sees one task slot and computes one chunk itself (so the estimates
+    use both CPUs), with the sequential numbers."""
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from semirobust_ray.mi import _ray_slots
+
+    x, y = digits
+    model = tiny_cnn().eval()
+    layers = trainable(model)
+    pg = ray_session.util.placement_group([{"CPU": 1}, {"CPU": 1}])
+    ray_session.get(pg.ready())
+    try:
+
+        def trial() -> tuple[tuple[int, bool], list[LayerPairMI]]:
+            # Only importable names in here: the function travels to the worker by value.
+            hooked = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+            res = layer_mi(model, hooked, x, y, first_index=1, seed=9)  # Ray is up
+            return _ray_slots(ray_session), res
+
+        strategy = PlacementGroupSchedulingStrategy(
+            placement_group=pg, placement_group_bundle_index=0,
+            placement_group_capture_child_tasks=True,
+        )  # fmt: skip
+        remote = ray_session.remote(num_cpus=1, scheduling_strategy=strategy)(trial)
+        slots, res = ray_session.get(remote.remote())
+    finally:
+        ray_session.util.remove_placement_group(pg)
+    assert slots == (1, True)
+    linear = [(n, m) for n, m in layers if isinstance(m, torch.nn.Linear)]
+    assert res == layer_mi(model, linear, x, y, first_index=1, use_ray=False, seed=9)
+
+
+def test_balanced_chunks() -> None:
+    """Every job lands in exactly one chunk; loads differ by at most the largest job."""
+    costs = [float(c) for c in np.random.default_rng(0).integers(50, 300, size=53)]
+    for n in (1, 2, 3, 7, 60):
+        chunks = _balanced_chunks(costs, n)
+        assert len(chunks) == min(n, len(costs)) and all(chunks)
+        assert sorted(i for ch in chunks for i in ch) == list(range(len(costs)))
+        loads = [sum(costs[i] for i in ch) for ch in chunks]
+        assert max(loads) - min(loads) <= max(costs)
