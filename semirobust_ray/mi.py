@@ -549,6 +549,11 @@ def _ray_wanted(use_ray: bool | None) -> bool:
     return bool(ray_mod is not None and ray_mod.is_initialized())
 
 
+# Tasks per usable CPU: a few, so a CPU slowed by other work does not hold up the rest (static
+# chunks wait for the slowest), yet each task still carries several estimates.
+_CHUNKS_PER_CPU = 4
+
+
 def _ray_slots(ray: Any) -> tuple[int, bool]:
     """(Ray tasks of one CPU that can run at once for the caller, caller holds a CPU itself).
 
@@ -587,26 +592,25 @@ def _balanced_chunks(costs: Sequence[float], n_chunks: int) -> list[list[int]]:
 def _run_jobs(
     task_args: list[tuple[Any, ...]], costs: list[float], ray_tasks: int | None
 ) -> list[float]:
-    """Run the estimates as a few Ray tasks (one chunk of jobs per free CPU) plus, when the
-    caller holds a CPU, one chunk in-process; with no CPU to spare, all in-process."""
+    """Run the estimates as a few Ray tasks per usable CPU plus, when the caller holds a CPU,
+    one share in-process; with no CPU to spare, all in-process."""
     import ray  # lazy: the science runs without Ray
 
     slots, local = _ray_slots(ray)
-    if ray_tasks is not None:
-        slots = ray_tasks
-    n_chunks = min(len(task_args), slots + int(local))
-    if slots < 1 or n_chunks < 2:
+    n_tasks = ray_tasks if ray_tasks is not None else _CHUNKS_PER_CPU * slots
+    if slots < 1 or n_tasks < 1 or len(task_args) < 2:
         return _estimate_chunk(task_args)
-    chunks = _balanced_chunks(costs, n_chunks)
+    # The caller's share: one chunk of 1 / (slots + 1) of the work, computed while the tasks run.
+    mine = _balanced_chunks(costs, slots + 1)[0] if local else []
+    taken = set(mine)
+    rest = [i for i in range(len(task_args)) if i not in taken]
+    chunks = [[rest[j] for j in ch] for ch in _balanced_chunks([costs[i] for i in rest], n_tasks)]
     remote = ray.remote(num_cpus=1)(_estimate_chunk)
-    offset = 1 if local else 0
-    refs = [remote.remote([task_args[i] for i in ch]) for ch in chunks[offset:]]
-    results: list[list[float]] = []
-    if local:
-        results.append(_estimate_chunk([task_args[i] for i in chunks[0]]))
-    results += ray.get(refs)
+    refs = [remote.remote([task_args[i] for i in ch]) for ch in chunks]
     values = [math.nan] * len(task_args)
-    for ch, vals in zip(chunks, results, strict=True):
+    for i, v in zip(mine, _estimate_chunk([task_args[i] for i in mine]), strict=True):
+        values[i] = v
+    for ch, vals in zip(chunks, ray.get(refs), strict=True):
         for i, v in zip(ch, vals, strict=True):
             values[i] = v
     return values
@@ -647,12 +651,13 @@ def layer_mi(
         device: where the forward pass runs.
         use_ray: run the per-(pair, class) estimates as Ray tasks; ``None`` means "if Ray is
             initialised". Ray and sequential give identical numbers. An estimate takes only
-            milliseconds, so they are grouped: one task per CPU the caller can use (inside a
-            trial, the CPUs its placement group reserves for MI), each computing a chunk of
-            estimates of similar total size, and a caller that holds a CPU (a trial) computes
-            one chunk itself; with no CPU to spare everything runs in-process.
-        ray_tasks: number of Ray tasks to split the work into instead of the free CPUs (plus
-            the caller's own chunk as above).
+            milliseconds, so they are grouped: a few tasks (4) per CPU the caller can use
+            (inside a trial, the CPUs its placement group reserves for MI), each computing a
+            chunk of estimates of similar total size, and a caller that holds a CPU (a trial)
+            computes a 1/(CPUs + 1) share itself; with no CPU to spare everything runs
+            in-process.
+        ray_tasks: number of Ray tasks for the work not done by the caller, instead of 4 per
+            usable CPU.
         **estimator_kwargs: passed to the estimator (e.g. ``cap``, ``combine``, ``k``).
 
     Returns:

@@ -378,8 +378,14 @@ def test_ray_chunks_explicit_count_identical(
     """Any grouping of the (pair, class) estimates into Ray tasks gives the same numbers: the
     driver uses its free CPUs (2 here), and an explicit task count of 1, 4 or more tasks than
     estimates changes nothing."""
+    import time
+
     from semirobust_ray.mi import _ray_slots
 
+    # Free CPUs are counted now: wait until the previous test's tasks have released theirs.
+    deadline = time.monotonic() + 30
+    while _ray_slots(ray_session)[0] < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert _ray_slots(ray_session) == (2, False)  # the driver holds no CPU of its own
     x, y = digits
     model = tiny_cnn().eval()
