@@ -18,11 +18,12 @@ Tune trainable and passes ``on_epoch`` to report and checkpoint.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -99,6 +100,8 @@ class TrialResult:
     seconds: float
     history: list[dict[str, float]]
     mi: list[dict[str, Any]] = field(default_factory=list)  # one per consecutive layer pair
+    # The trial's final f_b (the network Acc was measured on, with f*_a); not part of to_dict.
+    fb_state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def diff(self) -> float:
@@ -106,7 +109,9 @@ class TrialResult:
         return self.acc_star - self.acc
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "diff": self.diff}
+        """JSON-serialisable numbers (everything but the weights), with Diff."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "fb_state"}
+        return {**copy.deepcopy(out), "diff": self.diff}
 
 
 def semirobust_model(exp: Experiment, baseline: Baseline, fb_layers: int) -> Split:
@@ -230,6 +235,7 @@ def run_trial(
         reached=reached,
         seconds=time.perf_counter() - start,
         history=state.history,
+        fb_state=s.fb_state(),
     )
     if c.mi:
         result.mi = trial_mi(exp, s, x_adv, y_test, seed)

@@ -37,12 +37,11 @@ from semirobust_ray.baseline import (
 )
 from semirobust_ray.config import ExperimentConfig
 from semirobust_ray.experiment import Experiment, prepare
-from semirobust_ray.report import load_results, minimal_split, write_report
+from semirobust_ray.report import SEARCH_META_FILE, load_results, minimal_split, write_report
 from semirobust_ray.storage import CorruptFileError, read_json, write_json
 from semirobust_ray.training import resolve_device
 from semirobust_ray.trial import TRIAL_RESULT_KEY, algorithm1_trainable
 
-SEARCH_META_FILE = "search_meta.json"
 BASELINE_DIR = "baseline"
 
 Log = Callable[[str], None]

@@ -29,6 +29,9 @@ from semirobust_ray.storage import load_state, save_state
 from semirobust_ray.training import DivergenceError, resolve_device
 
 CHECKPOINT_FILE = "trial_state.pt"
+#: In a trial's last checkpoint: the final f_b (the network Acc was measured on, with f*_a from
+#: the search's baseline/), with the trial's coordinates, seed and reported Acc.
+FINAL_FB_FILE = "final_fb.pt"
 #: The key of the final report that holds ``TrialResult.to_dict()`` as JSON (see report.py).
 TRIAL_RESULT_KEY = "trial_result_json"
 #: Config keys a search may vary per trial; everything else comes from the experiment's config.
@@ -122,7 +125,10 @@ def algorithm1_trainable(
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            state = TrialState.from_dict(load_state(Path(d) / CHECKPOINT_FILE))
+            # The final checkpoint holds only FINAL_FB_FILE: a trial restarted from it (its
+            # worker died after the final report) runs again from the start.
+            if (Path(d) / CHECKPOINT_FILE).exists():
+                state = TrialState.from_dict(load_state(Path(d) / CHECKPOINT_FILE))
 
     def on_epoch(record: EpochRecord, st: TrialState) -> None:
         with tempfile.TemporaryDirectory() as d:
@@ -141,4 +147,18 @@ def algorithm1_trainable(
         return
     # Where it ran, so a multi-node search can be audited from its results alone.
     node = {"node_id": ray.get_runtime_context().get_node_id(), "resumed": int(state is not None)}
-    tune.report({**final_metrics(result, exp.num_layers), **node})
+    with tempfile.TemporaryDirectory() as d:
+        save_state(
+            Path(d) / FINAL_FB_FILE,
+            {
+                "fb_state": result.fb_state,
+                "fb_layers": result.fb_layers,
+                "trial": result.trial,
+                "seed": result.seed,
+                "acc": result.acc,
+            },
+        )
+        tune.report(
+            {**final_metrics(result, exp.num_layers), **node},
+            checkpoint=tune.Checkpoint.from_directory(d),
+        )

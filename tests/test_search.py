@@ -211,3 +211,40 @@ def test_optuna_search_and_asha_scheduler_complete(searches, tmp_path, overrides
     assert {t["fb_layers"] for t in trials} <= {1, 3, 6}
     if outcome.minimal_fb_layers is not None:
         assert any(t["reached"] for t in trials if t["fb_layers"] == outcome.minimal_fb_layers)
+
+
+def test_official_autoattack_reevaluation_matches_reported_acc(ray_local, tmp_path):
+    """A separate script re-runs AutoAttack on the stored networks: same numbers, and a network
+    that is not the one the trial reported is caught."""
+    from semirobust_ray.reevaluate import main as reevaluate_main
+    from semirobust_ray.reevaluate import reevaluate
+    from semirobust_ray.storage import load_state, save_state
+    from semirobust_ray.trial import FINAL_FB_FILE
+
+    config = ExperimentConfig.from_dict(
+        {
+            **DIGITS_SEARCH,
+            "eval_attack": "autoattack",
+            "stop_attack": "pgd",
+            "eval_samples": 20,
+            "split_depths": [2],
+            "mi": False,
+            "search": "grid",
+            "cache_dir": str(tmp_path / "cache"),
+        }
+    )
+    outcome = run_search(config, storage_path=str(tmp_path), name="aa", log=quiet, verbose=0)
+    exp_dir = Path(outcome.experiment_dir)
+    table = reevaluate(exp_dir, log=quiet)
+    assert list(table["fb_layers"].fillna(0)) == [0, 2]  # Acc* first, then the trial
+    assert table["reported_acc"].iloc[1] == outcome.results["trials"][0]["acc"]
+    assert (table["abs_diff"] < 1e-6).all(), table  # reported values went through float32
+    assert (exp_dir / "reevaluation.csv").is_file()
+
+    # Replace the trial's final f_b by one with a zeroed output layer: the check must fail.
+    final = sorted(exp_dir.glob(f"*/checkpoint_*/{FINAL_FB_FILE}"))[-1]
+    state = load_state(final)
+    state["fb_state"] = {k: v * 0 if "weight" in k else v for k, v in state["fb_state"].items()}
+    save_state(final, state)
+    assert reevaluate_main([str(exp_dir)]) == 1
+    assert reevaluate_main([str(tmp_path / "nothing")]) == 2

@@ -1,0 +1,235 @@
+"""Independent re-evaluation of a finished search's networks with the official AutoAttack.
+
+A search reports Acc* (the adversarially trained full network) and, per trial, Acc (f*_a with the
+trial's final f_b) under its ``eval_attack``. This module checks those numbers from the stored
+files alone, without the search, trial or attack code that produced them:
+
+* the weights come from the search directory: f*_a from ``baseline/`` (SHA-256-checked) and each
+  trial's final f_b from ``final_fb.pt`` in its last checkpoint, all loaded with
+  ``torch.load(weights_only=True)``;
+* the attack is ``pyautoattack.AutoAttack`` (standard version, L∞) called directly, not through
+  :mod:`semirobust_ray.attacks`;
+* the images are the search's test images (``eval_samples`` of them, in order), attacked in
+  batches of ``batch_size`` with AutoAttack seeded by the trial's seed, as the trial did, so the
+  two numbers agree exactly when the trial's pipeline is right. ``seed_offset`` draws other
+  random starts instead, to show how much the number moves with them.
+
+Entry point: ``python launch/reevaluate.py RESULTS/NAME`` (see :func:`main`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from semirobust_ray.baseline import load_baseline
+from semirobust_ray.config import ConfigError, ExperimentConfig
+from semirobust_ray.experiment import prepare
+from semirobust_ray.models import split
+from semirobust_ray.report import SEARCH_META_FILE
+from semirobust_ray.search import BASELINE_DIR
+from semirobust_ray.storage import CorruptFileError, load_state, read_json
+from semirobust_ray.training import resolve_device
+from semirobust_ray.trial import FINAL_FB_FILE, TRIAL_RESULT_KEY
+
+OUTPUT_FILE = "reevaluation.csv"
+
+Log = Callable[[str], None]
+
+
+class ReevaluationError(RuntimeError):
+    """A search directory that cannot be re-evaluated; the message is one line."""
+
+
+@dataclass(frozen=True)
+class FinalNetwork:
+    """One network to re-evaluate: f*_a with f_b = ``fb_state`` (None: the baseline's f*_b)."""
+
+    name: str
+    fb_layers: int | None
+    trial: int | None
+    seed: int
+    reported_acc: float
+    fb_state: dict[str, torch.Tensor] | None
+
+
+def _last_final_report(result_file: Path) -> dict | None:
+    last = None
+    for line in result_file.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if TRIAL_RESULT_KEY in row:
+            last = row
+    return last
+
+
+def final_networks(exp_dir: Path) -> list[FinalNetwork]:
+    """Every finished trial's final network in ``exp_dir``, in (|f_b|, trial) order."""
+    networks = []
+    for result_file in sorted(exp_dir.glob("*/result.json")):
+        report = _last_final_report(result_file)
+        if report is None:
+            continue  # unfinished or failed: nothing was reported to check
+        checkpoints = sorted(
+            result_file.parent.glob(f"checkpoint_*/{FINAL_FB_FILE}"),
+            key=lambda p: int(p.parent.name.split("_")[-1]),
+        )
+        if not checkpoints:
+            raise ReevaluationError(
+                f"{result_file.parent.name} finished but has no {FINAL_FB_FILE} checkpoint "
+                "(searches before version 0.2 did not save the final f_b)"
+            )
+        final = load_state(checkpoints[-1])
+        networks.append(
+            FinalNetwork(
+                name=f"|f_b|={final['fb_layers']} t={final['trial']}",
+                fb_layers=int(final["fb_layers"]),
+                trial=int(final["trial"]),
+                seed=int(final["seed"]),
+                reported_acc=float(report["acc"]),
+                fb_state=final["fb_state"],
+            )
+        )
+    return sorted(networks, key=lambda n: (n.fb_layers, n.trial))
+
+
+def autoattack_accuracy(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    seed: int,
+    batch_size: int,
+) -> float:
+    """Robust accuracy of ``model`` under official AutoAttack (standard, L∞) on uint8 images."""
+    from pyautoattack import AutoAttack
+
+    device = next(model.parameters()).device
+    model.eval()
+    correct = 0
+    for start in range(0, len(x), batch_size):
+        xb = x[start : start + batch_size].to(device).float().div(255)
+        yb = y[start : start + batch_size].to(device)
+        num_classes = int(model(xb[:1]).shape[1])
+        adversary = AutoAttack(
+            model, norm="Linf", eps=eps, version="standard", device=device, seed=seed
+        )
+        targets = min(9, num_classes - 1)
+        adversary.apgd_targeted.n_target_classes = min(
+            adversary.apgd_targeted.n_target_classes, targets
+        )
+        adversary.fab.n_target_classes = min(adversary.fab.n_target_classes, targets)
+        x_adv, _ = adversary.run_standard_evaluation(xb, yb, batch_size=len(xb))
+        with torch.no_grad():
+            correct += int((model(x_adv).argmax(1) == yb).sum())
+    return correct / len(x)
+
+
+def reevaluate(
+    exp_dir: str | Path,
+    *,
+    seed_offset: int = 0,
+    device: str = "auto",
+    log: Log = print,
+) -> pd.DataFrame:
+    """Re-run AutoAttack on the baseline and every finished trial's network of a search.
+
+    Returns one row per network: ``network``, ``fb_layers``, ``trial``, ``seed``,
+    ``reported_acc``, ``autoattack_acc``, ``abs_diff``; also written to ``reevaluation.csv`` in
+    ``exp_dir``.
+    """
+    exp_dir = Path(exp_dir)
+    meta_path = exp_dir / SEARCH_META_FILE
+    if not meta_path.is_file():
+        raise ReevaluationError(f"{exp_dir} has no {SEARCH_META_FILE}: pass a search's directory")
+    try:
+        meta = read_json(meta_path)
+        config = ExperimentConfig.from_dict({**meta["config"], "device": device})
+    except (CorruptFileError, KeyError, TypeError, ConfigError) as err:
+        raise ReevaluationError(f"{meta_path}: {err}") from None
+    if config.eval_attack_name != "autoattack":
+        log(
+            f"[reevaluate] note: the search measured Acc with '{config.eval_attack_name}', "
+            "so AutoAttack's numbers are expected to be lower, not equal"
+        )
+    try:
+        baseline = load_baseline(exp_dir / BASELINE_DIR)
+    except CorruptFileError as err:
+        raise ReevaluationError(str(err)) from None
+    networks = [
+        FinalNetwork("Acc* (f*_a, f*_b)", None, None, config.seed, baseline.acc_star, None),
+        *final_networks(exp_dir),
+    ]
+    exp = prepare(config)
+    x, y = exp.eval_split("test")
+    rows = []
+    for net in networks:
+        model = exp.build_model()
+        model.load_state_dict(baseline.robust_state)
+        if net.fb_state is not None:
+            split(model, net.fb_layers).load_fb_state(net.fb_state)
+        model.to(resolve_device(device))
+        acc = autoattack_accuracy(
+            model, x, y, eps=config.eps, seed=net.seed + seed_offset, batch_size=config.batch_size
+        )
+        rows.append(
+            {
+                "network": net.name,
+                "fb_layers": net.fb_layers,
+                "trial": net.trial,
+                "seed": net.seed + seed_offset,
+                "reported_acc": net.reported_acc,
+                "autoattack_acc": acc,
+                "abs_diff": abs(acc - net.reported_acc),
+            }
+        )
+        log(
+            f"[reevaluate] {net.name}: reported {net.reported_acc:.4f}, "
+            f"AutoAttack {acc:.4f} on {len(x)} test images"
+        )
+    table = pd.DataFrame(rows)
+    table.to_csv(exp_dir / OUTPUT_FILE, index=False)
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``launch/reevaluate.py``: exit 0 when every |reported − AutoAttack| ≤ ``--tolerance``."""
+    parser = argparse.ArgumentParser(
+        description="Re-evaluate a finished search's networks (Acc* and every trial's final "
+        "f*_a + f_b) with the official AutoAttack, from the stored checkpoints alone."
+    )
+    parser.add_argument("search_dir", help="the search's directory, e.g. results/NAME")
+    parser.add_argument(
+        "--seed-offset",
+        type=int,
+        default=0,
+        help="add this to every AutoAttack seed (0: the trials' own seeds, an exact re-run)",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.0,
+        help="largest |reported Acc - AutoAttack Acc| accepted, as a fraction (default 0)",
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    args = parser.parse_args(argv)
+    try:
+        table = reevaluate(args.search_dir, seed_offset=args.seed_offset, device=args.device)
+    except (ReevaluationError, ConfigError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(table.to_string(index=False))
+    worst = float(table["abs_diff"].max())
+    print(f"largest |reported - AutoAttack| = {worst:.4f} (tolerance {args.tolerance})")
+    # Reported accuracies went through float32 (a mean of 0/1 values): allow that rounding.
+    return 0 if worst <= args.tolerance + 1e-6 else 1
