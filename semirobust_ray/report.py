@@ -266,6 +266,19 @@ def _display(name: Any) -> str:
     return _DISPLAY_NAMES.get(str(name).lower(), str(name))
 
 
+def _labels(config: dict[str, Any]) -> tuple[str, str]:
+    """(model, dataset) as a reader knows them: a narrowed model shows its width, a file-based
+    dataset (npz, imagefolder) its file or directory name."""
+    model = _display(config.get("model", "?"))
+    width = config.get("width", 1.0)
+    if width not in (None, 1, 1.0):
+        model += f" (width {width:g})"
+    dataset = _display(config.get("dataset", "?"))
+    if config.get("dataset") in ("npz", "imagefolder") and config.get("data_path"):
+        dataset = Path(str(config["data_path"])).stem or dataset
+    return model, dataset
+
+
 def rho_in_fb(summary: DepthSummary, num_layers: int, offset: int) -> float:
     """ρ of the pair ending at layer n − ``offset``, or NaN when that pair is not in f_b.
 
@@ -286,8 +299,7 @@ def table1(results: dict[str, Any]) -> pd.DataFrame:
     f_b or was not measured. ``Acc`` is the best trial's, ``ρ_j`` the minimum over trials.
     """
     n = int(results["num_layers"])
-    model = _display(results["config"].get("model", "?"))
-    dataset = _display(results["config"].get("dataset", "?"))
+    model, dataset = _labels(results["config"])
     rows = []
     for s in depth_summaries(results):
         row: dict[str, Any] = {
@@ -348,8 +360,7 @@ def rho_vs_depth_figure(results: dict[str, Any], path: str | os.PathLike) -> Pat
     import matplotlib.pyplot as plt
 
     n = int(results["num_layers"])
-    model = _display(results["config"].get("model", "?"))
-    dataset = _display(results["config"].get("dataset", "?"))
+    model, dataset = _labels(results["config"])
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     plotted = 0
     for s in depth_summaries(results):

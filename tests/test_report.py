@@ -295,3 +295,16 @@ def test_cli_subprocess(results: dict[str, Any], tmp_path: Path) -> None:
     assert (tmp_path / "table1.md").is_file()
     # The error path (exit 2, one line, no traceback) is checked in-process in test_errors;
     # a second interpreter start would double this test's time for the same code path.
+
+
+def test_labels_name_a_narrowed_model_and_a_file_dataset() -> None:
+    res = make_results()
+    res["config"] = {
+        **res["config"],
+        "model": "vgg16",
+        "width": 0.125,
+        "dataset": "npz",
+        "data_path": "../shared/datasets/cifar10_subset.npz",
+    }
+    row = table1(res).iloc[0]
+    assert (row["Model"], row["Dataset"]) == ("VGG16 (width 0.125)", "cifar10_subset")
