@@ -142,7 +142,7 @@ def run_trial(
     s = semirobust_model(exp, baseline, fb_layers)
     model = s.model
     optimizer = make_optimizer(s.fb_parameters(), c.lr, c.momentum, c.weight_decay)
-    kw = {"batch_size": c.batch_size, "device": exp.device}
+    kw = {"batch_size": c.eval_batch, "device": exp.device}
     x_val, y_val = exp.eval_split("val")
     x_test, y_test = exp.eval_split("test")
     if state is None:
@@ -184,7 +184,8 @@ def run_trial(
             attack=attack,
             method=c.train_method,
             bf16=c.precision == "bf16",
-            **kw,
+            batch_size=c.batch_size,
+            device=exp.device,
         )
         val = evaluate(model, x_val, y_val, attack=exp.stop_attack(model, epoch_seed), **kw)
         record = EpochRecord(

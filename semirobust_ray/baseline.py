@@ -43,6 +43,7 @@ BASELINE_FIELDS = (
     "eval_attack",
     "stop_attack",
     "eval_samples",
+    "eval_batch_size",
     "seed",
     "batch_size",
     "lr",
@@ -150,8 +151,8 @@ def train_baseline(exp: Experiment, *, key: str, path: Path, log: Log = print) -
     gen = seed_everything(c.seed)
     model = exp.build_model()
     opt = make_optimizer(list(model.parameters()), c.lr, c.momentum, c.weight_decay)
-    kw = {"batch_size": c.batch_size, "device": exp.device}
-    train_kw = {**kw, "bf16": c.precision == "bf16"}
+    kw = {"batch_size": c.eval_batch, "device": exp.device}
+    train_kw = {"batch_size": c.batch_size, "device": exp.device, "bf16": c.precision == "bf16"}
     d = exp.data
     for epoch in range(1, c.baseline_epochs + 1):
         stats = train_epoch(model, d.x_train, d.y_train, opt, generator=gen, **train_kw)

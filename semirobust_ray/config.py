@@ -67,6 +67,7 @@ class ExperimentConfig:
     eval_attack: str | None = None  # None: the training attack
     stop_attack: str | None = None  # per-epoch k-stop check on val; None: eval_attack
     eval_samples: int | None = None  # cap on val/test images attacked per evaluation
+    eval_batch_size: int | None = None  # images per attack call when evaluating; None: batch_size
     # Algorithm 1
     split_depths: tuple[int, ...] | None = None  # candidate |f_b|; None: every depth 1..n
     epochs: int = 10  # E
@@ -142,6 +143,12 @@ class ExperimentConfig:
     def eval_attack_name(self) -> str:
         """The attack Acc*, Acc_sr and Acc are measured with."""
         return self.eval_attack or self.attack
+
+    @property
+    def eval_batch(self) -> int:
+        """Images per attack call in evaluations: fewer, larger calls cut AutoAttack's
+        per-iteration overhead, which dominates on small models."""
+        return self.eval_batch_size or self.batch_size
 
     @property
     def stop_attack_name(self) -> str:
@@ -275,6 +282,7 @@ def _validate(c: ExperimentConfig) -> None:
         "max_train",
         "max_test",
         "eval_samples",
+        "eval_batch_size",
         "mi_samples",
         "max_concurrent",
         "num_samples",

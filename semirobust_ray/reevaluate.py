@@ -10,7 +10,7 @@ files alone, without the search, trial or attack code that produced them:
 * the attack is ``pyautoattack.AutoAttack`` (standard version, L∞) called directly, not through
   :mod:`semirobust_ray.attacks`;
 * the images are the search's test images (``eval_samples`` of them, in order), attacked in
-  batches of ``batch_size`` with AutoAttack seeded by the trial's seed, as the trial did, so the
+  batches of ``eval_batch_size`` (default ``batch_size``) with AutoAttack seeded by the trial's seed, as the trial did, so the
   two numbers agree exactly when the trial's pipeline is right. ``seed_offset`` draws other
   random starts instead, to show how much the number moves with them.
 
@@ -180,7 +180,7 @@ def reevaluate(
             split(model, net.fb_layers).load_fb_state(net.fb_state)
         model.to(resolve_device(device))
         acc = autoattack_accuracy(
-            model, x, y, eps=config.eps, seed=net.seed + seed_offset, batch_size=config.batch_size
+            model, x, y, eps=config.eps, seed=net.seed + seed_offset, batch_size=config.eval_batch
         )
         rows.append(
             {

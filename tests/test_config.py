@@ -42,6 +42,7 @@ def test_defaults_are_the_authors_settings():
         ({"mi": "yes"}, r"mi: expected true or false"),
         ({"dataset": "npz"}, r"dataset 'npz' needs data_path"),
         ({"epoch": 3}, r"unknown config key 'epoch' \(did you mean 'epochs'\?\)"),
+        ({"eval_batch_size": 0}, r"eval_batch_size=0 is out of range"),
         ({"width": 0}, r"width=0 is out of range: valid \(0, 1\]"),
         ({"width": 2}, r"width=2 is out of range"),
         ({"stop_attack": "apgd"}, r"stop_attack: unknown value 'apgd'.*valid: .*autoattack"),
