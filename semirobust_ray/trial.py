@@ -125,12 +125,11 @@ def algorithm1_trainable(
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            # The final checkpoint holds only FINAL_FB_FILE: a trial restarted from it (its
-            # worker died after the final report) runs again from the start.
-            if (Path(d) / CHECKPOINT_FILE).exists():
-                state = TrialState.from_dict(load_state(Path(d) / CHECKPOINT_FILE))
+            state = TrialState.from_dict(load_state(Path(d) / CHECKPOINT_FILE))
+    latest = {"state": state}
 
     def on_epoch(record: EpochRecord, st: TrialState) -> None:
+        latest["state"] = st
         with tempfile.TemporaryDirectory() as d:
             save_state(Path(d) / CHECKPOINT_FILE, st.to_dict())
             tune.report(
@@ -148,6 +147,9 @@ def algorithm1_trainable(
     # Where it ran, so a multi-node search can be audited from its results alone.
     node = {"node_id": ray.get_runtime_context().get_node_id(), "resumed": int(state is not None)}
     with tempfile.TemporaryDirectory() as d:
+        # The last epoch's state goes with it: a trial restored from this checkpoint (the
+        # driver stopped before recording the final result) continues, it does not restart.
+        save_state(Path(d) / CHECKPOINT_FILE, latest["state"].to_dict())
         save_state(
             Path(d) / FINAL_FB_FILE,
             {

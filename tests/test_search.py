@@ -248,3 +248,29 @@ def test_official_autoattack_reevaluation_matches_reported_acc(ray_local, tmp_pa
     save_state(final, state)
     assert reevaluate_main([str(exp_dir)]) == 1
     assert reevaluate_main([str(tmp_path / "nothing")]) == 2
+
+
+def test_final_checkpoint_continues_the_trial_instead_of_restarting(searches):
+    """Restored from its last checkpoint (the driver stopped before it recorded the final
+    result), a trial re-measures its final network: no epoch is trained again."""
+    from semirobust_ray.algorithm1 import TrialState, run_trial
+    from semirobust_ray.baseline import load_baseline
+    from semirobust_ray.experiment import prepare
+    from semirobust_ray.search import BASELINE_DIR
+    from semirobust_ray.storage import load_state
+    from semirobust_ray.trial import CHECKPOINT_FILE, FINAL_FB_FILE
+
+    exp_dir = Path(searches["grid"].experiment_dir)
+    trial = next(t for t in searches["grid"].results["trials"] if t["fb_layers"] == 3)
+    trial_dir = next(exp_dir.glob("*fb_layers=3,*"))
+    last = max(trial_dir.glob("checkpoint_*"), key=lambda p: p.name)
+    assert (last / FINAL_FB_FILE).is_file()
+    state = TrialState.from_dict(load_state(last / CHECKPOINT_FILE))
+    assert state.epoch == trial["epochs_run"]
+
+    config = ExperimentConfig.from_dict({**CI_SEARCH, "mi": False})
+    again = run_trial(
+        prepare(config), load_baseline(exp_dir / BASELINE_DIR), 3, 0, state=state, log=quiet
+    )
+    assert again.history == trial["history"]  # nothing retrained
+    assert again.acc == trial["acc"]
