@@ -35,7 +35,7 @@ from semirobust_ray.experiment import prepare
 from semirobust_ray.models import split
 from semirobust_ray.report import SEARCH_META_FILE
 from semirobust_ray.search import BASELINE_DIR
-from semirobust_ray.storage import CorruptFileError, load_state, read_json
+from semirobust_ray.storage import CorruptFileError, atomic_write_bytes, load_state, read_json
 from semirobust_ray.training import resolve_device
 from semirobust_ray.trial import FINAL_FB_FILE, TRIAL_RESULT_KEY
 
@@ -140,13 +140,16 @@ def reevaluate(
     *,
     seed_offset: int = 0,
     device: str = "auto",
+    resume: bool = False,
     log: Log = print,
 ) -> pd.DataFrame:
     """Re-run AutoAttack on the baseline and every finished trial's network of a search.
 
     Returns one row per network: ``network``, ``fb_layers``, ``trial``, ``seed``,
-    ``reported_acc``, ``autoattack_acc``, ``abs_diff``; also written to ``reevaluation.csv`` in
-    ``exp_dir``.
+    ``reported_acc``, ``autoattack_acc``, ``abs_diff``; ``reevaluation.csv`` in ``exp_dir`` is
+    rewritten after every network, so an interrupted run keeps what it measured. With
+    ``resume``, networks already in that file (same name, seed and reported Acc) are not
+    attacked again: re-evaluate a search that is still running, then the trials it adds.
     """
     exp_dir = Path(exp_dir)
     meta_path = exp_dir / SEARCH_META_FILE
@@ -170,10 +173,20 @@ def reevaluate(
         FinalNetwork("Acc* (f*_a, f*_b)", None, None, config.seed, baseline.acc_star, None),
         *final_networks(exp_dir),
     ]
+    out = exp_dir / OUTPUT_FILE
+    done: dict[tuple[str, int, float], dict] = {}
+    if resume and out.is_file():
+        for row in pd.read_csv(out).to_dict("records"):
+            done[(row["network"], int(row["seed"]), float(row["reported_acc"]))] = row
     exp = prepare(config)
     x, y = exp.eval_split("test")
     rows = []
     for net in networks:
+        key = (net.name, net.seed + seed_offset, net.reported_acc)
+        if key in done:
+            rows.append(done[key])
+            log(f"[reevaluate] {net.name}: kept from {out.name}")
+            continue
         model = exp.build_model()
         model.load_state_dict(baseline.robust_state)
         if net.fb_state is not None:
@@ -197,9 +210,8 @@ def reevaluate(
             f"[reevaluate] {net.name}: reported {net.reported_acc:.4f}, "
             f"AutoAttack {acc:.4f} on {len(x)} test images"
         )
-    table = pd.DataFrame(rows)
-    table.to_csv(exp_dir / OUTPUT_FILE, index=False)
-    return table
+        atomic_write_bytes(out, pd.DataFrame(rows).to_csv(index=False).encode())
+    return pd.DataFrame(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,9 +234,16 @@ def main(argv: list[str] | None = None) -> int:
         help="largest |reported Acc - AutoAttack Acc| accepted, as a fraction (default 0)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the networks already in reevaluation.csv; attack only the others",
+    )
     args = parser.parse_args(argv)
     try:
-        table = reevaluate(args.search_dir, seed_offset=args.seed_offset, device=args.device)
+        table = reevaluate(
+            args.search_dir, seed_offset=args.seed_offset, device=args.device, resume=args.resume
+        )
     except (ReevaluationError, ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

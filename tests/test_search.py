@@ -240,6 +240,10 @@ def test_official_autoattack_reevaluation_matches_reported_acc(ray_local, tmp_pa
     assert table["reported_acc"].iloc[1] == outcome.results["trials"][0]["acc"]
     assert (table["abs_diff"] < 1e-6).all(), table  # reported values went through float32
     assert (exp_dir / "reevaluation.csv").is_file()
+    logs: list[str] = []
+    again = reevaluate(exp_dir, resume=True, log=logs.append)  # nothing is attacked again
+    assert len(logs) == 2 and all("kept from reevaluation.csv" in line for line in logs)
+    assert list(again["autoattack_acc"]) == list(table["autoattack_acc"])
 
     # Replace the trial's final f_b by one with a zeroed output layer: the check must fail.
     final = sorted(exp_dir.glob(f"*/checkpoint_*/{FINAL_FB_FILE}"))[-1]
