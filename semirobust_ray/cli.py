@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_summary(outcome, config: ExperimentConfig) -> None:
-    from semirobust_ray.report import table1, table1_markdown
+    from semirobust_ray.report import minimal_split, table1, table1_markdown
 
     depth = outcome.minimal_fb_layers
     print()
@@ -107,6 +107,9 @@ def _print_summary(outcome, config: ExperimentConfig) -> None:
         print(f"No candidate |f_b| reached Acc* - k (k = {config.k}).")
     else:
         print(f"Minimal robust split: |f_b| = {depth} (reaches Acc* - k, k = {config.k}).")
+        warning = minimal_split(outcome.results)["warning"]
+        if warning:
+            print(f"Warning: {warning}.")
     print(f"Report:      {outcome.report_dir}  (table1.md, rho_vs_depth.png, minimal_split.json)")
     print(f"TensorBoard: tensorboard --logdir {outcome.experiment_dir}")
     print(f"Wall time:   {outcome.seconds:.0f} s")

@@ -410,7 +410,9 @@ def minimal_split(results: dict[str, Any]) -> dict[str, Any]:
     ``minimal_fb_layers`` is null when no depth reached. ``evidence`` lists every depth tried
     (best Acc, whether some trial reached, trials and trial-epochs spent); ``failed`` lists
     trials that ended without a result and why (e.g. a diverged loss), ``unfinished`` trials that
-    never reported a final result; neither is counted in the evidence.
+    never reported a final result; neither is counted in the evidence. ``warning`` is set when
+    the chosen depth reached on the validation check but its test Diff exceeds k (the check's
+    attack or split overstated robustness), else null.
     """
     summaries = depth_summaries(results)
     best = minimal_depth(summaries)
@@ -418,6 +420,14 @@ def minimal_split(results: dict[str, Any]) -> dict[str, Any]:
     baseline = results.get("baseline", {})
     acc_star = chosen.acc_star if chosen else baseline.get("acc_star")
     config = results["config"]
+    k = config.get("k")
+    warning = None
+    if chosen and k is not None and chosen.diff > k:
+        attack = config.get("stop_attack") or config.get("eval_attack") or config.get("attack")
+        warning = (
+            f"on the test split Acc* - Acc = {100 * chosen.diff:.1f} points > k: the validation "
+            f"check ({attack}) overstated robustness; stop on the reported attack to trust |f_b|"
+        )
     return {
         "model": config.get("model"),
         "dataset": config.get("dataset"),
@@ -428,6 +438,7 @@ def minimal_split(results: dict[str, Any]) -> dict[str, Any]:
         "acc": _num(chosen.acc) if chosen else None,
         "diff": _num(chosen.diff) if chosen else None,
         "acc_sr": _num(chosen.acc_sr) if chosen else None,
+        "warning": warning,
         "evidence": [
             {
                 "fb_layers": s.fb_layers,
@@ -479,6 +490,8 @@ def _summary_lines(results: dict[str, Any], paths: dict[str, Path]) -> Iterable[
             f"minimal robust split: |f_b| = {m['minimal_fb_layers']} "
             f"(Acc {100 * m['acc']:.1f}% vs Acc* {100 * m['acc_star']:.1f}%, k = {m['k']})"
         )
+    if m["warning"]:
+        yield f"warning: {m['warning']}"
     for f in m["failed"]:
         yield f"failed trial |f_b| = {f.get('fb_layers', '?')}: {f['failure']}"
     if m["unfinished"]:

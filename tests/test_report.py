@@ -180,6 +180,19 @@ def test_minimal_split(results: dict[str, Any]) -> None:
     json.dumps(m, allow_nan=False)  # strict JSON: no NaN
 
 
+def test_minimal_split_warns_when_test_diff_exceeds_k(results: dict[str, Any]) -> None:
+    """Reached on the validation check, but the test Diff says otherwise: say so."""
+    assert minimal_split(results)["warning"] is None  # Diff within k: nothing to say
+    for t in results["trials"]:
+        if t["fb_layers"] == 3:
+            t["acc"] = ACC_STAR - 0.09
+    results["config"]["stop_attack"] = "pgd"
+    m = minimal_split(results)
+    assert m["minimal_fb_layers"] == 3
+    assert m["warning"].startswith("on the test split Acc* - Acc = 9.0 points > k")
+    assert "(pgd)" in m["warning"]
+
+
 def test_minimal_split_none_reached(results: dict[str, Any]) -> None:
     for t in results["trials"]:
         t["reached"] = False
