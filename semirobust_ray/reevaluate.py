@@ -86,7 +86,7 @@ def final_networks(exp_dir: Path) -> list[FinalNetwork]:
         if not checkpoints:
             raise ReevaluationError(
                 f"{result_file.parent.name} finished but has no {FINAL_FB_FILE} checkpoint "
-                "(searches before version 0.2 did not save the final f_b)"
+                "(trials run before final_fb.pt was introduced did not save their final f_b)"
             )
         final = load_state(checkpoints[-1])
         networks.append(
