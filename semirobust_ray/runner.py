@@ -34,6 +34,8 @@ def run_algorithm1(
     summaries = []
     for depth in exp.split_depths:
         depth_trials = [run_trial(exp, baseline, depth, t, log=log) for t in range(config.seeds)]
+        for t in depth_trials:
+            t.fb_state = {}  # results.json holds numbers; T x depths f_b copies would pile up
         trials += depth_trials
         summaries.append(summarise_depth(depth_trials))
         s = summaries[-1]
