@@ -20,7 +20,6 @@ Entry point: ``python launch/reevaluate.py RESULTS/NAME`` (see :func:`main`).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,11 +32,11 @@ from semirobust_ray.baseline import load_baseline
 from semirobust_ray.config import ConfigError, ExperimentConfig
 from semirobust_ray.experiment import prepare
 from semirobust_ray.models import split
-from semirobust_ray.report import SEARCH_META_FILE
+from semirobust_ray.report import SEARCH_META_FILE, ReportError, load_results
 from semirobust_ray.search import BASELINE_DIR
-from semirobust_ray.storage import CorruptFileError, atomic_write_bytes, load_state, read_json
+from semirobust_ray.storage import CorruptFileError, atomic_write_bytes, load_state
 from semirobust_ray.training import resolve_device
-from semirobust_ray.trial import FINAL_FB_FILE, TRIAL_RESULT_KEY
+from semirobust_ray.trial import FINAL_FB_FILE
 
 OUTPUT_FILE = "reevaluation.csv"
 
@@ -60,32 +59,19 @@ class FinalNetwork:
     fb_state: dict[str, torch.Tensor] | None
 
 
-def _last_final_report(result_file: Path) -> dict | None:
-    last = None
-    for line in result_file.read_text(errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if TRIAL_RESULT_KEY in row:
-            last = row
-    return last
-
-
-def final_networks(exp_dir: Path) -> list[FinalNetwork]:
-    """Every finished trial's final network in ``exp_dir``, in (|f_b|, trial) order."""
+def final_networks(exp_dir: Path, trials: list[dict]) -> list[FinalNetwork]:
+    """The final network of every finished trial (``load_results(exp_dir)["trials"]``), in
+    (|f_b|, trial) order; unfinished and failed trials reported nothing to check."""
     networks = []
-    for result_file in sorted(exp_dir.glob("*/result.json")):
-        report = _last_final_report(result_file)
-        if report is None:
-            continue  # unfinished or failed: nothing was reported to check
+    for trial in trials:
+        trial_dir = exp_dir / trial["trial_dir"]
         checkpoints = sorted(
-            result_file.parent.glob(f"checkpoint_*/{FINAL_FB_FILE}"),
+            trial_dir.glob(f"checkpoint_*/{FINAL_FB_FILE}"),
             key=lambda p: int(p.parent.name.split("_")[-1]),
         )
         if not checkpoints:
             raise ReevaluationError(
-                f"{result_file.parent.name} finished but has no {FINAL_FB_FILE} checkpoint "
+                f"{trial_dir.name} finished but has no {FINAL_FB_FILE} checkpoint "
                 "(trials run before final_fb.pt was introduced did not save their final f_b)"
             )
         final = load_state(checkpoints[-1])
@@ -95,7 +81,7 @@ def final_networks(exp_dir: Path) -> list[FinalNetwork]:
                 fb_layers=int(final["fb_layers"]),
                 trial=int(final["trial"]),
                 seed=int(final["seed"]),
-                reported_acc=float(report["acc"]),
+                reported_acc=float(trial["acc"]),
                 fb_state=final["fb_state"],
             )
         )
@@ -116,15 +102,16 @@ def autoattack_accuracy(
 
     device = next(model.parameters()).device
     model.eval()
+    with torch.no_grad():
+        num_classes = int(model(x[:1].to(device).float().div(255)).shape[1])
+    targets = min(9, num_classes - 1)
     correct = 0
     for start in range(0, len(x), batch_size):
         xb = x[start : start + batch_size].to(device).float().div(255)
         yb = y[start : start + batch_size].to(device)
-        num_classes = int(model(xb[:1]).shape[1])
         adversary = AutoAttack(
             model, norm="Linf", eps=eps, version="standard", device=device, seed=seed
         )
-        targets = min(9, num_classes - 1)
         adversary.apgd_targeted.n_target_classes = min(
             adversary.apgd_targeted.n_target_classes, targets
         )
@@ -152,14 +139,13 @@ def reevaluate(
     attacked again: re-evaluate a search that is still running, then the trials it adds.
     """
     exp_dir = Path(exp_dir)
-    meta_path = exp_dir / SEARCH_META_FILE
-    if not meta_path.is_file():
+    if not (exp_dir / SEARCH_META_FILE).is_file():
         raise ReevaluationError(f"{exp_dir} has no {SEARCH_META_FILE}: pass a search's directory")
     try:
-        meta = read_json(meta_path)
-        config = ExperimentConfig.from_dict({**meta["config"], "device": device})
-    except (CorruptFileError, KeyError, TypeError, ConfigError) as err:
-        raise ReevaluationError(f"{meta_path}: {err}") from None
+        results = load_results(exp_dir)
+        config = ExperimentConfig.from_dict({**results["config"], "device": device})
+    except (ReportError, ConfigError) as err:
+        raise ReevaluationError(f"{exp_dir}: {err}") from None
     if config.eval_attack_name != "autoattack":
         log(
             f"[reevaluate] note: the search measured Acc with '{config.eval_attack_name}', "
@@ -171,7 +157,7 @@ def reevaluate(
         raise ReevaluationError(str(err)) from None
     networks = [
         FinalNetwork("Acc* (f*_a, f*_b)", None, None, config.seed, baseline.acc_star, None),
-        *final_networks(exp_dir),
+        *final_networks(exp_dir, results["trials"]),
     ]
     out = exp_dir / OUTPUT_FILE
     done: dict[tuple[str, int, float], dict] = {}
