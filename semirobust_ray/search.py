@@ -195,13 +195,16 @@ def save_search_files(exp_dir: str, exp: Experiment, baseline: Baseline) -> None
     save_baseline(dataclasses.replace(baseline, path=local / BASELINE_DIR))
 
 
-def load_search_baseline(exp_dir: str, key: str) -> Baseline | None:
-    """The baseline stored with a search (for resume), if present, whole and of this config."""
+def load_search_baseline(exp_dir: str) -> Baseline | None:
+    """The baseline stored with a search (for resume), if present; CorruptFileError if damaged.
+
+    Its key is not checked against today's: the finished trials were measured against this
+    Acc*, so a resume keeps it even when a newer version of the code would key it differently.
+    """
     local = _local(exp_dir)
     if local is None or not (local / BASELINE_DIR / "baseline.json").exists():
         return None
-    baseline = load_baseline(local / BASELINE_DIR)  # CorruptFileError when damaged
-    return baseline if baseline.key == key else None
+    return load_baseline(local / BASELINE_DIR)
 
 
 # --- the search ---------------------------------------------------------------------------
@@ -343,9 +346,14 @@ def run_search(
     baseline = None
     if resume:
         try:
-            baseline = load_search_baseline(exp_dir, baseline_key(exp))
+            baseline = load_search_baseline(exp_dir)
         except CorruptFileError as err:
             log(f"[search] stored baseline unusable, recomputing it: {err}")
+        if baseline is not None and baseline.key != baseline_key(exp):
+            log(
+                f"[search] keeping the search's stored baseline {baseline.key} (this version of "
+                f"the code would key it {baseline_key(exp)}): its finished trials used this Acc*"
+            )
     if baseline is None:
         baseline = _baseline_on_cluster(exp, log)
         save_search_files(exp_dir, exp, baseline)

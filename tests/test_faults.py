@@ -507,7 +507,7 @@ def test_resume_with_damaged_stored_baseline_recomputes_it(clean, damage, tmp_pa
         meta.write_bytes(meta.read_bytes()[:40])
     key = clean.results["baseline"]["key"]
     with pytest.raises(CorruptFileError):
-        load_search_baseline(str(exp_dir), key)
+        load_search_baseline(str(exp_dir))
     before = {p: p.read_bytes() for p in exp_dir.glob("*/result.json")}
 
     logs: list[str] = []
@@ -520,7 +520,37 @@ def test_resume_with_damaged_stored_baseline_recomputes_it(clean, damage, tmp_pa
         verbose=0,
     )
     assert any("stored baseline unusable, recomputing it" in line for line in logs)
-    assert load_search_baseline(str(exp_dir), key).acc_star == clean.results["baseline"]["acc_star"]
+    assert load_search_baseline(str(exp_dir)).acc_star == clean.results["baseline"]["acc_star"]
     assert {p: p.read_bytes() for p in exp_dir.glob("*/result.json")} == before  # nothing re-ran
     assert outcome.minimal_fb_layers == clean.minimal_fb_layers
     assert read_json(exp_dir / "search_meta.json")["baseline"]["key"] == key
+
+
+def test_resume_keeps_the_stored_baseline_when_newer_code_keys_it_differently(clean, tmp_path):
+    """A search started with an older version resumes on its own Acc*, not a retrained one."""
+    import shutil
+
+    from semirobust_ray.search import run_search
+
+    exp_dir = tmp_path / "clean"
+    shutil.copytree(clean.experiment_dir, exp_dir)
+    meta_path = exp_dir / "baseline" / "baseline.json"
+    meta = read_json(meta_path)
+    meta["key"] = "smallcnn-digits-keyed-by-an-older-version"
+    meta_path.write_text(json.dumps(meta))
+    before = {p: p.read_bytes() for p in exp_dir.glob("*/result.json")}
+
+    logs: list[str] = []
+    outcome = run_search(
+        ExperimentConfig.from_dict(clean.results["config"]),
+        storage_path=str(tmp_path),
+        name="clean",
+        resume=True,
+        log=logs.append,
+        verbose=0,
+    )
+    assert any("keeping the search's stored baseline" in line for line in logs)
+    assert not any("[search] baseline: regular" in line for line in logs)  # not retrained
+    assert read_json(meta_path)["key"] == meta["key"]  # not replaced either
+    assert {p: p.read_bytes() for p in exp_dir.glob("*/result.json")} == before
+    assert outcome.results["baseline"]["acc_star"] == clean.results["baseline"]["acc_star"]

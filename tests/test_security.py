@@ -104,7 +104,7 @@ def test_baseline_with_a_payload_and_a_matching_checksum_is_refused(tmp_path):
     with pytest.raises(CorruptFileError, match="cannot be loaded safely"):
         load_baseline(tmp_path / "cache" / "key")
     with pytest.raises(CorruptFileError, match="cannot be loaded safely"):
-        load_search_baseline(str(tmp_path / "search"), "key")
+        load_search_baseline(str(tmp_path / "search"))
     assert not marker.exists()
 
 
