@@ -76,6 +76,39 @@ def test_trials_spread_over_both_nodes(cluster, cache_dir, tmp_path):
     assert outcome.results["unfinished"] == []
 
 
+def _nodes_that_ran(function_name: str) -> set[str]:
+    """Node ids of every finished-or-running task of this name, from the GCS task events.
+
+    Ray's public state API (``ray.util.state``) needs the dashboard, which the test extra does
+    not install; the GCS holds the same task events.
+    """
+    from ray._private.state import state
+
+    time.sleep(2)  # task events reach the GCS on a ~1 s flush interval
+    return {
+        e.state_updates.node_id.hex()
+        for e in state._get_all_task_events()
+        if e.task_info.func_or_class_name == function_name and e.state_updates.node_id
+    }
+
+
+def test_mi_tasks_run_on_both_nodes_beside_their_trials(cluster, cache_dir, tmp_path):
+    _, head_id, gpu_node = cluster
+    # One CPU per trial plus one reserved for its MI tasks fills a 2-CPU node, so the two
+    # trials start at once on different nodes, each with its MI tasks in its placement group.
+    outcome = run_search(
+        _config(cache_dir, split_depths=[2, 6], mi=True, mi_cpus=1, eval_samples=200),
+        storage_path=str(tmp_path),
+        name="mi",
+        log=quiet,
+        verbose=0,
+    )
+    finals = _final_reports(outcome.experiment_dir)
+    assert {f["node_id"] for f in finals} == {head_id, gpu_node.node_id}
+    assert all(any(key.startswith("I_j/") for key in f) for f in finals)
+    assert _nodes_that_ran("_estimate_chunk") == {head_id, gpu_node.node_id}
+
+
 def test_gpu_trials_go_only_to_the_gpu_node_and_compute_on_cpu(cluster, cache_dir, tmp_path):
     _, _, gpu_node = cluster
     outcome = run_search(
