@@ -127,13 +127,16 @@ def algorithm1_trainable(
         with checkpoint.as_directory() as d:
             state = TrialState.from_dict(load_state(Path(d) / CHECKPOINT_FILE))
     latest = {"state": state}
+    # Where it runs, in every report, so a multi-node search can be audited from its results
+    # alone (a trial retried after a node loss shows the move).
+    node = {"node_id": ray.get_runtime_context().get_node_id(), "resumed": int(state is not None)}
 
     def on_epoch(record: EpochRecord, st: TrialState) -> None:
         latest["state"] = st
         with tempfile.TemporaryDirectory() as d:
             save_state(Path(d) / CHECKPOINT_FILE, st.to_dict())
             tune.report(
-                _epoch_metrics(record, fb_layers, trial, exp, baseline),
+                {**_epoch_metrics(record, fb_layers, trial, exp, baseline), **node},
                 checkpoint=tune.Checkpoint.from_directory(d),
             )
 
@@ -144,8 +147,6 @@ def algorithm1_trainable(
         # and let the search go on (it counts as not reaching Acc* - k).
         tune.report(diverged_metrics(fb_layers, trial, str(err), exp.num_layers))
         return
-    # Where it ran, so a multi-node search can be audited from its results alone.
-    node = {"node_id": ray.get_runtime_context().get_node_id(), "resumed": int(state is not None)}
     with tempfile.TemporaryDirectory() as d:
         # The last epoch's state goes with it: a trial restored from this checkpoint (the
         # driver stopped before recording the final result) continues, it does not restart.
