@@ -491,11 +491,27 @@ def test_damaged_cache_entry_is_detected_and_rebuilt_never_used(cached_entry, da
     assert again.acc_star == good.acc_star
 
 
+def _resume_copy(clean, tmp_path: Path):
+    """``--resume`` of the copy of the clean search at ``tmp_path / "clean"``: (outcome, log)."""
+    from semirobust_ray.search import run_search
+
+    logs: list[str] = []
+    outcome = run_search(
+        ExperimentConfig.from_dict(clean.results["config"]),
+        storage_path=str(tmp_path),
+        name="clean",
+        resume=True,
+        log=logs.append,
+        verbose=0,
+    )
+    return outcome, logs
+
+
 @pytest.mark.parametrize("damage", ["flipped byte in robust.pt", "truncated baseline.json"])
 def test_resume_with_damaged_stored_baseline_recomputes_it(clean, damage, tmp_path):
     import shutil
 
-    from semirobust_ray.search import load_search_baseline, run_search
+    from semirobust_ray.search import load_search_baseline
 
     exp_dir = tmp_path / "clean"
     shutil.copytree(clean.experiment_dir, exp_dir)
@@ -510,15 +526,7 @@ def test_resume_with_damaged_stored_baseline_recomputes_it(clean, damage, tmp_pa
         load_search_baseline(str(exp_dir))
     before = {p: p.read_bytes() for p in exp_dir.glob("*/result.json")}
 
-    logs: list[str] = []
-    outcome = run_search(
-        ExperimentConfig.from_dict(clean.results["config"]),
-        storage_path=str(tmp_path),
-        name="clean",
-        resume=True,
-        log=logs.append,
-        verbose=0,
-    )
+    outcome, logs = _resume_copy(clean, tmp_path)
     assert any("stored baseline unusable, recomputing it" in line for line in logs)
     assert load_search_baseline(str(exp_dir)).acc_star == clean.results["baseline"]["acc_star"]
     assert {p: p.read_bytes() for p in exp_dir.glob("*/result.json")} == before  # nothing re-ran
@@ -530,8 +538,6 @@ def test_resume_keeps_the_stored_baseline_when_newer_code_keys_it_differently(cl
     """A search started with an older version resumes on its own Acc*, not a retrained one."""
     import shutil
 
-    from semirobust_ray.search import run_search
-
     exp_dir = tmp_path / "clean"
     shutil.copytree(clean.experiment_dir, exp_dir)
     meta_path = exp_dir / "baseline" / "baseline.json"
@@ -540,15 +546,7 @@ def test_resume_keeps_the_stored_baseline_when_newer_code_keys_it_differently(cl
     meta_path.write_text(json.dumps(meta))
     before = {p: p.read_bytes() for p in exp_dir.glob("*/result.json")}
 
-    logs: list[str] = []
-    outcome = run_search(
-        ExperimentConfig.from_dict(clean.results["config"]),
-        storage_path=str(tmp_path),
-        name="clean",
-        resume=True,
-        log=logs.append,
-        verbose=0,
-    )
+    outcome, logs = _resume_copy(clean, tmp_path)
     assert any("keeping the search's stored baseline" in line for line in logs)
     assert not any("[search] baseline: regular" in line for line in logs)  # not retrained
     assert read_json(meta_path)["key"] == meta["key"]  # not replaced either
