@@ -372,7 +372,8 @@ def rho_vs_depth_figure(results: dict[str, Any], path: str | os.PathLike) -> Pat
         plotted += 1
     ax.set_xlabel("layer depth x (pair ending at layer n − x)")
     ax.set_ylabel("ρ = min over trials of I (bits)")
-    ax.set_title(f"{model} / {dataset}: connectivity ρ in f_b (n = {n})")
+    # Two lines: a width-scaled model name and a file-stem dataset name overflow one.
+    ax.set_title(f"{model} / {dataset}\nconnectivity ρ in f_b (n = {n})")
     ax.grid(True, alpha=0.3)
     if plotted:
         ax.legend(title="split depth")

@@ -17,6 +17,10 @@ from typing import Any
 
 import torch
 
+# Read once: os.umask can only be queried by setting it, which is not thread-safe.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 class CorruptFileError(RuntimeError):
     """A stored file is truncated, fails its checksum, or holds something other than weights."""
@@ -28,6 +32,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file private (0600); give it the mode a plain open() would, so
+        # collaborators and a TensorBoard or web server under another account can read results.
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 import subprocess
 import sys
@@ -218,6 +219,12 @@ def test_write_report_files(results: dict[str, Any], tmp_path: Path) -> None:
     assert json.loads((tmp_path / "minimal_split.json").read_text())["minimal_fb_layers"] == 3
     _assert_png(tmp_path / "rho_vs_depth.png")
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
+    # Readable by others as a plain open() would leave them (not mkstemp's private 0600), so a
+    # collaborator or a TensorBoard server under another account can read the report.
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in paths.values():
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_figure_without_mi(results: dict[str, Any], tmp_path: Path) -> None:
