@@ -19,7 +19,7 @@ survive a noisy machine):
   fast, free) on the shared CIFAR-10 subset at reduced scale: minimal split and compute.
 
 Usage:
-    python benchmarks/bench_training.py [--quick] [--search] [--json FILE]
+    python benchmarks/bench_training.py [--quick] [--search | --no-search] [--json FILE]
 """
 
 from __future__ import annotations
@@ -405,12 +405,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small batches, no Algorithm 1 search")
     ap.add_argument(
-        "--search", action="store_true", help="run the trial-method search in quick mode"
+        "--search",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the trial-method search (default: in full mode only); --no-search skips it",
     )
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     ap.add_argument("--json", type=Path, help="write all results to this file")
     args = ap.parse_args()
-    results = run(quick=args.quick, search=True if args.search else None, threads=args.threads)
+    results = run(quick=args.quick, search=args.search, threads=args.threads)
     report(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
