@@ -7,7 +7,6 @@ This module starts its own cluster and shuts it down at the end.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import time
@@ -140,52 +139,60 @@ def test_more_gpus_per_trial_than_any_node_is_refused_not_waited_for(cluster, ca
         )
 
 
-def _rows_from(exp_dir: Path, node_id: str) -> list[dict]:
-    """Every report written so far by trials running on ``node_id``."""
-    rows = []
-    for result_file in exp_dir.glob("*/result.json"):
-        for line in result_file.read_text().splitlines():
-            with contextlib.suppress(json.JSONDecodeError):  # a line being written
-                row = json.loads(line)
-                if row.get("node_id") == node_id:
-                    rows.append(row)
-    return rows
+def make_stalling_trainable(node_id: str, marker: Path):
+    """The real trainable, except that on node ``node_id`` its first training epoch writes
+    ``marker`` and then hangs: the trial is certainly in flight there when the node goes,
+    however fast the machine. A closure, so Ray ships it by value to its workers."""
+
+    def stalling_trainable(config, *, experiment, baseline):
+        import semirobust_ray.algorithm1 as a1
+        from semirobust_ray.trial import algorithm1_trainable
+
+        if ray.get_runtime_context().get_node_id() == node_id:
+
+            def train_epoch(*args, **kwargs):
+                marker.write_text(str(config["fb_layers"]))
+                time.sleep(600)  # ended by the node's removal
+
+            a1.train_epoch = train_epoch
+        return algorithm1_trainable(config, experiment=experiment, baseline=baseline)
+
+    return stalling_trainable
 
 
 def test_worker_node_removed_mid_search_reschedules_its_trials(cluster, cache_dir, tmp_path):
     c, _, gpu_node = cluster
-    # A second (fake) GPU node and trials that each need a GPU: exactly one trial runs on each
-    # GPU node, so the node removed below certainly has a trial in flight.
+    # A second (fake) GPU node and trials that each need a GPU: one trial runs on each GPU node.
     extra = c.add_node(num_cpus=2, num_gpus=1)
     c.wait_for_nodes()
-    removed_at: list[float] = []
+    marker = tmp_path / "stalled"
+    removed: list[bool] = []
 
     def remove_when_its_trial_runs() -> None:
         deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and not _rows_from(tmp_path / "removal", extra.node_id):
+        while time.monotonic() < deadline and not marker.exists():
             time.sleep(0.1)
-        removed_at.append(time.time())
         c.remove_node(extra, allow_graceful=False)
+        removed.append(True)
 
     killer = threading.Thread(target=remove_when_its_trial_runs, daemon=True)
     killer.start()
     outcome = run_search(
-        # k = 0 and 10 epochs: the trial on the removed node still has epochs to go.
-        _config(cache_dir, split_depths=[1, 2, 3, 6], gpus_per_trial=1, epochs=10),
+        _config(cache_dir, split_depths=[1, 2, 3, 6], gpus_per_trial=1),
         storage_path=str(tmp_path),
         name="removal",
         log=quiet,
         verbose=0,
+        trainable_fn=make_stalling_trainable(extra.node_id, marker),
     )
     killer.join(timeout=5)
-    assert removed_at, "the node was never removed"
+    assert removed and marker.exists(), "no trial ran on the node to remove"
     finals = _final_reports(outcome.experiment_dir)
     assert sorted(f["fb_layers"] for f in finals) == [1, 2, 3, 6]
     assert outcome.results["unfinished"] == []
-    # The removal hit a trial in flight: Tune recorded its failure and ran it again on the node
-    # that is left (from its last checkpoint when it had one: test_faults covers resuming).
+    # The trial in flight on the removed node failed (Tune wrote its error.txt) and ran again,
+    # to the end, on the node that is left.
     failed = [p.parent for p in Path(outcome.experiment_dir).glob("*/error.txt")]
-    assert failed
-    for trial_dir in failed:
-        rows = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
-        assert rows[-1]["done"] and rows[-1]["node_id"] == gpu_node.node_id
+    assert [d.name.split("fb_layers=")[1].split(",")[0] for d in failed] == [marker.read_text()]
+    rows = [json.loads(line) for line in (failed[0] / "result.json").read_text().splitlines()]
+    assert rows[-1]["done"] and rows[-1]["node_id"] == gpu_node.node_id
