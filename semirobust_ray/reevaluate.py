@@ -20,8 +20,9 @@ Entry point: ``python launch/reevaluate.py RESULTS/NAME`` (see :func:`main`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,12 +123,25 @@ def autoattack_accuracy(
     return correct / len(x)
 
 
+@contextlib.contextmanager
+def _intra_op_threads(n: int | None) -> Iterator[None]:
+    """PyTorch's intra-op thread count set to ``n`` (None: unchanged) inside the block."""
+    previous = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def reevaluate(
     exp_dir: str | Path,
     *,
     seed_offset: int = 0,
     device: str = "auto",
     resume: bool = False,
+    threads: int | None = None,
     log: Log = print,
 ) -> pd.DataFrame:
     """Re-run AutoAttack on the baseline and every finished trial's network of a search.
@@ -137,6 +151,11 @@ def reevaluate(
     rewritten after every network, so an interrupted run keeps what it measured. With
     ``resume``, networks already in that file (same name, seed and reported Acc) are not
     attacked again: re-evaluate a search that is still running, then the trials it adds.
+
+    On a CPU, PyTorch uses ``threads`` intra-op threads while attacking (default: the search's
+    ``cpus_per_trial``, the thread count its trials ran with): the same reduction order as the
+    trial, and no oversubscription, which slows AutoAttack several-fold when two processes
+    share the cores. The caller's setting is restored afterwards.
     """
     exp_dir = Path(exp_dir)
     if not (exp_dir / SEARCH_META_FILE).is_file():
@@ -166,37 +185,46 @@ def reevaluate(
             done[(row["network"], int(row["seed"]), float(row["reported_acc"]))] = row
     exp = prepare(config)
     x, y = exp.eval_split("test")
+    cpu_threads = (
+        (threads or config.cpus_per_trial) if resolve_device(device).type == "cpu" else None
+    )
     rows = []
-    for net in networks:
-        key = (net.name, net.seed + seed_offset, net.reported_acc)
-        if key in done:
-            rows.append(done[key])
-            log(f"[reevaluate] {net.name}: kept from {out.name}")
-            continue
-        model = exp.build_model()
-        model.load_state_dict(baseline.robust_state)
-        if net.fb_state is not None:
-            split(model, net.fb_layers).load_fb_state(net.fb_state)
-        model.to(resolve_device(device))
-        acc = autoattack_accuracy(
-            model, x, y, eps=config.eps, seed=net.seed + seed_offset, batch_size=config.eval_batch
-        )
-        rows.append(
-            {
-                "network": net.name,
-                "fb_layers": net.fb_layers,
-                "trial": net.trial,
-                "seed": net.seed + seed_offset,
-                "reported_acc": net.reported_acc,
-                "autoattack_acc": acc,
-                "abs_diff": abs(acc - net.reported_acc),
-            }
-        )
-        log(
-            f"[reevaluate] {net.name}: reported {net.reported_acc:.4f}, "
-            f"AutoAttack {acc:.4f} on {len(x)} test images"
-        )
-        atomic_write_bytes(out, pd.DataFrame(rows).to_csv(index=False).encode())
+    with _intra_op_threads(cpu_threads):
+        for net in networks:
+            key = (net.name, net.seed + seed_offset, net.reported_acc)
+            if key in done:
+                rows.append(done[key])
+                log(f"[reevaluate] {net.name}: kept from {out.name}")
+                continue
+            model = exp.build_model()
+            model.load_state_dict(baseline.robust_state)
+            if net.fb_state is not None:
+                split(model, net.fb_layers).load_fb_state(net.fb_state)
+            model.to(resolve_device(device))
+            acc = autoattack_accuracy(
+                model,
+                x,
+                y,
+                eps=config.eps,
+                seed=net.seed + seed_offset,
+                batch_size=config.eval_batch,
+            )
+            rows.append(
+                {
+                    "network": net.name,
+                    "fb_layers": net.fb_layers,
+                    "trial": net.trial,
+                    "seed": net.seed + seed_offset,
+                    "reported_acc": net.reported_acc,
+                    "autoattack_acc": acc,
+                    "abs_diff": abs(acc - net.reported_acc),
+                }
+            )
+            log(
+                f"[reevaluate] {net.name}: reported {net.reported_acc:.4f}, "
+                f"AutoAttack {acc:.4f} on {len(x)} test images"
+            )
+            atomic_write_bytes(out, pd.DataFrame(rows).to_csv(index=False).encode())
     return pd.DataFrame(rows)
 
 
@@ -225,10 +253,23 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="keep the networks already in reevaluation.csv; attack only the others",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="PyTorch threads on a CPU (default: the search's cpus_per_trial, as its trials ran)",
+    )
     args = parser.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        print(f"error: --threads must be at least 1, got {args.threads}", file=sys.stderr)
+        return 2
     try:
         table = reevaluate(
-            args.search_dir, seed_offset=args.seed_offset, device=args.device, resume=args.resume
+            args.search_dir,
+            seed_offset=args.seed_offset,
+            device=args.device,
+            resume=args.resume,
+            threads=args.threads,
         )
     except (ReevaluationError, ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import ray
+import torch
 from conftest import DIGITS_SEARCH
 
 from semirobust_ray import report
@@ -213,7 +214,7 @@ def test_optuna_search_and_asha_scheduler_complete(searches, tmp_path, overrides
         assert any(t["reached"] for t in trials if t["fb_layers"] == outcome.minimal_fb_layers)
 
 
-def test_official_autoattack_reevaluation_matches_reported_acc(ray_local, tmp_path):
+def test_official_autoattack_reevaluation_matches_reported_acc(ray_local, tmp_path, monkeypatch):
     """A separate script re-runs AutoAttack on the stored networks: same numbers, and a network
     that is not the one the trial reported is caught."""
     from semirobust_ray.reevaluate import main as reevaluate_main
@@ -252,6 +253,24 @@ def test_official_autoattack_reevaluation_matches_reported_acc(ray_local, tmp_pa
     save_state(final, state)
     assert reevaluate_main([str(exp_dir)]) == 1
     assert reevaluate_main([str(tmp_path / "nothing")]) == 2
+    assert reevaluate_main([str(exp_dir), "--threads", "0"]) == 2
+
+    # On a CPU the attack runs with the trials' thread count (cpus_per_trial, here 1) unless
+    # told otherwise, and the caller's setting comes back afterwards.
+    import semirobust_ray.reevaluate as reevaluate_module
+
+    seen: list[int] = []
+
+    def counting_attack(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return 0.5
+
+    monkeypatch.setattr(reevaluate_module, "autoattack_accuracy", counting_attack)
+    before = torch.get_num_threads()
+    reevaluate(exp_dir, device="cpu", log=quiet)
+    reevaluate(exp_dir, device="cpu", threads=3, log=quiet)
+    assert seen == [config.cpus_per_trial] * 2 + [3] * 2
+    assert torch.get_num_threads() == before
 
 
 def test_final_checkpoint_continues_the_trial_instead_of_restarting(searches):
