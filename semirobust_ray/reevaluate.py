@@ -185,9 +185,8 @@ def reevaluate(
             done[(row["network"], int(row["seed"]), float(row["reported_acc"]))] = row
     exp = prepare(config)
     x, y = exp.eval_split("test")
-    cpu_threads = (
-        (threads or config.cpus_per_trial) if resolve_device(device).type == "cpu" else None
-    )
+    target = resolve_device(device)
+    cpu_threads = (threads or config.cpus_per_trial) if target.type == "cpu" else None
     rows = []
     with _intra_op_threads(cpu_threads):
         for net in networks:
@@ -200,7 +199,7 @@ def reevaluate(
             model.load_state_dict(baseline.robust_state)
             if net.fb_state is not None:
                 split(model, net.fb_layers).load_fb_state(net.fb_state)
-            model.to(resolve_device(device))
+            model.to(target)
             acc = autoattack_accuracy(
                 model,
                 x,

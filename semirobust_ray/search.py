@@ -349,10 +349,11 @@ def run_search(
             baseline = load_search_baseline(exp_dir)
         except CorruptFileError as err:
             log(f"[search] stored baseline unusable, recomputing it: {err}")
-        if baseline is not None and baseline.key != baseline_key(exp):
+        current_key = baseline_key(exp)
+        if baseline is not None and baseline.key != current_key:
             log(
                 f"[search] keeping the search's stored baseline {baseline.key} (this version of "
-                f"the code would key it {baseline_key(exp)}): its finished trials used this Acc*"
+                f"the code would key it {current_key}): its finished trials used this Acc*"
             )
     if baseline is None:
         baseline = _baseline_on_cluster(exp, log)
