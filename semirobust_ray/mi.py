@@ -94,6 +94,8 @@ from scipy.spatial import cKDTree
 from scipy.special import digamma
 from scipy.stats import rankdata
 
+from semirobust_ray.models import eval_mode
+
 __all__ = [
     "ESTIMATORS",
     "LayerPairMI",
@@ -485,8 +487,9 @@ def project_layer_outputs(
     entries N(0, 1/D_l), drawn from a generator seeded by (seed, layer number), the layer number
     being ``first_index`` + position, so a sliced layer list reuses the same matrices) inside the
     forward hook, so only N x d' floats per layer are ever kept; a layer with D_l <= d' is kept
-    as is. The model must already be on ``device``; its mode, parameters and buffers are not
-    touched, and the hooks are removed even if the forward pass fails.
+    as is. The model must already be on ``device``; it runs in eval mode (every module's mode is
+    restored afterwards), its parameters and buffers are not touched, and the hooks are removed
+    even if the forward pass fails.
 
     Returns:
         One float32 array of shape N x min(D_l, proj_dim) per entry of ``layers``, in order.
@@ -519,7 +522,10 @@ def project_layer_outputs(
 
     handles = [module.register_forward_hook(make_hook(i)) for i, (_, module) in enumerate(layers)]
     try:
-        with torch.no_grad():
+        # Eval mode whatever mode the caller left the model in: ρ describes the network as it
+        # classifies (BatchNorm running statistics, no dropout), and measuring must not update
+        # f_b's running statistics.
+        with eval_mode(model), torch.no_grad():
             for start in range(0, x.shape[0], batch_size):
                 model(x[start : start + batch_size].to(device))
     finally:
@@ -638,8 +644,8 @@ def layer_mi(
     """Class-conditional MI between consecutive layers, I_j = sum_y pi(y) I(f^(j-1); f^(j) | y).
 
     Args:
-        model: the network, already on ``device`` and in the mode it should be evaluated in
-            (eval, normally); nothing about it is changed.
+        model: the network, already on ``device``; it is evaluated in eval mode whatever mode
+            it is in, and nothing about it is changed.
         layers: forward-ordered (name, module) list: the last trainable layer of f_a followed by
             all trainable layers of f_b.
         x: evaluation inputs (already attacked), N x C x H x W floats in [0, 1].

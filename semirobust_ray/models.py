@@ -16,13 +16,15 @@ the cut on which it runs.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 import torchvision
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 TRAINABLE_TYPES = (nn.Conv2d, nn.Linear)
 
@@ -263,11 +265,87 @@ def create_model(
     return model
 
 
-def _trace(model: nn.Module) -> list[str]:
-    """Names of the leaf modules with state, in the order a forward pass first calls them.
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in eval mode inside the block; every submodule gets its own flag back.
 
-    Runs one example in eval mode without autograd and restores every module's mode, so
-    BatchNorm statistics and train/eval flags are untouched.
+    Restoring per module (not ``model.train(previous)``) keeps a mixed model mixed: a split
+    network's f*_a stays in eval mode while its f_b is in train mode.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield model
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
+
+class _FirstUse(TorchFunctionMode):
+    """Records, for watched tensors, how many leaf modules had run when each was first used.
+
+    Tensors held directly by a container module (a ViT's position embedding or class token)
+    run in the container's own ``forward``, outside every leaf module, so leaf hooks cannot
+    place them; every torch operation passes through this mode, which can.
+    """
+
+    def __init__(self, watched: dict[int, str], order: list[str]) -> None:
+        super().__init__()
+        self.watched, self.order = watched, order
+        self.first_use: dict[str, int] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        # Reading an attribute (.shape, .dtype) is not a use in the computation.
+        if getattr(func, "__name__", "") == "__get__":
+            return func(*args, **kwargs)
+        for value in _flatten((args, kwargs)):
+            name = self.watched.get(id(value))
+            if name is not None and name not in self.first_use:
+                self.first_use[name] = len(self.order)
+        return func(*args, **kwargs)
+
+
+def _flatten(obj: object) -> Iterator[object]:
+    """The leaves of nested tuples, lists and dicts (an operation's arguments)."""
+    if isinstance(obj, tuple | list):
+        for item in obj:
+            yield from _flatten(item)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from _flatten(item)
+    else:
+        yield obj
+
+
+def _direct_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters and buffers held by container modules themselves, by state-dict key."""
+    out: dict[str, torch.Tensor] = {}
+    for name, module in model.named_modules():
+        if not any(True for _ in module.children()):
+            continue  # a leaf: its state goes with it
+        prefix = f"{name}." if name else ""
+        for pname, p in module.named_parameters(recurse=False):
+            out[prefix + pname] = p
+        for bname, b in module.named_buffers(recurse=False):
+            if b is not None:
+                out[prefix + bname] = b
+    return out
+
+
+@dataclass(frozen=True)
+class _Trace:
+    """One forward pass, observed: leaf modules in first-call order, and where each tensor
+    held directly by a container module was first used (the number of leaves run before it)."""
+
+    order: list[str]
+    direct_use: dict[str, int]
+
+
+def _trace_forward(model: nn.Module) -> _Trace:
+    """Run one example in eval mode without autograd and record the execution order.
+
+    Every module's train/eval flag is restored, so BatchNorm statistics and modes are untouched.
     """
     order: list[str] = []
     seen: set[str] = set()
@@ -281,21 +359,25 @@ def _trace(model: nn.Module) -> list[str]:
                     order.append(name)
 
             handles.append(module.register_forward_hook(hook))
-    modes = {m: m.training for m in model.modules()}
     param = next(model.parameters())
     shape = getattr(model, "input_shape", None)
     if shape is None:
         raise ModelError("model has no input_shape; build it with create_model()")
+    watched = {id(t): key for key, t in _direct_tensors(model).items()}
+    recorder = _FirstUse(watched, order)
+    example = torch.zeros((1, *shape), dtype=param.dtype, device=param.device)
     try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros((1, *shape), dtype=param.dtype, device=param.device))
+        with eval_mode(model), torch.no_grad(), recorder:
+            model(example)
     finally:
         for handle in handles:
             handle.remove()
-        for module, mode in modes.items():
-            module.training = mode
-    return order
+    return _Trace(order, recorder.first_use)
+
+
+def _trace(model: nn.Module) -> list[str]:
+    """Names of the leaf modules, in the order a forward pass first calls them."""
+    return _trace_forward(model).order
 
 
 def trainable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -312,7 +394,12 @@ def _force_eval(module: nn.Module, _inputs: object) -> None:
 
 @dataclass
 class Split:
-    """The result of :func:`split`: which modules form f_a and f_b, and the freezing hooks."""
+    """The result of :func:`split`: which modules and tensors form f_a and f_b, and the hooks.
+
+    ``fb_keys`` are the state-dict keys of f_b: every parameter and buffer of the stateful
+    modules in ``fb_modules`` plus the tensors that container modules hold directly and that
+    are first used after the cut (e.g. a ViT's position embedding at |f_b| = n).
+    """
 
     model: nn.Module
     fb_layers: int
@@ -320,6 +407,7 @@ class Split:
     fa_modules: list[str]
     fb_modules: list[str]
     layers: list[tuple[str, nn.Module]]
+    fb_keys: frozenset[str] = frozenset()
     _handles: list = field(default_factory=list, repr=False)
 
     @property
@@ -331,20 +419,20 @@ class Split:
         """The parameters adversarial f_b training updates."""
         return [p for p in self.model.parameters() if p.requires_grad]
 
+    def fb_subset(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The entries of a full state dict (e.g. the regular network's) that belong to f_b."""
+        return {k: v for k, v in state.items() if k in self.fb_keys}
+
     def fb_state(self) -> dict[str, torch.Tensor]:
         """f_b's parameters and buffers only: what a trial checkpoints."""
-        state = self.model.state_dict()
-        prefixes = tuple(f"{m}." for m in self.fb_modules)
-        return {k: v.detach().clone() for k, v in state.items() if k.startswith(prefixes)}
+        return {k: v.detach().clone() for k, v in self.fb_subset(self.model.state_dict()).items()}
 
     def load_fb_state(self, state: dict[str, torch.Tensor]) -> None:
         """Load f_b weights saved by :meth:`fb_state`; keys outside f_b are refused."""
-        prefixes = tuple(f"{m}." for m in self.fb_modules)
-        expected = {k for k in self.model.state_dict() if k.startswith(prefixes)}
-        if set(state) != expected:
+        if set(state) != self.fb_keys:
             raise ModelError(
                 f"f_b state does not match this split (|f_b|={self.fb_layers}): "
-                f"{len(set(state) ^ expected)} keys differ"
+                f"{len(set(state) ^ self.fb_keys)} keys differ"
             )
         self.model.load_state_dict(state, strict=False)
 
@@ -357,29 +445,38 @@ class Split:
             p.requires_grad_(True)
 
 
+def _modules_before_cut(model: nn.Module, order: list[str], first_fb: int) -> list[str]:
+    """Modules (leaves and containers) all of whose traced leaves run before ``order[first_fb]``."""
+    position = {name: i for i, name in enumerate(order)}
+    out = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+        ran = [position[c] for c, _ in module.named_modules(prefix=name) if c in position]
+        if ran and max(ran) < first_fb:
+            out.append(name)
+    return out
+
+
 def split(model: nn.Module, fb_layers: int) -> Split:
     """Freeze f_a in place and return the :class:`Split` with f_b = last ``fb_layers`` layers.
 
-    f_a's parameters stop requiring gradients and its modules always run in eval mode, so
-    neither its weights nor its BatchNorm running statistics can change while f_b trains.
+    f_a is everything that runs before f_b's first layer. Its parameters stop requiring
+    gradients (those of its modules and those that container modules hold directly and use
+    before the cut), and every module of it, parameter-free ones such as Dropout included,
+    always runs in eval mode, so f*_a computes the same function whatever mode the model is put
+    in and neither its weights nor its BatchNorm running statistics can change while f_b trains.
     ``fb_layers`` must lie in 1..n where n is the model's number of trainable layers
     (n makes f_a just the input normalisation).
     """
-    layers = trainable_layers(model)
+    traced = _trace_forward(model)
+    order = traced.order
+    modules = dict(model.named_modules())
+    layers = [(n, modules[n]) for n in order if isinstance(modules[n], TRAINABLE_TYPES)]
     n = len(layers)
     if isinstance(fb_layers, bool) or not isinstance(fb_layers, int) or not 1 <= fb_layers <= n:
         raise ModelError(f"split depth |f_b|={fb_layers!r} is out of range: valid 1..{n}")
-    order = _trace(model)
-    # Parameter-free leaves (ReLU, pooling) have no state to freeze; Normalize has buffers.
     first_fb = order.index(layers[n - fb_layers][0])
-    modules = dict(model.named_modules())
-    stateful = [
-        m
-        for m in order
-        if any(True for _ in modules[m].parameters()) or any(True for _ in modules[m].buffers())
-    ]
-    fa = [m for m in stateful if order.index(m) < first_fb]
-    fb = [m for m in stateful if order.index(m) >= first_fb]
     untraced = [
         name
         for name, mod in model.named_modules()
@@ -390,12 +487,35 @@ def split(model: nn.Module, fb_layers: int) -> Split:
     ]
     if untraced:
         raise ModelError(f"modules with parameters never run in forward: {untraced[:3]}")
+    direct = _direct_tensors(model)
+    unused = sorted(k for k, t in direct.items() if k not in traced.direct_use and t.requires_grad)
+    if unused:
+        raise ModelError(
+            f"parameters held by container modules never used in forward: {unused[:3]}; "
+            "f_a and f_b cannot be told apart for them"
+        )
+
+    def has_state(name: str) -> bool:
+        m = modules[name]
+        return any(True for _ in m.parameters()) or any(True for _ in m.buffers())
+
+    fa = [m for m in order[:first_fb] if has_state(m)]
+    fb = [m for m in order[first_fb:] if has_state(m)]
+    # A tensor used when `first_fb` or fewer leaves had run is used before f_b's first layer.
+    fa_direct = {k for k in direct if traced.direct_use.get(k, 0) <= first_fb}
+    fb_keys = {k for m in fb for k in modules[m].state_dict(prefix=f"{m}.")}
+    fb_keys |= set(direct) - fa_direct
     for p in model.parameters():
         p.requires_grad_(True)
-    handles = []
-    for name in fa:
-        module = modules[name]
-        for p in module.parameters():
+    for name in order[:first_fb]:
+        for p in modules[name].parameters():
             p.requires_grad_(False)
-        handles.append(module.register_forward_pre_hook(_force_eval))
-    return Split(model, fb_layers, n, fa, fb, layers, handles)
+    for key in fa_direct:
+        direct[key].requires_grad_(False)
+    # Every module whose whole forward lies before the cut runs in eval mode: leaves (Dropout
+    # too, which has no state) and containers, whose own forward may also read self.training.
+    handles = [
+        modules[name].register_forward_pre_hook(_force_eval)
+        for name in _modules_before_cut(model, order, first_fb)
+    ]
+    return Split(model, fb_layers, n, fa, fb, layers, frozenset(fb_keys), handles)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from semirobust_ray.data import to_unit
+from semirobust_ray.models import eval_mode
 
 #: An attack maps (x in [0, 1], labels) to adversarial x in [0, 1].
 AttackFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -321,10 +322,8 @@ def predict_adversarial(
     needs only the predictions, and a large test set's float images would cost gigabytes.
     The model is evaluated in eval mode and its previous mode is restored afterwards.
     """
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
     inputs, preds = [], []
-    try:
+    with eval_mode(model):
         x, y = x.to(device), y.to(device)
         for idx in batches(len(y), batch_size):
             idx = idx.to(device)
@@ -335,9 +334,6 @@ def predict_adversarial(
                 preds.append(model(xb).argmax(1).cpu())
             if keep_inputs:
                 inputs.append(xb.cpu())
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
     return (torch.cat(inputs) if keep_inputs else None), torch.cat(preds)
 
 

@@ -442,3 +442,35 @@ def test_balanced_chunks() -> None:
         assert sorted(i for ch in chunks for i in ch) == list(range(len(costs)))
         loads = [sum(costs[i] for i in ch) for ch in chunks]
         assert max(loads) - min(loads) <= max(costs)
+
+
+def test_layer_mi_measures_the_network_in_eval_mode(digits: tuple[torch.Tensor, torch.Tensor]):
+    """After f_b training the model is left in train mode; ρ must still be measured with
+    BatchNorm's running statistics (and no dropout), and must not update f_b's statistics."""
+    from semirobust_ray.models import create_model, split
+
+    x, y = digits
+    torch.manual_seed(0)
+    model = create_model("smallcnn", 10, 8, 1)
+    s = split(model, 4)  # f_b: two conv blocks with BatchNorm, then the two Linear layers
+    opt = torch.optim.SGD(s.fb_parameters(), lr=0.1)
+    model.train()
+    for start in range(0, 256, 64):  # batch statistics now differ from the running ones
+        loss = torch.nn.functional.cross_entropy(
+            model(x[start : start + 64]), y[start : start + 64]
+        )
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    layers = s.layers[s.split_index - 1 :]
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    assert model.training
+    in_train_mode = layer_mi(model, layers, x, y, first_index=s.split_index, batch_size=100)
+    modules = dict(model.named_modules())
+    assert all(modules[name].training for name in s.fb_modules)  # modes restored
+    for k, v in model.state_dict().items():
+        if "running" in k:
+            assert torch.equal(v, stats[k]), k
+    model.eval()
+    in_eval_mode = layer_mi(model, layers, x, y, first_index=s.split_index, batch_size=100)
+    assert [r.bits for r in in_train_mode] == [r.bits for r in in_eval_mode]

@@ -124,3 +124,78 @@ def test_fb_state_round_trip_and_release():
         s.load_fb_state({**state, "net.0.weight": torch.zeros(1)})
     s.release()
     assert all(p.requires_grad for p in model.parameters())
+
+
+def _input_of(layer: nn.Module, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    seen = []
+    handle = layer.register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0].clone()))
+    try:
+        model(x)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+@pytest.mark.parametrize("name", ["vgg16", "alexnet"])
+def test_dropout_inside_fa_is_off_even_in_train_mode(name):
+    # Both classifiers hold a Dropout before their second-to-last Linear: at |f_b| = 2 it lies in
+    # f*_a, which must compute the same function in train mode as in eval mode. (VGG16's last
+    # Dropout, after that Linear, is f_b's and still trains; AlexNet's f_b has none.)
+    model = create_model(name, 10, 32, width=0.125)
+    s = split(model, 2)
+    first_fb = s.layers[-2][1]
+    x = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    model.eval()
+    reference = _input_of(first_fb, model, x)
+    model.train()
+    for _ in range(3):
+        assert torch.equal(_input_of(first_fb, model, x), reference)
+    assert torch.equal(model(x), model(x)) == (name == "alexnet")
+
+
+class _TinyViT(nn.Module):
+    """Patch embedding, then a position embedding the container itself holds (as in a ViT)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(1, 8, 4, stride=4)  # 8x8 image -> 4 tokens of width 8
+        self.pos_embed = nn.Parameter(0.02 * torch.randn(1, 4, 8))
+        self.mlp = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch(x).flatten(2).transpose(1, 2) + self.pos_embed
+        return self.head(torch.relu(self.mlp(tokens)).mean(1))
+
+
+def _tiny_vit(extra: nn.Parameter | None = None) -> nn.Module:
+    from semirobust_ray.models import ImageClassifier, Normalize
+
+    net = _TinyViT()
+    if extra is not None:
+        net.unused = extra
+    return ImageClassifier(net, Normalize([0.5], [0.5]), (1, 8, 8))
+
+
+def test_container_held_parameter_is_frozen_in_fa_and_trained_in_fb():
+    torch.manual_seed(0)
+    model = _tiny_vit()
+    # |f_b| = 2: the embedding is added right after the patch conv, before f_b's first layer
+    s = split(model, 2)
+    assert "net.pos_embed" not in s.fb_state()
+    assert not model.net.pos_embed.requires_grad
+    before = model.net.pos_embed.detach().clone()
+    _train_steps(model, s.fb_parameters())
+    assert torch.equal(model.net.pos_embed, before)
+    s.release()
+    # |f_b| = 3: the patch conv is in f_b, so the embedding used after it is f_b's to train
+    s = split(model, 3)
+    assert "net.pos_embed" in s.fb_state()
+    _train_steps(model, s.fb_parameters())
+    assert not torch.equal(model.net.pos_embed, before)
+
+
+def test_container_parameter_never_used_is_refused():
+    model = _tiny_vit(extra=nn.Parameter(torch.zeros(3)))
+    with pytest.raises(ModelError, match=r"never used in forward: \['net.unused'\]"):
+        split(model, 1)
