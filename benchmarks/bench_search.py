@@ -4,7 +4,9 @@
 
 - ``search_epoch_ratio``: trial-epochs spent by the ``bisection`` search divided by those of the
   ``grid`` search on the same problem (12 candidate depths of the 12-layer ``smallvgg`` on the
-  digits data), both required to find the same minimal split; the wall-time ratio beside it.
+  digits data), for the default target (the smallest robust f*_a), both required to find the
+  same answer; the wall-time ratio beside it, and grid's outcome per depth (``grid_reached``,
+  R = reached) with the number of outcomes that contradict bisection's premise.
 - ``ray_overhead_fraction``: (search wall time − time spent inside trials) / search wall time for
   a search of sequential trials lasting ≥ 30 s each, Ray's start-up included. The baseline is
   taken from a warm cache first, so the figure is Ray's cost, not stage 1's.
@@ -82,9 +84,14 @@ def search_epoch_ratio(root: Path, quick: bool) -> dict[str, Any]:
         "bisection_trial_epochs": _trial_epochs(bis),
         "grid_trials": len(grid.results["trials"]),
         "bisection_trials": len(bis.results["trials"]),
-        "grid_minimal_fb_layers": grid.minimal_fb_layers,
-        "bisection_minimal_fb_layers": bis.minimal_fb_layers,
-        "same_minimal_split": grid.minimal_fb_layers == bis.minimal_fb_layers,
+        "target": config.minimise,
+        "grid_answer_fb_layers": grid.answer_fb_layers,
+        "bisection_answer_fb_layers": bis.answer_fb_layers,
+        "same_answer": grid.answer_fb_layers == bis.answer_fb_layers,
+        "bisection_answer_established": bis.answer["answer"]["established"],
+        # Depths of grid's outcome table that contradict bisection's premise (none: monotone).
+        "grid_premise_violations": len(grid.answer["premise_violations"]),
+        "grid_reached": "".join("R" if e["reached"] else "." for e in grid.answer["evidence"]),
         "candidate_depths": 12,
         "seeds": config.seeds,
     }

@@ -1,9 +1,13 @@
 """Algorithm 1 of the paper in plain Python: trials of f_b adversarial training, and their summary.
 
-One trial (:func:`run_trial`) takes the frozen f*_a and the regularly trained f_b, measures the
-semirobust accuracy Acc_sr, adversarially trains f_b for up to E epochs and stops as soon as
-Acc* − Acc ≤ k, then measures the class-conditional layer MI I_{j,t}. A split depth's result
-(:func:`summarise_depth`) is Acc = the best trial's accuracy and ρ_j = min_t I_{j,t}.
+One trial (:func:`run_trial`) takes the frozen f*_a and the regularly trained f_b, adversarially
+trains f_b for up to E epochs and stops as soon as Acc* − Acc ≤ k, then measures the
+class-conditional layer MI I_{j,t}. The semirobust accuracy Acc_sr of (f*_a, regular f_b) is a
+property of the depth, not of the trial: one trial of each depth measures it and shares it with
+the others (:class:`AccSrShare`). A split depth's result (:func:`summarise_depth`) is Acc = the
+best trial's accuracy and ρ_j in both readings: the minimum over trials (the pseudo-code) and the
+best trial's (the prose: "results are reported for the trial which achieves the highest
+adversarial testing accuracy").
 
 Validation versus test (a deliberate difference from the paper's pseudo-code, which stops on
 test accuracy): the k-stop and the choice of a trial's best epoch use robust accuracy on the
@@ -24,10 +28,11 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
+from semirobust_ray.answer import answer_depth
 from semirobust_ray.baseline import Baseline
 from semirobust_ray.experiment import Experiment
 from semirobust_ray.models import Split, split, trainable_layers
@@ -41,10 +46,48 @@ from semirobust_ray.training import (
 )
 
 
-def trial_seed(seed: int, fb_layers: int, trial: int) -> int:
+def trial_seed(seed: int, fb_layers: int, trial: int | str) -> int:
     """A seed for trial ``trial`` of depth ``fb_layers``, stable across processes and runs."""
     digest = hashlib.sha256(f"{seed}:{fb_layers}:{trial}".encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def acc_sr_seed(seed: int, fb_layers: int) -> int:
+    """The seed of a depth's Acc_sr evaluation: the depth's, so any trial measures the same."""
+    return trial_seed(seed, fb_layers, "acc_sr")
+
+
+class AccSrShare(Protocol):
+    """Acc_sr of each split depth, measured by one of the depth's trials and shared.
+
+    (f*_a, regular f_b) is the same network in all T trials of a depth, so one robust
+    evaluation serves them all (on a CPU one AutoAttack evaluation of a VGG16 was most of a
+    trial). A trial calls :meth:`claim` when it starts: it gets the value if it is known, True if
+    it should measure it (then :meth:`put` it), or False if another trial is measuring it; then it
+    asks :meth:`wait` at its end and measures the value itself if none came in time.
+    """
+
+    def claim(self, fb_layers: int, trial: int) -> float | bool: ...
+
+    def put(self, fb_layers: int, value: float) -> None: ...
+
+    def wait(self, fb_layers: int, timeout_s: float) -> float | None: ...
+
+
+class LocalAccSr:
+    """An in-process :class:`AccSrShare` (the plain runner, tests): trials run one by one."""
+
+    def __init__(self, known: dict[int, float] | None = None) -> None:
+        self.values: dict[int, float] = dict(known or {})
+
+    def claim(self, fb_layers: int, trial: int) -> float | bool:
+        return self.values.get(fb_layers, True)
+
+    def put(self, fb_layers: int, value: float) -> None:
+        self.values.setdefault(fb_layers, value)
+
+    def wait(self, fb_layers: int, timeout_s: float) -> float | None:
+        return self.values.get(fb_layers)
 
 
 @dataclass(frozen=True)
@@ -57,6 +100,8 @@ class EpochRecord:
     val_robust_acc: float
     gap: float  # Acc*_val - val robust accuracy; the trial stops once gap <= k
     seconds: float
+    train_seconds: float = 0.0  # the f_b training part of ``seconds``
+    check_seconds: float = 0.0  # the validation check part
 
 
 @dataclass
@@ -73,6 +118,10 @@ class TrialState:
     best_fb_state: dict[str, torch.Tensor]
     data_rng: torch.Tensor
     torch_rng: torch.Tensor
+    # Compute spent so far, carried across resumes (the final evaluation and MI come on top).
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    measured_acc_sr: bool = False  # this trial ran the depth's Acc_sr evaluation
 
     def to_dict(self) -> dict[str, Any]:
         """Tensors and plain containers only, so it loads with ``weights_only=True``."""
@@ -100,6 +149,12 @@ class TrialResult:
     seconds: float
     history: list[dict[str, float]]
     mi: list[dict[str, Any]] = field(default_factory=list)  # one per consecutive layer pair
+    # Compute spent, in seconds: f_b training; robust evaluations (Acc_sr when this trial
+    # measured it, the per-epoch checks, the final test evaluation); the layer MI.
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    mi_seconds: float = 0.0
+    measured_acc_sr: bool = False  # this trial ran the depth's (shared) Acc_sr evaluation
     # The trial's final f_b (the network Acc was measured on, with f*_a); not part of to_dict.
     fb_state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
@@ -107,6 +162,15 @@ class TrialResult:
     def diff(self) -> float:
         """Acc* − Acc, as in Table 1."""
         return self.acc_star - self.acc
+
+    @property
+    def epochs_to_reach(self) -> int | None:
+        """The epoch at which the trial came within k of Acc*_val (it stops there), or None."""
+        return self.epochs_run if self.reached else None
+
+    def mi_bits(self, j: int) -> float:
+        """I_{j,t} of this trial, NaN when the pair was not measured."""
+        return next((float(p["bits"]) for p in self.mi if int(p["j"]) == j), math.nan)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable numbers (everything but the weights), with Diff."""
@@ -119,9 +183,31 @@ def semirobust_model(exp: Experiment, baseline: Baseline, fb_layers: int) -> Spl
     model = exp.build_model()
     model.load_state_dict(baseline.robust_state)
     s = split(model, fb_layers)
-    prefixes = tuple(f"{m}." for m in s.fb_modules)
-    s.load_fb_state({k: v for k, v in baseline.regular_state.items() if k.startswith(prefixes)})
+    s.load_fb_state(s.fb_subset(baseline.regular_state))
     return s
+
+
+def measure_acc_sr(exp: Experiment, baseline: Baseline, fb_layers: int) -> float:
+    """Acc_sr: robust test accuracy of (f*_a, regular f_b) under ``eval_attack``, depth-seeded.
+
+    It builds its own copy of the network, under a forked RNG: the trial that measures it draws
+    the same random numbers afterwards as the trials that take the shared value.
+    """
+    with torch.random.fork_rng(devices=[]):
+        s = semirobust_model(exp, baseline, fb_layers)
+    x_test, y_test = exp.eval_split("test")
+    attack = exp.eval_attack(s.model, acc_sr_seed(exp.config.seed, fb_layers))
+    try:
+        return evaluate(
+            s.model,
+            x_test,
+            y_test,
+            attack=attack,
+            batch_size=exp.config.eval_batch,
+            device=exp.device,
+        )
+    finally:
+        s.release()
 
 
 def run_trial(
@@ -132,24 +218,25 @@ def run_trial(
     *,
     state: TrialState | None = None,
     on_epoch: Callable[[EpochRecord, TrialState], None] | None = None,
+    acc_sr: AccSrShare | None = None,
     log: Callable[[str], None] = print,
 ) -> TrialResult:
-    """Run (or, given ``state``, continue) trial ``trial`` of split depth ``fb_layers``."""
+    """Run (or, given ``state``, continue) trial ``trial`` of split depth ``fb_layers``.
+
+    ``acc_sr`` shares the depth's Acc_sr between its trials; without one, the trial measures it.
+    """
     c = exp.config
     seed = trial_seed(c.seed, fb_layers, trial)
     start = time.perf_counter()
+    tag = f"[trial |f_b|={fb_layers} t={trial}]"
     gen = seed_everything(seed)
     s = semirobust_model(exp, baseline, fb_layers)
-    model = s.model
     optimizer = make_optimizer(s.fb_parameters(), c.lr, c.momentum, c.weight_decay)
-    kw = {"batch_size": c.eval_batch, "device": exp.device}
-    x_val, y_val = exp.eval_split("val")
-    x_test, y_test = exp.eval_split("test")
+    share = acc_sr if acc_sr is not None else LocalAccSr()
     if state is None:
-        acc_sr = evaluate(model, x_test, y_test, attack=exp.eval_attack(model, seed), **kw)
         state = TrialState(
             0,
-            acc_sr,
+            math.nan,
             [],
             {},
             {},
@@ -159,42 +246,121 @@ def run_trial(
             gen.get_state(),
             torch.get_rng_state(),
         )
-        log(f"[trial |f_b|={fb_layers} t={trial}] Acc_sr = {acc_sr:.4f}")
+        _claim_acc_sr(exp, baseline, fb_layers, share, trial, state, tag, log)
     else:
         s.load_fb_state(state.fb_state)
         optimizer.load_state_dict(state.optimizer_state)
         gen.set_state(state.data_rng)
         torch.set_rng_state(state.torch_rng)
-        log(f"[trial |f_b|={fb_layers} t={trial}] resuming after epoch {state.epoch}")
+        log(f"{tag} resuming after epoch {state.epoch}")
 
+    reached = _train_fb(exp, baseline, s, optimizer, gen, seed, state, on_epoch, tag, log)
+    if math.isnan(state.acc_sr):
+        _collect_acc_sr(exp, baseline, fb_layers, share, state, time.perf_counter() - start)
+    result = _final_evaluation(exp, baseline, s, state, reached, trial, seed)
+    result.seconds = time.perf_counter() - start
+    s.release()
+    return result
+
+
+def _claim_acc_sr(
+    exp: Experiment,
+    baseline: Baseline,
+    fb_layers: int,
+    share: AccSrShare,
+    trial: int,
+    state: TrialState,
+    tag: str,
+    log: Callable[[str], None],
+) -> None:
+    """At a trial's start: take the depth's Acc_sr, measure it for everyone, or leave it NaN
+    while another trial measures it (collected at the end, see :func:`_collect_acc_sr`)."""
+    claim = share.claim(fb_layers, trial)
+    if claim is True:
+        t0 = time.perf_counter()
+        state.acc_sr = measure_acc_sr(exp, baseline, fb_layers)
+        state.eval_seconds += time.perf_counter() - t0
+        state.measured_acc_sr = True
+        share.put(fb_layers, state.acc_sr)
+        log(f"{tag} Acc_sr = {state.acc_sr:.4f}")
+    elif claim is not False:
+        state.acc_sr = float(claim)
+
+
+def _collect_acc_sr(
+    exp: Experiment,
+    baseline: Baseline,
+    fb_layers: int,
+    share: AccSrShare,
+    state: TrialState,
+    elapsed: float,
+) -> None:
+    """At a trial's end: the Acc_sr another trial measured, or our own measurement (on a fresh
+    (f*_a, regular f_b), not this trial's trained f_b) when it did not come within as long as
+    this trial has run (the measuring trial failed or is slow)."""
+    value = share.wait(fb_layers, timeout_s=max(60.0, elapsed))
+    if value is None:
+        t0 = time.perf_counter()
+        value = measure_acc_sr(exp, baseline, fb_layers)
+        state.eval_seconds += time.perf_counter() - t0
+        state.measured_acc_sr = True
+        share.put(fb_layers, value)
+    state.acc_sr = float(value)
+
+
+def _train_fb(
+    exp: Experiment,
+    baseline: Baseline,
+    s: Split,
+    optimizer: torch.optim.Optimizer,
+    gen: torch.Generator,
+    seed: int,
+    state: TrialState,
+    on_epoch: Callable[[EpochRecord, TrialState], None] | None,
+    tag: str,
+    log: Callable[[str], None],
+) -> bool:
+    """Adversarial f_b epochs until within k of Acc*_val or E epochs; True when it reached."""
+    c = exp.config
+    model = s.model
+    x_val, y_val = exp.eval_split("val")
     reached = bool(state.history) and state.history[-1]["gap"] <= c.k
     while not reached and state.epoch < c.epochs:
         t0 = time.perf_counter()
-        d = exp.data
         # Attacks are seeded per epoch, so a trial resumed from a checkpoint draws the same
         # random starts as one that never stopped.
         epoch_seed = (seed + 7919 * (state.epoch + 1)) % 2**31
-        attack = exp.train_attack(model, epoch_seed)
         stats = train_epoch(
             model,
-            d.x_train,
-            d.y_train,
+            exp.data.x_train,
+            exp.data.y_train,
             optimizer,
             generator=gen,
-            attack=attack,
+            attack=exp.train_attack(model, epoch_seed),
             method=c.train_method,
             bf16=c.precision == "bf16",
             batch_size=c.batch_size,
             device=exp.device,
         )
-        val = evaluate(model, x_val, y_val, attack=exp.stop_attack(model, epoch_seed), **kw)
+        t1 = time.perf_counter()
+        val = evaluate(
+            model,
+            x_val,
+            y_val,
+            attack=exp.stop_attack(model, epoch_seed),
+            batch_size=c.eval_batch,
+            device=exp.device,
+        )
+        t2 = time.perf_counter()
         record = EpochRecord(
             epoch=state.epoch + 1,
             loss=stats.loss,
             train_acc=stats.accuracy,
             val_robust_acc=val,
             gap=baseline.metrics.acc_star_val - val,
-            seconds=time.perf_counter() - t0,
+            seconds=t2 - t0,
+            train_seconds=t1 - t0,
+            check_seconds=t2 - t1,
         )
         state.epoch = record.epoch
         state.history.append(asdict(record))
@@ -202,6 +368,8 @@ def run_trial(
         state.optimizer_state = optimizer.state_dict()
         state.data_rng = gen.get_state()
         state.torch_rng = torch.get_rng_state()
+        state.train_seconds += record.train_seconds
+        state.eval_seconds += record.check_seconds
         if val > state.best_val:
             state.best_epoch, state.best_val, state.best_fb_state = (
                 record.epoch,
@@ -210,38 +378,58 @@ def run_trial(
             )
         reached = record.gap <= c.k
         log(
-            f"[trial |f_b|={fb_layers} t={trial}] epoch {record.epoch}/{c.epochs}: "
+            f"{tag} epoch {record.epoch}/{c.epochs}: "
             f"loss {record.loss:.4f}, val robust {val:.4f}, gap to Acc* {record.gap:+.4f}"
             + (" -> within k, stopping" if reached else "")
         )
         if on_epoch is not None:
             on_epoch(record, state)
+    return reached
 
-    # The trial's network is f_b at its best validation epoch (the stopping epoch if it reached).
+
+def _final_evaluation(
+    exp: Experiment,
+    baseline: Baseline,
+    s: Split,
+    state: TrialState,
+    reached: bool,
+    trial: int,
+    seed: int,
+) -> TrialResult:
+    """The trial's network (f_b at its best validation epoch, the stopping epoch if it reached)
+    on the test split: Acc under ``eval_attack``, clean accuracy, and the layer MI."""
+    c = exp.config
     if state.best_epoch:
         s.load_fb_state(state.best_fb_state)
+    x_test, y_test = exp.eval_split("test")
+    kw = {"batch_size": c.eval_batch, "device": exp.device}
+    t0 = time.perf_counter()
     x_adv, preds = predict_adversarial(
-        model, x_test, y_test, attack=exp.eval_attack(model, seed), **kw
+        s.model, x_test, y_test, attack=exp.eval_attack(s.model, seed), **kw
     )
-    result = TrialResult(
-        fb_layers=fb_layers,
+    clean_acc = evaluate(s.model, exp.data.x_test, exp.data.y_test, **kw)
+    t1 = time.perf_counter()
+    mi = trial_mi(exp, s, x_adv, y_test, seed) if c.mi else []
+    return TrialResult(
+        fb_layers=s.fb_layers,
         trial=trial,
         seed=seed,
         acc_star=baseline.acc_star,
         acc_sr=state.acc_sr,
         acc=accuracy(preds, y_test),
-        clean_acc=evaluate(model, exp.data.x_test, exp.data.y_test, **kw),
+        clean_acc=clean_acc,
         best_epoch=state.best_epoch,
         epochs_run=state.epoch,
         reached=reached,
-        seconds=time.perf_counter() - start,
+        seconds=0.0,
         history=state.history,
+        mi=mi,
+        train_seconds=state.train_seconds,
+        eval_seconds=state.eval_seconds + (t1 - t0),
+        mi_seconds=time.perf_counter() - t1,
+        measured_acc_sr=state.measured_acc_sr,
         fb_state=s.fb_state(),
     )
-    if c.mi:
-        result.mi = trial_mi(exp, s, x_adv, y_test, seed)
-    s.release()
-    return result
 
 
 def trial_mi(
@@ -287,8 +475,10 @@ class DepthSummary:
     reached: bool  # some trial came within k of Acc* (on validation)
     trials: int
     epochs: int  # trial-epochs spent on this depth
-    rho: dict[int, float]  # j -> min over trials of I_{j,t}
+    rho: dict[int, float]  # j -> min over trials of I_{j,t} (Algorithm 1's pseudo-code)
     best_trial: int
+    # j -> I_{j,t} of the best trial (the paper's prose reports that trial's values)
+    rho_best: dict[int, float] = field(default_factory=dict)
 
     @property
     def diff(self) -> float:
@@ -297,12 +487,13 @@ class DepthSummary:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["rho"] = {str(j): v for j, v in self.rho.items()}
+        d["rho_best"] = {str(j): v for j, v in self.rho_best.items()}
         d["diff"] = self.diff
         return d
 
 
 def summarise_depth(trials: list[TrialResult]) -> DepthSummary:
-    """Acc = max_t Acc_t and ρ_j = min_t I_{j,t}, as in Algorithm 1."""
+    """Acc = max_t Acc_t; ρ_j = min_t I_{j,t} (pseudo-code) and the best trial's I_{j,t}."""
     if not trials:
         raise ValueError("no trials to summarise")
     best = max(trials, key=lambda t: t.acc)
@@ -311,20 +502,30 @@ def summarise_depth(trials: list[TrialResult]) -> DepthSummary:
         for pair in t.mi:
             j = int(pair["j"])
             rho[j] = min(rho.get(j, math.inf), float(pair["bits"]))
+    # Shared by the depth's trials; results stored before it was shared hold one per trial.
+    acc_sr = best.acc_sr
+    if math.isnan(acc_sr):
+        acc_sr = next((t.acc_sr for t in trials if not math.isnan(t.acc_sr)), math.nan)
     return DepthSummary(
         fb_layers=best.fb_layers,
         acc_star=best.acc_star,
-        acc_sr=best.acc_sr,
+        acc_sr=acc_sr,
         acc=best.acc,
         reached=any(t.reached for t in trials),
         trials=len(trials),
         epochs=sum(t.epochs_run for t in trials),
         rho=dict(sorted(rho.items())),
         best_trial=best.trial,
+        rho_best={int(p["j"]): float(p["bits"]) for p in sorted(best.mi, key=lambda p: p["j"])},
     )
 
 
-def minimal_depth(summaries: list[DepthSummary]) -> int | None:
-    """The smallest |f_b| whose trials reached Acc* − k, or None when none did."""
-    reached = [s.fb_layers for s in summaries if s.reached]
-    return min(reached) if reached else None
+def reached_by_depth(summaries: list[DepthSummary]) -> dict[int, bool]:
+    """{|f_b|: whether some trial of that depth reached Acc* − k}: the evidence of the answer."""
+    return {s.fb_layers: s.reached for s in summaries}
+
+
+def minimal_depth(summaries: list[DepthSummary], target: str = "robust_fa") -> int | None:
+    """The answer among the depths tried (see :mod:`semirobust_ray.answer`): the largest
+    reaching |f_b| for ``robust_fa``, the smallest for ``fb``; None when none reached."""
+    return answer_depth(reached_by_depth(summaries), target)

@@ -2,14 +2,16 @@
 
 The regular weights give every trial its starting f_b; the adversarial weights give the frozen
 f*_a and the target robust accuracy Acc*. Both are expensive, so they are stored on disk under a
-key made of everything that determines them (config fields, the exact data, the code version)
+key made of everything that determines them (config fields, the exact data, a hash of the code)
 and a second search with the same settings reuses them. Each cache entry carries SHA-256 sums of
 its weight files; an entry that fails them is rebuilt, never silently used.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib
 import json
 import time
 from collections.abc import Callable
@@ -18,13 +20,14 @@ from pathlib import Path
 
 import torch
 
-from semirobust_ray import __version__
 from semirobust_ray.experiment import Experiment
 from semirobust_ray.storage import CorruptFileError, load_state, read_json, save_state, write_json
 from semirobust_ray.training import evaluate, make_optimizer, seed_everything, train_epoch
 
-#: Bump when a change to training or evaluation makes cached baselines stale.
-CACHE_VERSION = 1
+#: The modules whose code determines a baseline (data splits, model, attacks, training and
+#: evaluation loops, this stage itself): the cache key holds a hash of their source, so any
+#: change to them makes cached baselines miss without anyone remembering to bump a version.
+BASELINE_MODULES = ("data", "models", "attacks", "training", "experiment", "baseline")
 
 #: Config fields that determine the baseline; anything else (split depths, k, E, T, search,
 #: resources) leaves it unchanged.
@@ -68,6 +71,10 @@ class BaselineMetrics:
     clean_acc_regular: float
     robust_acc_regular: float
     seconds: float
+    # The training loops alone; what semirobust training of f_b is weighed against (the
+    # frontier's cost columns). None in baselines stored before they were recorded.
+    regular_train_seconds: float | None = None
+    adv_train_seconds: float | None = None
 
 
 @dataclass
@@ -86,16 +93,25 @@ class Baseline:
         return self.metrics.acc_star
 
 
+@functools.cache
+def code_fingerprint() -> str:
+    """A hash of the source of :data:`BASELINE_MODULES` and of the torch version."""
+    h = hashlib.sha256(torch.__version__.encode())
+    for name in BASELINE_MODULES:
+        module = importlib.import_module(f"semirobust_ray.{name}")
+        h.update(name.encode() + b"\0" + Path(module.__file__).read_bytes())
+    return h.hexdigest()[:16]
+
+
 def baseline_key(exp: Experiment) -> str:
-    """Cache key: baseline-relevant config fields, the data's fingerprint and the code version."""
+    """Cache key: baseline-relevant config fields, the data's fingerprint and the code's."""
     c = exp.config.to_dict()
     fields = {name: c[name] for name in BASELINE_FIELDS}
     fields.update(
         eval_attack=exp.config.eval_attack_name,
         stop_attack=exp.config.stop_attack_name,
         data=exp.data_fingerprint,
-        version=__version__,
-        cache_version=CACHE_VERSION,
+        code=code_fingerprint(),
     )
     blob = json.dumps(fields, sort_keys=True).encode()
     return f"{exp.config.model}-{exp.config.dataset}-{hashlib.sha256(blob).hexdigest()[:16]}"
@@ -154,9 +170,11 @@ def train_baseline(exp: Experiment, *, key: str, path: Path, log: Log = print) -
     kw = {"batch_size": c.eval_batch, "device": exp.device}
     train_kw = {"batch_size": c.batch_size, "device": exp.device, "bf16": c.precision == "bf16"}
     d = exp.data
+    t0 = time.perf_counter()
     for epoch in range(1, c.baseline_epochs + 1):
         stats = train_epoch(model, d.x_train, d.y_train, opt, generator=gen, **train_kw)
         log(f"[baseline] regular epoch {epoch}/{c.baseline_epochs}: loss {stats.loss:.4f}")
+    regular_train_seconds = time.perf_counter() - t0
     regular_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     x_test, y_test = exp.eval_split("test")
     clean_regular = evaluate(model, d.x_test, d.y_test, **kw)
@@ -168,11 +186,13 @@ def train_baseline(exp: Experiment, *, key: str, path: Path, log: Log = print) -
         model = exp.build_model()
     opt = make_optimizer(list(model.parameters()), c.lr, c.momentum, c.weight_decay)
     attack = exp.train_attack(model, c.seed)
+    t0 = time.perf_counter()
     for epoch in range(1, c.baseline_adv_epochs + 1):
         stats = train_epoch(
             model, d.x_train, d.y_train, opt, generator=gen, attack=attack, **train_kw
         )
         log(f"[baseline] adversarial epoch {epoch}/{c.baseline_adv_epochs}: loss {stats.loss:.4f}")
+    adv_train_seconds = time.perf_counter() - t0
     robust_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     x_val, y_val = exp.eval_split("val")
     metrics = BaselineMetrics(
@@ -182,6 +202,8 @@ def train_baseline(exp: Experiment, *, key: str, path: Path, log: Log = print) -
         clean_acc_regular=clean_regular,
         robust_acc_regular=robust_regular,
         seconds=time.perf_counter() - start,
+        regular_train_seconds=regular_train_seconds,
+        adv_train_seconds=adv_train_seconds,
     )
     log(
         f"[baseline] Acc* = {metrics.acc_star:.4f} (val {metrics.acc_star_val:.4f}), "

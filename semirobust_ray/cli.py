@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from semirobust_ray.config import ExperimentConfig, load_config
+from semirobust_ray.config import load_config
 from semirobust_ray.storage import CorruptFileError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "search_spaces" / "quickstart.yaml"
@@ -20,8 +20,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The launcher's flags; every one is documented in README.md."""
     p = argparse.ArgumentParser(
         prog="launch/search.py",
-        description="Find the smallest trailing subnetwork f_b whose adversarial training "
-        "makes the whole network robust (Algorithm 1 of the semirobustness paper), with Ray Tune.",
+        description="Find the minimal robust subnetwork: the smallest leading part f*_a of a "
+        "network that must be adversarially robust so that adversarially training only the rest, "
+        "f_b, for a few epochs comes within k of the fully robust network's accuracy "
+        "(Algorithm 1 of the semirobustness paper), with Ray Tune.",
     )
     p.add_argument(
         "--config",
@@ -92,25 +94,22 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    _print_summary(outcome, config)
+    _print_summary(outcome)
     return 0
 
 
-def _print_summary(outcome, config: ExperimentConfig) -> None:
-    from semirobust_ray.report import minimal_split, table1, table1_markdown
+def _print_summary(outcome) -> None:
+    from semirobust_ray.report import answer_lines, table1, table1_markdown
 
-    depth = outcome.minimal_fb_layers
     print()
     print(table1_markdown(table1(outcome.results)))
+    for line in answer_lines(outcome.answer):
+        print(line)
     print()
-    if depth is None:
-        print(f"No candidate |f_b| reached Acc* - k (k = {config.k}).")
-    else:
-        print(f"Minimal robust split: |f_b| = {depth} (reaches Acc* - k, k = {config.k}).")
-        warning = minimal_split(outcome.results)["warning"]
-        if warning:
-            print(f"Warning: {warning}.")
-    print(f"Report:      {outcome.report_dir}  (table1.md, rho_vs_depth.png, minimal_split.json)")
+    print(
+        f"Report:      {outcome.report_dir}  (table1.md, frontier.png, frontier.csv, "
+        "rho_vs_depth.png, minimal_split.json)"
+    )
     print(f"TensorBoard: tensorboard --logdir {outcome.experiment_dir}")
     print(f"Wall time:   {outcome.seconds:.0f} s")
 

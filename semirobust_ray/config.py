@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from semirobust_ray.answer import TARGETS
+
 SEARCH_ALGORITHMS = ("grid", "bisection", "optuna")
 SCHEDULERS = ("none", "asha")
 BASELINE_INITS = ("scratch", "regular")
@@ -69,6 +71,9 @@ class ExperimentConfig:
     eval_samples: int | None = None  # cap on val/test images attacked per evaluation
     eval_batch_size: int | None = None  # images per attack call when evaluating; None: batch_size
     # Algorithm 1
+    # What the search minimises: "robust_fa", the smallest robust f*_a (the largest |f_b| that
+    # reaches Acc* - k: the paper's question), or "fb", the smallest reaching |f_b|.
+    minimise: str = "robust_fa"
     split_depths: tuple[int, ...] | None = None  # candidate |f_b|; None: every depth 1..n
     epochs: int = 10  # E
     k: float = 0.05
@@ -246,6 +251,7 @@ def _validate(c: ExperimentConfig) -> None:
     for name in ("eval_attack", "stop_attack"):
         if getattr(c, name) is not None:
             _choice(name, getattr(c, name), ATTACKS)
+    _choice("minimise", c.minimise, TARGETS)
     _choice("search", c.search, SEARCH_ALGORITHMS)
     _choice("scheduler", c.scheduler, SCHEDULERS)
     _choice("baseline_init", c.baseline_init, BASELINE_INITS)

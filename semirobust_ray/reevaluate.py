@@ -33,7 +33,7 @@ from semirobust_ray.baseline import load_baseline
 from semirobust_ray.config import ConfigError, ExperimentConfig
 from semirobust_ray.experiment import prepare
 from semirobust_ray.models import split
-from semirobust_ray.report import SEARCH_META_FILE, ReportError, load_results
+from semirobust_ray.results import SEARCH_META_FILE, ReportError, load_results
 from semirobust_ray.search import BASELINE_DIR
 from semirobust_ray.storage import CorruptFileError, atomic_write_bytes, load_state
 from semirobust_ray.training import resolve_device

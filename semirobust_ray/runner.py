@@ -16,7 +16,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from semirobust_ray.algorithm1 import TrialResult, minimal_depth, run_trial, summarise_depth
+from semirobust_ray.algorithm1 import (
+    LocalAccSr,
+    TrialResult,
+    reached_by_depth,
+    run_trial,
+    summarise_depth,
+)
+from semirobust_ray.answer import answer_summary
 from semirobust_ray.baseline import get_baseline
 from semirobust_ray.config import ExperimentConfig, load_config
 from semirobust_ray.experiment import prepare
@@ -26,14 +33,21 @@ from semirobust_ray.storage import write_json
 def run_algorithm1(
     config: ExperimentConfig, out_dir: str | Path | None = None, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
-    """Baseline + T trials per split depth, sequentially; returns (and writes) the results."""
+    """Baseline + T trials per split depth, sequentially; returns (and writes) the results.
+
+    Every candidate depth is tried (the ``grid`` protocol), so both readings of the answer
+    (``results["answer"]``, see :func:`semirobust_ray.answer.answer_summary`) are established.
+    """
     start = time.perf_counter()
     exp = prepare(config)
     baseline = get_baseline(exp, log=log)
     trials: list[TrialResult] = []
     summaries = []
+    acc_sr = LocalAccSr()  # each depth's Acc_sr is measured by its first trial, once
     for depth in exp.split_depths:
-        depth_trials = [run_trial(exp, baseline, depth, t, log=log) for t in range(config.seeds)]
+        depth_trials = [
+            run_trial(exp, baseline, depth, t, acc_sr=acc_sr, log=log) for t in range(config.seeds)
+        ]
         for t in depth_trials:
             t.fb_state = {}  # results.json holds numbers; T x depths f_b copies would pile up
         trials += depth_trials
@@ -49,7 +63,14 @@ def run_algorithm1(
         "baseline": {"key": baseline.key, **asdict(baseline.metrics)},
         "trials": [t.to_dict() for t in trials],
         "depths": [s.to_dict() for s in summaries],
-        "minimal_fb_layers": minimal_depth(summaries),
+        "answer": answer_summary(
+            reached_by_depth(summaries),
+            exp.split_depths,
+            config.minimise,
+            exp.num_layers,
+            config.epochs,
+            config.k,
+        ),
         "seconds": time.perf_counter() - start,
     }
     if out_dir is not None:
@@ -77,12 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:  # every user-facing error class derives from ValueError
         print(f"error: {err}", file=sys.stderr)
         return 2
-    depth = results["minimal_fb_layers"]
-    print(
-        f"minimal robust split: |f_b| = {depth}"
-        if depth is not None
-        else "no candidate split depth reached Acc* - k"
-    )
+    answer = results["answer"]
+    for reading in ("smallest_robust_fa", "smallest_fb"):
+        print(answer[reading]["statement"])
     print(f"results: {Path(args.out) / 'results.json'}")
     return 0
 

@@ -2,13 +2,16 @@
 
 - ``grid``: every candidate split depth × T trials (the paper's protocol).
 - ``bisection``: :class:`BisectionSearcher` probes depths in binary-search order, T trials per
-  probed depth, and ends the search once the minimal depth reaching Acc* − k is established.
-- ``optuna``: TPE over split depth and learning rate, minimising |f_b| subject to reaching
-  Acc* − k (:func:`semirobust_ray.trial.objective`), behind a ConcurrencyLimiter.
+  probed depth, and ends the search once the answer of the ``minimise`` target is established
+  (it reaches, the depth beyond it does not), checking its premise on the way.
+- ``optuna``: TPE over split depth and learning rate, minimising the target (the robust layers
+  a, or |f_b|) subject to reaching Acc* − k (:func:`semirobust_ray.trial.objective`), behind a
+  ConcurrencyLimiter.
 
 The baseline is trained once per search, as a Ray task with a trial's resources (a GPU when
 trials get one), cached on disk, saved under the search's directory with checksums, and handed to
-every trial through ``tune.with_parameters``.
+every trial through ``tune.with_parameters``, with an :class:`~semirobust_ray.trial.AccSrBoard`
+actor through which the trials of a depth share its Acc_sr.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import ray
 from ray import tune
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
+from semirobust_ray.answer import premise, premise_order, premise_violations
 from semirobust_ray.baseline import (
     Baseline,
     baseline_key,
@@ -37,10 +41,11 @@ from semirobust_ray.baseline import (
 )
 from semirobust_ray.config import ExperimentConfig
 from semirobust_ray.experiment import Experiment, prepare
-from semirobust_ray.report import SEARCH_META_FILE, load_results, minimal_split, write_report
+from semirobust_ray.report import minimal_split, write_report
+from semirobust_ray.results import SEARCH_META_FILE, depth_summaries, load_results
 from semirobust_ray.storage import CorruptFileError, read_json, write_json
 from semirobust_ray.training import resolve_device
-from semirobust_ray.trial import TRIAL_RESULT_KEY, algorithm1_trainable
+from semirobust_ray.trial import TRIAL_RESULT_KEY, AccSrBoard, algorithm1_trainable
 
 BASELINE_DIR = "baseline"
 
@@ -59,45 +64,117 @@ class SearchInterrupted(KeyboardInterrupt):
 
 
 class BisectionSearcher(Searcher):
-    """Binary search over sorted candidate depths for the smallest one reaching Acc* − k.
+    """Binary search over the candidate depths for the answer of ``target``, checked as it goes.
 
-    Premise (the paper's): a larger f_b is at least as robust, so "reached" is monotone in
-    |f_b|. Each probe runs T trials; a probe is decided as soon as one trial reaches (the depth
-    reaches) or all T finish without reaching. Trials of a decided probe keep running to
-    completion (ρ is a minimum over all T trials) while the next probe starts.
+    It probes in binary-search order under the target's premise (see
+    :mod:`semirobust_ray.answer`; for ``robust_fa``, that a smaller f_b is at least as easy to
+    recover, so the depths that reach come first in ascending |f_b|), and ends once the answer
+    reaches and the depth just beyond it does not: both sides of the boundary probed. Each probe
+    runs T trials; it is decided as soon as one trial reaches (the depth reaches) or all T finish
+    without reaching. Trials of a decided probe keep running to completion (ρ is a minimum over
+    all T trials).
+
+    With ``parallel_probes`` > 1 (a cluster with room for more than T trials) it probes the
+    midpoints of several undecided stretches at once. Outcomes may then contradict the premise
+    (a depth reaches beyond one that did not): it says so in the log, probes every undecided depth
+    in between, and searches on beyond the reaching depth rather than return an answer its own
+    evidence contradicts. The report lists every such contradiction (``premise_violations``).
     """
 
-    def __init__(self, depths: list[int], trials_per_depth: int) -> None:
+    def __init__(
+        self,
+        depths: list[int],
+        trials_per_depth: int,
+        target: str = "robust_fa",
+        parallel_probes: int = 1,
+        log: Log = print,
+    ) -> None:
         super().__init__(metric="reached", mode="max")
-        self.depths = sorted(depths)
+        self.order = premise_order(depths, target)
+        self.target = target
         self.trials_per_depth = trials_per_depth
-        self.lo, self.hi = 0, len(self.depths)  # the answer's index lies in [lo, hi]
-        self.probe: int | None = None
-        self.issued = 0
-        self.outcomes: dict[int, list[bool]] = {}
+        self.parallel_probes = max(1, int(parallel_probes))
+        self.issued: dict[int, int] = {}  # index in order -> trials issued
+        self.outcomes: dict[int, list[bool]] = {}  # index -> finished trials' reached flags
         self.live: dict[str, int] = {}
+        self.reported: set[tuple[int, int]] = set()
+        self.log = log
+
+    # -- what the evidence says ------------------------------------------------------------
+
+    def _state(self, i: int) -> bool | None:
+        """True: index i reached; False: all T trials missed; None: undecided or untried."""
+        outcomes = self.outcomes.get(i, [])
+        if any(outcomes):
+            return True
+        if len(outcomes) >= self.trials_per_depth:
+            return False
+        return None
+
+    def _bounds(self) -> tuple[int, int]:
+        """(r, h): the last reaching index, and the first missed index after it."""
+        m = len(self.order)
+        r = max((i for i in range(m) if self._state(i) is True), default=-1)
+        h = min((i for i in range(r + 1, m) if self._state(i) is False), default=m)
+        return r, h
+
+    def _contradicted(self, r: int) -> list[int]:
+        """Undecided indices between the first miss before ``r`` and ``r`` (must be probed)."""
+        misses = [i for i in range(r) if self._state(i) is False]
+        if not misses:
+            return []
+        return [i for i in range(misses[0] + 1, r) if self._state(i) is None]
 
     @property
     def finished(self) -> bool:
-        return self.lo >= self.hi
+        r, h = self._bounds()
+        return h == r + 1 and not self._contradicted(r)
 
     @property
     def minimal_depth(self) -> int | None:
-        """The answer once :attr:`finished`: the smallest reaching depth, or None."""
-        return self.depths[self.lo] if self.finished and self.lo < len(self.depths) else None
+        """The answer once :attr:`finished`: the last reaching depth in premise order, or None."""
+        if not self.finished:
+            return None
+        r, _ = self._bounds()
+        return self.order[r] if r >= 0 else None
+
+    def _next_index(self) -> int | None:
+        """Where to probe next: an undecided depth inside a contradiction first, else the middle
+        of the largest untried stretch between the last reach and the first miss after it."""
+        r, h = self._bounds()
+        untried = [i for i in self._contradicted(r) if i not in self.issued]
+        if untried:
+            return untried[len(untried) // 2]
+        runs: list[list[int]] = [[]]
+        for i in range(r + 1, h):
+            if i in self.issued:
+                runs.append([])
+            else:
+                runs[-1].append(i)
+        best = max(runs, key=len)
+        return best[len(best) // 2] if best else None
+
+    # -- Tune's interface ------------------------------------------------------------------
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         if self.finished:
             return self.FINISHED
-        if self.probe is None:
-            self.probe = (self.lo + self.hi) // 2
-            self.issued = 0
-            self.outcomes.setdefault(self.probe, [])
-        if self.issued >= self.trials_per_depth:
-            return None  # wait for this probe's trials
-        self.live[trial_id] = self.probe
-        self.issued += 1
-        return {"fb_layers": self.depths[self.probe], "trial": self.issued - 1}
+        open_probes = [
+            i
+            for i, n in self.issued.items()
+            if self._state(i) is None and n < self.trials_per_depth
+        ]
+        if not open_probes:
+            undecided = sum(1 for i in self.issued if self._state(i) is None)
+            index = self._next_index() if undecided < self.parallel_probes else None
+            if index is None:
+                return None  # wait for the probes in flight
+            open_probes = [index]
+        index = open_probes[0]
+        trial = self.issued.get(index, 0)
+        self.issued[index] = trial + 1
+        self.live[trial_id] = index
+        return {"fb_layers": self.order[index], "trial": trial}
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
@@ -107,20 +184,25 @@ class BisectionSearcher(Searcher):
             return
         reached = bool(result and not error and result.get("reached"))
         self.outcomes.setdefault(index, []).append(reached)
-        if index != self.probe:
-            return  # a trial of an already decided probe: only its rho matters now
-        outcomes = self.outcomes[index]
-        if any(outcomes):
-            self.hi = index
-        elif len(outcomes) == self.trials_per_depth:
-            self.lo = index + 1
-        else:
-            return
-        self.probe = None
+        self._report_contradictions()
+
+    def _report_contradictions(self) -> None:
+        decided = {self.order[i]: self._state(i) for i in self.outcomes}
+        evidence = {d: ok for d, ok in decided.items() if ok is not None}
+        for v in premise_violations(evidence, self.target):
+            for missed in v.missed_before:
+                if (v.reached, missed) not in self.reported:
+                    self.reported.add((v.reached, missed))
+                    self.log(
+                        f"[bisection] premise contradicted: |f_b| = {v.reached} reached although "
+                        f"|f_b| = {missed} did not ({premise(self.target)} does not hold here); "
+                        "probing the depths in between"
+                    )
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
+            # The log callable may not pickle (a lambda): the restoring search supplies its own.
+            pickle.dump({k: v for k, v in self.__dict__.items() if k != "log"}, f)
 
     def restore(self, checkpoint_path: str) -> None:
         # Tune's own experiment state is pickled in the same directory; both come from the
@@ -216,11 +298,16 @@ class SearchOutcome:
 
     experiment_dir: str
     report_dir: Path
-    minimal_fb_layers: int | None
+    answer: dict[str, Any]  # minimal_split.json: both readings, the premise check, the evidence
     results: dict[str, Any]
     report_paths: dict[str, Path]
     seconds: float
     trial_seconds: float
+
+    @property
+    def answer_fb_layers(self) -> int | None:
+        """|f_b| of the answer to the search's ``minimise`` target (None: no depth reached)."""
+        return self.answer["answer"]["fb_layers"]
 
 
 def _baseline_on_cluster(exp: Experiment, log: Log) -> Baseline:
@@ -260,7 +347,16 @@ def _param_space(exp: Experiment) -> dict[str, Any]:
     return constants
 
 
-def _tune_config(exp: Experiment) -> tune.TuneConfig:
+def trial_slots(c: ExperimentConfig) -> int:
+    """How many trials the cluster can run at once (its CPUs and GPUs over a trial's bundles),
+    capped by ``max_concurrent``."""
+    total = ray.cluster_resources()
+    bundle = _resources(c).required_resources
+    slots = min(int(total.get(kind, 0) // need) for kind, need in bundle.items() if need > 0)
+    return max(1, min(slots, c.max_concurrent or slots))
+
+
+def _tune_config(exp: Experiment, log: Log) -> tune.TuneConfig:
     c = exp.config
     scheduler = None
     if c.scheduler == "asha":
@@ -279,8 +375,16 @@ def _tune_config(exp: Experiment) -> tune.TuneConfig:
     if c.search == "grid":
         return tune.TuneConfig(num_samples=1, max_concurrent_trials=c.max_concurrent, **common)
     if c.search == "bisection":
+        # Probes beyond the first use slots that would otherwise idle: T trials fill one.
+        searcher = BisectionSearcher(
+            exp.split_depths,
+            c.seeds,
+            target=c.minimise,
+            parallel_probes=max(1, trial_slots(c) // c.seeds),
+            log=log,
+        )
         return tune.TuneConfig(
-            search_alg=BisectionSearcher(exp.split_depths, c.seeds),
+            search_alg=searcher,
             num_samples=-1,
             max_concurrent_trials=c.max_concurrent,
             **common,
@@ -344,7 +448,9 @@ def run_search(
     _init_ray(address, log)
     _check_gpus(config)
     baseline = None
+    known_acc_sr: dict[int, float] = {}
     if resume:
+        known_acc_sr = _known_acc_sr(exp_dir)
         try:
             baseline = load_search_baseline(exp_dir)
         except CorruptFileError as err:
@@ -360,8 +466,9 @@ def run_search(
         save_search_files(exp_dir, exp, baseline)
     log(f"[search] Acc* = {baseline.acc_star:.4f}; candidate |f_b|: {exp.split_depths}")
 
+    board = AccSrBoard.remote(known_acc_sr)  # each depth's Acc_sr, measured once
     trainable = tune.with_resources(
-        tune.with_parameters(trainable_fn, experiment=exp, baseline=baseline),
+        tune.with_parameters(trainable_fn, experiment=exp, baseline=baseline, acc_sr_board=board),
         _resources(config),
     )
     _FinishWatch.unfinished = 0
@@ -371,7 +478,7 @@ def run_search(
         tuner = tune.Tuner(
             trainable,
             param_space=_param_space(exp),
-            tune_config=_tune_config(exp),
+            tune_config=_tune_config(exp, log),
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=storage,
@@ -399,17 +506,28 @@ def run_search(
         results = results_from_grid(grid, exp, baseline)
         report_dir = Path("results") / name
     paths = write_report(results, report_dir)
-    minimal = minimal_split(results)
     trial_seconds = sum(t.get("seconds", 0.0) for t in results["trials"])
     return SearchOutcome(
         experiment_dir=exp_dir,
         report_dir=report_dir,
-        minimal_fb_layers=minimal.get("minimal_fb_layers"),
+        answer=minimal_split(results),
         results=results,
         report_paths=paths,
         seconds=time.perf_counter() - start,
         trial_seconds=trial_seconds,
     )
+
+
+def _known_acc_sr(exp_dir: str) -> dict[int, float]:
+    """Acc_sr of the depths a resumed search's finished trials measured (no need to again)."""
+    local = _local(exp_dir)
+    if local is None or not (local / SEARCH_META_FILE).exists():
+        return {}
+    try:
+        summaries = depth_summaries(load_results(local))
+    except (ValueError, CorruptFileError):
+        return {}  # the report will say what is wrong; sharing is only a saving
+    return {s.fb_layers: s.acc_sr for s in summaries if not math.isnan(s.acc_sr)}
 
 
 def _stored_config(path: Path) -> ExperimentConfig:

@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +39,59 @@ TRIAL_RESULT_KEY = "trial_result_json"
 TUNABLE_KEYS = ("epochs", "k", "lr", "momentum", "weight_decay", "batch_size")
 
 
-def objective(fb_layers: int, reached: bool, num_layers: int) -> float:
-    """What model-based search minimises: |f_b|, plus a penalty of n when Acc* − k is missed.
+def objective(fb_layers: int, reached: bool, num_layers: int, target: str = "robust_fa") -> float:
+    """What model-based search minimises, plus a penalty of n when Acc* − k is missed.
 
-    Any depth that reaches therefore scores below every depth that does not.
+    ``robust_fa``: the robust layers a = n − |f_b|; ``fb``: |f_b|. Any depth that reaches
+    therefore scores below every depth that does not.
     """
-    return float(fb_layers + (0 if reached else num_layers))
+    size = num_layers - fb_layers if target == "robust_fa" else fb_layers
+    return float(size + (0 if reached else num_layers))
+
+
+@ray.remote(num_cpus=0)
+class AccSrBoard:
+    """One per search: each depth's Acc_sr, measured by the first trial of the depth that asks.
+
+    Its owner (a trial index) is remembered, so a trial Tune restarts after a failure before it
+    published the value is asked to measure it again instead of waiting for itself.
+    """
+
+    def __init__(self, known: dict[int, float] | None = None) -> None:
+        self.values: dict[int, float] = dict(known or {})
+        self.owners: dict[int, int] = {}
+
+    def claim(self, fb_layers: int, trial: int) -> float | bool:
+        if fb_layers in self.values:
+            return self.values[fb_layers]
+        return self.owners.setdefault(fb_layers, trial) == trial
+
+    def put(self, fb_layers: int, value: float) -> None:
+        self.values.setdefault(fb_layers, float(value))
+
+    def get(self, fb_layers: int) -> float | None:
+        return self.values.get(fb_layers)
+
+
+class RayAccSr:
+    """The :class:`semirobust_ray.algorithm1.AccSrShare` of a trial, backed by the board."""
+
+    def __init__(self, board: Any) -> None:
+        self.board = board
+
+    def claim(self, fb_layers: int, trial: int) -> float | bool:
+        return ray.get(self.board.claim.remote(fb_layers, trial))
+
+    def put(self, fb_layers: int, value: float) -> None:
+        ray.get(self.board.put.remote(fb_layers, value))
+
+    def wait(self, fb_layers: int, timeout_s: float) -> float | None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            value = ray.get(self.board.get.remote(fb_layers))
+            if value is not None or time.monotonic() >= deadline:
+                return value
+            time.sleep(min(1.0, max(deadline - time.monotonic(), 0.0)))
 
 
 def _trial_index(config: dict[str, Any]) -> int:
@@ -62,20 +110,24 @@ def _epoch_metrics(
     return {
         **dataclasses.asdict(record),
         "fb_layers": fb_layers,
+        "robust_layers": exp.num_layers - fb_layers,
         "trial": trial,
         "acc_star": baseline.acc_star,
         "acc_star_val": baseline.metrics.acc_star_val,
         "reached": int(reached),
-        "objective": objective(fb_layers, reached, exp.num_layers),
+        "objective": objective(fb_layers, reached, exp.num_layers, exp.config.minimise),
         "done": False,
     }
 
 
-def final_metrics(result: TrialResult, num_layers: int) -> dict[str, Any]:
+def final_metrics(
+    result: TrialResult, num_layers: int, target: str = "robust_fa"
+) -> dict[str, Any]:
     """The last report of a trial: scalars for Tune/TensorBoard plus the full result as JSON."""
     best_val = max((h["val_robust_acc"] for h in result.history), default=float("nan"))
     metrics: dict[str, Any] = {
         "fb_layers": result.fb_layers,
+        "robust_layers": num_layers - result.fb_layers,
         "trial": result.trial,
         "acc": result.acc,
         "acc_sr": result.acc_sr,
@@ -86,7 +138,10 @@ def final_metrics(result: TrialResult, num_layers: int) -> dict[str, Any]:
         "reached": int(result.reached),
         "epochs_run": result.epochs_run,
         "epoch": result.epochs_run,
-        "objective": objective(result.fb_layers, result.reached, num_layers),
+        "objective": objective(result.fb_layers, result.reached, num_layers, target),
+        "train_seconds": result.train_seconds,
+        "eval_seconds": result.eval_seconds,
+        "mi_seconds": result.mi_seconds,
         "done": True,
         TRIAL_RESULT_KEY: json.dumps(result.to_dict()),
     }
@@ -95,7 +150,9 @@ def final_metrics(result: TrialResult, num_layers: int) -> dict[str, Any]:
     return metrics
 
 
-def diverged_metrics(fb_layers: int, trial: int, reason: str, num_layers: int) -> dict[str, Any]:
+def diverged_metrics(
+    fb_layers: int, trial: int, reason: str, num_layers: int, target: str = "robust_fa"
+) -> dict[str, Any]:
     """The last report of a trial whose loss became NaN or infinite."""
     return {
         "fb_layers": fb_layers,
@@ -103,15 +160,23 @@ def diverged_metrics(fb_layers: int, trial: int, reason: str, num_layers: int) -
         "reached": 0,
         "diverged": 1,
         "failure": f"diverged: {reason}",
-        "objective": objective(fb_layers, False, num_layers),
+        "objective": objective(fb_layers, False, num_layers, target),
         "done": True,
     }
 
 
 def algorithm1_trainable(
-    config: dict[str, Any], *, experiment: Experiment, baseline: Baseline
+    config: dict[str, Any],
+    *,
+    experiment: Experiment,
+    baseline: Baseline,
+    acc_sr_board: Any = None,
 ) -> None:
-    """Tune entry point: run (or resume) trial ``config["trial"]`` at depth ``config["fb_layers"]``."""
+    """Tune entry point: run (or resume) trial ``config["trial"]`` at depth ``config["fb_layers"]``.
+
+    ``acc_sr_board`` (an :class:`AccSrBoard` handle) shares each depth's Acc_sr between its
+    trials; without one every trial measures it.
+    """
     overrides = {k: config[k] for k in TUNABLE_KEYS if k in config}
     exp = dataclasses.replace(
         experiment,
@@ -141,11 +206,20 @@ def algorithm1_trainable(
             )
 
     try:
-        result = run_trial(exp, baseline, fb_layers, trial, state=state, on_epoch=on_epoch)
+        result = run_trial(
+            exp,
+            baseline,
+            fb_layers,
+            trial,
+            state=state,
+            on_epoch=on_epoch,
+            acc_sr=RayAccSr(acc_sr_board) if acc_sr_board is not None else None,
+        )
     except DivergenceError as err:
         # Retrying a diverged trial would diverge again: end it as failed, with the reason,
         # and let the search go on (it counts as not reaching Acc* - k).
-        tune.report(diverged_metrics(fb_layers, trial, str(err), exp.num_layers))
+        target = exp.config.minimise
+        tune.report(diverged_metrics(fb_layers, trial, str(err), exp.num_layers, target))
         return
     with tempfile.TemporaryDirectory() as d:
         # The last epoch's state goes with it: a trial restored from this checkpoint (the
@@ -162,6 +236,6 @@ def algorithm1_trainable(
             },
         )
         tune.report(
-            {**final_metrics(result, exp.num_layers), **node},
+            {**final_metrics(result, exp.num_layers, exp.config.minimise), **node},
             checkpoint=tune.Checkpoint.from_directory(d),
         )

@@ -41,6 +41,11 @@ def quiet(_msg: str) -> None:
     pass
 
 
+def _numbers(history: list[dict]) -> list[dict]:
+    """A trial's epoch records without their wall-clock fields."""
+    return [{k: v for k, v in h.items() if not k.endswith("seconds")} for h in history]
+
+
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
@@ -169,10 +174,7 @@ def test_trial_resumed_from_checkpoint_matches_uninterrupted(digits):
     resumed = run_trial(exp, baseline, 6, 0, state=TrialState.from_dict(saved[0]), log=quiet)
     assert full.epochs_run == 2, "the test needs a trial that does not stop after one epoch"
 
-    def numbers(history):
-        return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
-
-    assert numbers(resumed.history) == numbers(full.history)
+    assert _numbers(resumed.history) == _numbers(full.history)
     assert resumed.acc == full.acc and resumed.acc_sr == full.acc_sr
 
 
@@ -208,10 +210,14 @@ def test_runner_end_to_end_writes_results(tmp_path, capsys, digits):
     assert code == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert [d["fb_layers"] for d in results["depths"]] == [1, 6]
-    assert results["minimal_fb_layers"] in (1, 6, None)
+    reached = {d["fb_layers"]: d["reached"] for d in results["depths"]}
+    hits = [d for d, ok in reached.items() if ok]
+    assert results["answer"]["answer"]["fb_layers"] == (max(hits) if hits else None)
+    assert results["answer"]["smallest_fb"]["fb_layers"] == (min(hits) if hits else None)
     pairs = results["trials"][0]["mi"]
     assert [p["j"] for p in pairs] == [6] and pairs[0]["bits"] >= 0  # |f_b|=1: pair (5, 6)
-    assert "minimal robust split" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "smallest robust f*_a" in out and "smallest f_b" in out
 
 
 def test_runner_bad_input_is_one_line_error(capsys):
@@ -262,3 +268,78 @@ def test_bf16_precision_trains_fb_and_changes_the_cache_key(digits):
     assert baseline_key(bf16) != baseline.key  # a bf16 baseline is a different baseline
     result = run_trial(bf16, baseline, 2, 0, log=quiet)
     assert result.epochs_run == 1 and result.acc > result.acc_sr
+
+
+def test_acc_sr_is_measured_once_per_depth_and_shared(digits):
+    """(f*_a, regular f_b) is the same network in every trial of a depth: one evaluation."""
+    from semirobust_ray.algorithm1 import LocalAccSr, measure_acc_sr
+
+    exp, baseline = digits
+    share = LocalAccSr()
+    trials = [run_trial(exp, baseline, 3, t, acc_sr=share, log=quiet) for t in range(3)]
+    assert [t.measured_acc_sr for t in trials] == [True, False, False]
+    assert len({t.acc_sr for t in trials}) == 1
+    # Whichever trial measures it gets the same number: the evaluation is seeded by the depth.
+    alone = run_trial(exp, baseline, 3, 2, log=quiet)
+    assert alone.measured_acc_sr and alone.acc_sr == trials[0].acc_sr
+    assert alone.acc_sr == measure_acc_sr(exp, baseline, 3)
+    # ... and measuring it does not change what the trial trains (the RNG is forked).
+    assert _numbers(alone.history) == _numbers(trials[2].history)
+
+    # A trial whose depth is being measured by another one collects the value at its end, or
+    # measures it itself when none came.
+    class Busy(LocalAccSr):
+        def claim(self, fb_layers, trial):
+            return False
+
+    late = run_trial(exp, baseline, 3, 1, acc_sr=Busy(), log=quiet)
+    assert late.measured_acc_sr and late.acc_sr == alone.acc_sr
+
+
+def test_trial_reports_its_compute_by_kind(digits):
+    exp, baseline = digits
+    result = run_trial(prepare(exp.config.replace(mi=True)), baseline, 2, 0, log=quiet)
+    assert result.train_seconds > 0 and result.eval_seconds > 0 and result.mi_seconds > 0
+    assert result.train_seconds == pytest.approx(sum(h["train_seconds"] for h in result.history))
+    assert result.train_seconds + result.eval_seconds + result.mi_seconds <= result.seconds
+    assert baseline.metrics.adv_train_seconds > 0 and baseline.metrics.regular_train_seconds > 0
+
+
+def test_baseline_key_follows_the_code_that_trains_it(tmp_path):
+    """Editing a module that trains or evaluates the baseline changes the cache key by itself;
+    editing one that does not (the report) leaves it."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import semirobust_ray
+    from semirobust_ray.baseline import code_fingerprint
+
+    package = tmp_path / "semirobust_ray"
+    shutil.copytree(
+        Path(semirobust_ray.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__")
+    )
+
+    def fingerprint() -> str:
+        script = "from semirobust_ray.baseline import code_fingerprint; print(code_fingerprint())"
+        env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+        out = subprocess.run(
+            [sys.executable, "-c", script],
+            env=env,
+            cwd=tmp_path,  # python -c puts the working directory first on sys.path
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    original = fingerprint()
+    assert original == code_fingerprint()  # same code, same key
+    with (package / "report.py").open("a") as f:
+        f.write("\n# a report change does not touch the baseline\n")
+    assert fingerprint() == original
+    with (package / "training.py").open("a") as f:
+        f.write("\n# any edit of the training code\n")
+    assert fingerprint() != original

@@ -144,7 +144,7 @@ def make_stalling_trainable(node_id: str, marker: Path):
     ``marker`` and then hangs: the trial is certainly in flight there when the node goes,
     however fast the machine. A closure, so Ray ships it by value to its workers."""
 
-    def stalling_trainable(config, *, experiment, baseline):
+    def stalling_trainable(config, **shared):
         import semirobust_ray.algorithm1 as a1
         from semirobust_ray.trial import algorithm1_trainable
 
@@ -155,7 +155,7 @@ def make_stalling_trainable(node_id: str, marker: Path):
                 time.sleep(600)  # ended by the node's removal
 
             a1.train_epoch = train_epoch
-        return algorithm1_trainable(config, experiment=experiment, baseline=baseline)
+        return algorithm1_trainable(config, **shared)
 
     return stalling_trainable
 

@@ -257,7 +257,7 @@ def test_driver_signal_then_resume_finishes_the_search(tmp_path, cache_dir, sig)
 
 def _without_timing(obj):
     if isinstance(obj, dict):
-        return {k: _without_timing(v) for k, v in obj.items() if k != "seconds"}
+        return {k: _without_timing(v) for k, v in obj.items() if not k.endswith("seconds")}
     if isinstance(obj, list):
         return [_without_timing(v) for v in obj]
     return obj
@@ -332,11 +332,11 @@ def make_dying_trainable(marker: Path, depth: int):
     of epoch 2 (after epoch 1's checkpoint), once. No Python exception: the process vanishes.
     A closure, so Ray ships it by value to its workers."""
 
-    def dying_trainable(config, *, experiment, baseline):
+    def dying_trainable(config, **shared):
         import semirobust_ray.algorithm1 as a1
 
         if config["fb_layers"] != depth or marker.exists():
-            return algorithm1_trainable(config, experiment=experiment, baseline=baseline)
+            return algorithm1_trainable(config, **shared)
         original = a1.train_epoch
         epochs = []
 
@@ -356,15 +356,19 @@ def make_dying_trainable(marker: Path, depth: int):
             return original(*args, attack=lethal_attack, **kwargs)
 
         a1.train_epoch = train_epoch
-        return algorithm1_trainable(config, experiment=experiment, baseline=baseline)
+        return algorithm1_trainable(config, **shared)
 
     return dying_trainable
 
 
 def _numbers(trial: dict) -> dict:
-    """A trial's result without wall-clock fields and the trial directory's name."""
-    out = {k: v for k, v in trial.items() if k not in ("seconds", "trial_dir")}
-    out["history"] = [{k: v for k, v in h.items() if k != "seconds"} for h in trial["history"]]
+    """A trial's result without wall-clock fields, the trial directory's name, and which trial
+    of its depth happened to measure the shared Acc_sr (its value is compared)."""
+    skip = ("trial_dir", "measured_acc_sr")
+    out = {k: v for k, v in trial.items() if k not in skip and not k.endswith("seconds")}
+    out["history"] = [
+        {k: v for k, v in h.items() if not k.endswith("seconds")} for h in trial["history"]
+    ]
     return out
 
 
@@ -386,7 +390,7 @@ def test_worker_killed_mid_epoch_resumes_from_checkpoint_with_the_same_report(
     (trial_dir,) = Path(outcome.experiment_dir).glob("*fb_layers=6*")
     last = _lines(trial_dir / "result.json")[-1]
     assert last["resumed"] == 1  # continued from epoch 1's checkpoint, not from scratch
-    assert outcome.minimal_fb_layers == clean.minimal_fb_layers
+    assert outcome.answer_fb_layers == clean.answer_fb_layers
     got = sorted((_numbers(t) for t in outcome.results["trials"]), key=lambda t: t["fb_layers"])
     want = sorted((_numbers(t) for t in clean.results["trials"]), key=lambda t: t["fb_layers"])
     assert [t["epochs_run"] for t in want] == [FAULT_SEARCH["epochs"]], (
@@ -400,10 +404,10 @@ def test_worker_killed_mid_epoch_resumes_from_checkpoint_with_the_same_report(
 def make_diverging_trainable(depth: int, lr: float = 1e6):
     """The real trainable with a learning rate that blows the loss up at one depth."""
 
-    def diverging_trainable(config, *, experiment, baseline):
+    def diverging_trainable(config, **shared):
         if config["fb_layers"] == depth:
             config = {**config, "lr": lr}
-        return algorithm1_trainable(config, experiment=experiment, baseline=baseline)
+        return algorithm1_trainable(config, **shared)
 
     return diverging_trainable
 
@@ -530,7 +534,7 @@ def test_resume_with_damaged_stored_baseline_recomputes_it(clean, damage, tmp_pa
     assert any("stored baseline unusable, recomputing it" in line for line in logs)
     assert load_search_baseline(str(exp_dir)).acc_star == clean.results["baseline"]["acc_star"]
     assert {p: p.read_bytes() for p in exp_dir.glob("*/result.json")} == before  # nothing re-ran
-    assert outcome.minimal_fb_layers == clean.minimal_fb_layers
+    assert outcome.answer_fb_layers == clean.answer_fb_layers
     assert read_json(exp_dir / "search_meta.json")["baseline"]["key"] == key
 
 

@@ -15,7 +15,6 @@ import pandas as pd
 import pytest
 
 from semirobust_ray.report import (
-    ReportError,
     load_results,
     main,
     minimal_split,
@@ -24,6 +23,7 @@ from semirobust_ray.report import (
     table1_markdown,
     write_report,
 )
+from semirobust_ray.results import ReportError
 
 N = 6  # layers of the hand-built model
 ACC_STAR = 0.60
@@ -91,6 +91,7 @@ def make_results() -> dict[str, Any]:
             "model": "smallcnn",
             "dataset": "digits",
             "k": K,
+            "epochs": 3,
             "seeds": 2,
             "split_depths": [1, 2, 3, 4],
         },
@@ -168,28 +169,74 @@ def test_markdown_is_percent(results: dict[str, Any]) -> None:
     assert " 60.0 " in row4 and " 59.0 " in row4 and " 1.0 " in row4  # Acc*, Acc, Diff
 
 
-def test_minimal_split(results: dict[str, Any]) -> None:
+def test_minimal_split_gives_both_readings_of_the_answer(results: dict[str, Any]) -> None:
     m = minimal_split(results)
-    assert m["minimal_fb_layers"] == 3
-    assert m["acc"] == pytest.approx(0.58) and m["acc_star"] == pytest.approx(ACC_STAR)
-    assert m["k"] == K
+    # Default target: the smallest robust f*_a = the LARGEST reaching |f_b| (4 of 6 layers).
+    assert m["minimise"] == "robust_fa"
+    assert m["answer"] == m["smallest_robust_fa"]
+    assert m["answer"]["fb_layers"] == 4 and m["answer"]["robust_layers"] == 2
+    assert m["answer"]["acc"] == pytest.approx(0.59)
+    assert m["answer"]["statement"] == (
+        "smallest robust f*_a: the first 2 of 6 layers must be robust; the last 4 layers can be "
+        "trained in 3 epochs to come within k = 0.05 of Acc*"
+    )
+    # |f_b| = 4 is the largest candidate: nothing beyond it to probe.
+    assert m["answer"]["established"] is True
+    # The second reading: the smallest reaching |f_b|, with |f_b| = 2 tried and missed below it.
+    assert m["smallest_fb"]["fb_layers"] == 3 and m["smallest_fb"]["robust_layers"] == 3
+    assert m["smallest_fb"]["acc"] == pytest.approx(0.58)
+    assert m["smallest_fb"]["established"] is True
+    assert m["acc_star"] == pytest.approx(ACC_STAR) and m["k"] == K and m["epochs"] == 3
     ev = {e["fb_layers"]: e for e in m["evidence"]}
     assert sorted(ev) == [1, 2, 3, 4]
     assert [ev[d]["reached"] for d in (1, 2, 3, 4)] == [False, False, True, True]
     assert ev[3]["epochs"] == 3 and ev[3]["trials"] == 2 and ev[3]["best_trial"] == 1
-    assert ev[2]["acc"] == pytest.approx(0.52)
+    assert ev[2]["acc"] == pytest.approx(0.52) and ev[2]["robust_layers"] == 4
     json.dumps(m, allow_nan=False)  # strict JSON: no NaN
+
+
+def test_minimal_split_lists_outcomes_that_contradict_the_premise(
+    results: dict[str, Any],
+) -> None:
+    # Small f_b missed and larger ones reached: the opposite of robust_fa's premise.
+    m = minimal_split(results)
+    assert "a smaller f_b" in m["premise"]
+    assert m["premise_violations"] == [
+        {"reached": 3, "missed_before": [1, 2]},
+        {"reached": 4, "missed_before": [1, 2]},
+    ]
+    # The mirrored premise of "minimise: fb" (a larger f_b is at least as easy) holds here.
+    results["config"]["minimise"] = "fb"
+    m = minimal_split(results)
+    assert m["answer"]["fb_layers"] == 3 and m["premise_violations"] == []
+
+
+def test_minimal_split_on_a_monotone_frontier(results: dict[str, Any]) -> None:
+    """Small f_b reaches, large f_b does not: the answer is the boundary, both sides tried."""
+    for t in results["trials"]:
+        t["reached"] = t["fb_layers"] <= 2
+    results["config"]["split_depths"] = [1, 2, 3, 4, 5, 6]
+    m = minimal_split(results)
+    assert m["answer"]["fb_layers"] == 2 and m["answer"]["established"] is True
+    assert m["answer"]["why"] == "|f_b| = 2 reached and |f_b| = 3 did not"
+    assert m["premise_violations"] == []
+    assert m["smallest_fb"]["fb_layers"] == 1 and m["smallest_fb"]["established"] is True
+    # Depth 3 not tried: the boundary is not established.
+    results["trials"] = [t for t in results["trials"] if t["fb_layers"] != 3]
+    m = minimal_split(results)
+    assert m["answer"]["fb_layers"] == 2 and m["answer"]["established"] is False
+    assert m["answer"]["why"] == "|f_b| = 3, beyond the answer, was not tried"
 
 
 def test_minimal_split_warns_when_test_diff_exceeds_k(results: dict[str, Any]) -> None:
     """Reached on the validation check, but the test Diff says otherwise: say so."""
     assert minimal_split(results)["warning"] is None  # Diff within k: nothing to say
     for t in results["trials"]:
-        if t["fb_layers"] == 3:
+        if t["fb_layers"] == 4:
             t["acc"] = ACC_STAR - 0.09
     results["config"]["stop_attack"] = "pgd"
     m = minimal_split(results)
-    assert m["minimal_fb_layers"] == 3
+    assert m["answer"]["fb_layers"] == 4
     assert m["warning"].startswith("on the test split Acc* - Acc = 9.0 points > k")
     assert "(pgd)" in m["warning"]
 
@@ -198,7 +245,9 @@ def test_minimal_split_none_reached(results: dict[str, Any]) -> None:
     for t in results["trials"]:
         t["reached"] = False
     m = minimal_split(results)
-    assert m["minimal_fb_layers"] is None and m["acc"] is None
+    for reading in ("answer", "smallest_robust_fa", "smallest_fb"):
+        assert m[reading]["fb_layers"] is None and m[reading]["acc"] is None
+    assert m["answer"]["statement"].startswith("no candidate |f_b| brought the network within")
     assert m["acc_star"] == pytest.approx(ACC_STAR)  # from the baseline
 
 
@@ -212,12 +261,24 @@ def _assert_png(path: Path) -> None:
 def test_write_report_files(results: dict[str, Any], tmp_path: Path) -> None:
     paths = write_report(results, tmp_path)
     names = {p.name for p in paths.values()}
-    assert names == {"table1.csv", "table1.md", "rho_vs_depth.png", "minimal_split.json"}
+    assert names == {
+        "table1.csv",
+        "table1.md",
+        "rho_vs_depth.png",
+        "frontier.csv",
+        "frontier.png",
+        "minimal_split.json",
+    }
     csv = pd.read_csv(tmp_path / "table1.csv")
     assert list(csv["|f_b|"]) == [1, 2, 3, 4]
     assert csv["Acc"].max() == pytest.approx(0.59)  # CSV keeps fractions
-    assert json.loads((tmp_path / "minimal_split.json").read_text())["minimal_fb_layers"] == 3
+    stored = json.loads((tmp_path / "minimal_split.json").read_text())
+    assert stored["answer"]["fb_layers"] == 4 and stored["smallest_fb"]["fb_layers"] == 3
+    md = (tmp_path / "table1.md").read_text()
+    assert "Smallest robust f*_a: the first 2 of 6 layers must be robust" in md
+    assert "Smallest f_b: adversarially training only the last 3 layers" in md
     _assert_png(tmp_path / "rho_vs_depth.png")
+    _assert_png(tmp_path / "frontier.png")
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
     # Readable by others as a plain open() would leave them (not mkstemp's private 0600), so a
     # collaborator or a TensorBoard server under another account can read the report.
@@ -275,7 +336,7 @@ def test_rebuild_from_tune_dir(results: dict[str, Any], tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(table1(loaded), table1(results))
     assert main([str(root)]) == 0
     m = json.loads((root / "minimal_split.json").read_text())
-    assert m["minimal_fb_layers"] == 3 and len(m["unfinished"]) == 1
+    assert m["answer"]["fb_layers"] == 4 and len(m["unfinished"]) == 1
     assert 5 not in [e["fb_layers"] for e in m["evidence"]]
     _assert_png(root / "rho_vs_depth.png")
 
@@ -311,7 +372,9 @@ def test_cli_subprocess(results: dict[str, Any], tmp_path: Path) -> None:
         timeout=120,
     )
     assert ok.returncode == 0, ok.stderr
-    assert "|f_b|" in ok.stdout and "minimal robust split: |f_b| = 3" in ok.stdout
+    assert "|f_b|" in ok.stdout
+    assert "Smallest robust f*_a: the first 2 of 6 layers must be robust" in ok.stdout
+    assert "Smallest f_b: adversarially training only the last 3 layers" in ok.stdout
     assert (tmp_path / "table1.md").is_file()
     # The error path (exit 2, one line, no traceback) is checked in-process in test_errors;
     # a second interpreter start would double this test's time for the same code path.

@@ -52,9 +52,10 @@ def _trial_epochs(outcome) -> int:
 def test_grid_and_bisection_find_the_same_minimal_split(searches):
     grid, bisection = searches["grid"], searches["bisection"]
     assert len(grid.results["trials"]) == 3  # every depth x T
-    assert grid.minimal_fb_layers == bisection.minimal_fb_layers
-    expected = report.minimal_split(grid.results)["minimal_fb_layers"]
-    assert grid.minimal_fb_layers == expected
+    assert grid.answer_fb_layers == bisection.answer_fb_layers
+    expected = report.minimal_split(grid.results)["answer"]["fb_layers"]
+    assert grid.answer_fb_layers == expected
+    assert bisection.answer["answer"]["established"]
     assert _trial_epochs(bisection) <= _trial_epochs(grid)
 
 
@@ -71,7 +72,7 @@ def test_search_writes_report_meta_and_baseline(searches):
     ):
         assert (d / name).is_file(), name
     minimal = json.loads((d / "minimal_split.json").read_text())
-    assert minimal["minimal_fb_layers"] == searches["grid"].minimal_fb_layers
+    assert minimal["answer"]["fb_layers"] == searches["grid"].answer_fb_layers
     assert {e["fb_layers"] for e in minimal["evidence"]} == {1, 3, 6}
     trials = searches["grid"].results["trials"]
     assert all(t["mi"] for t in trials)  # every trial measured its I_j
@@ -104,6 +105,29 @@ def test_tensorboard_events_hold_the_reported_scalars(searches):
         assert f"ray/tune/{tag}" in tags, tag
 
 
+def test_trials_of_a_depth_share_one_acc_sr_evaluation(searches, tmp_path):
+    """Two trials of a depth run at once (no MI: one CPU each); one measures Acc_sr, the other
+    takes its value from the search's board."""
+    cache = Path(searches["grid"].experiment_dir).parent / "cache"
+    config = ExperimentConfig.from_dict(
+        {
+            **CI_SEARCH,
+            "search": "grid",
+            "seeds": 2,
+            "split_depths": [1, 6],
+            "mi": False,
+            "cache_dir": str(cache),
+        }
+    )
+    outcome = run_search(config, storage_path=str(tmp_path), name="share", log=quiet, verbose=0)
+    trials = outcome.results["trials"]
+    assert len(trials) == 4
+    for depth in (1, 6):
+        ours = [t for t in trials if t["fb_layers"] == depth]
+        assert sum(t["measured_acc_sr"] for t in ours) == 1
+        assert len({t["acc_sr"] for t in ours}) == 1
+
+
 def test_existing_search_is_not_overwritten(searches):
     d = Path(searches["grid"].experiment_dir)
     config = ExperimentConfig.from_dict({**CI_SEARCH, "search": "grid"})
@@ -117,7 +141,7 @@ def make_flaky_trainable(marker: Path):
     """A trainable that fails once, right after the first epoch's checkpoint, like a worker
     dying mid-trial. Built as a closure so Ray ships it by value to its workers."""
 
-    def flaky_trainable(config, *, experiment, baseline):
+    def flaky_trainable(config, **shared):
         from ray import tune
 
         import semirobust_ray.trial as trial_module
@@ -125,7 +149,7 @@ def make_flaky_trainable(marker: Path):
         if tune.get_checkpoint() is not None:
             marker.with_suffix(".resumed").write_text("from checkpoint")
         if marker.exists():
-            return algorithm1_trainable(config, experiment=experiment, baseline=baseline)
+            return algorithm1_trainable(config, **shared)
         original = trial_module.run_trial
 
         def failing(*args, on_epoch, **kwargs):
@@ -138,7 +162,7 @@ def make_flaky_trainable(marker: Path):
 
         trial_module.run_trial = failing
         try:
-            return algorithm1_trainable(config, experiment=experiment, baseline=baseline)
+            return algorithm1_trainable(config, **shared)
         finally:
             trial_module.run_trial = original
 
@@ -170,27 +194,120 @@ def test_failed_trial_resumes_from_checkpoint_with_the_same_result(searches, tmp
     assert faulty["epochs_run"] == clean["epochs_run"] == 2
 
     def numbers(h):
-        return [{k: v for k, v in e.items() if k != "seconds"} for e in h]
+        return [{k: v for k, v in e.items() if not k.endswith("seconds")} for e in h]
 
     assert numbers(faulty["history"]) == numbers(clean["history"])
     assert faulty["acc"] == clean["acc"]
 
 
-def test_bisection_searcher_logic_without_ray():
-    s = BisectionSearcher([1, 2, 3, 4, 5, 6, 7, 8], trials_per_depth=2)
-    reaches = {d: d >= 3 for d in range(1, 9)}
-    probed = []
+def run_scripted(depths, outcome, *, trials=1, target="robust_fa", slots=1):
+    """Drive a BisectionSearcher as Tune would, with ``slots`` trials in flight at once and the
+    oldest finishing first; ``outcome(depth, trial)`` says whether that trial reached."""
+    logs: list[str] = []
+    s = BisectionSearcher(
+        depths, trials, target=target, parallel_probes=max(1, slots // trials), log=logs.append
+    )
+    running: list[tuple[str, int, int]] = []
+    probed: list[int] = []
     n = 0
     while True:
-        suggestion = s.suggest(f"t{n}")
-        if suggestion == s.FINISHED:
+        while len(running) < slots:
+            suggestion = s.suggest(f"t{n}")
+            if suggestion is None or suggestion == s.FINISHED:
+                break
+            running.append((f"t{n}", suggestion["fb_layers"], suggestion["trial"]))
+            probed.append(suggestion["fb_layers"])
+            n += 1
+        if not running:
             break
-        assert suggestion is not None
-        probed.append(suggestion["fb_layers"])
-        s.on_trial_complete(f"t{n}", {"reached": int(reaches[suggestion["fb_layers"]])})
-        n += 1
-    assert s.minimal_depth == 3
-    assert len(set(probed)) <= 4  # log2(8) + 1 probes, not 8
+        trial_id, depth, trial = running.pop(0)
+        s.on_trial_complete(trial_id, {"reached": int(outcome(depth, trial))})
+    assert s.finished and s.suggest("last") == s.FINISHED
+    return s, probed, logs
+
+
+def grid_answer(depths, reached, target="robust_fa"):
+    hits = [d for d in depths if reached(d)]
+    return (max(hits) if target == "robust_fa" else min(hits)) if hits else None
+
+
+DEPTHS = list(range(1, 9))
+
+
+@pytest.mark.parametrize("boundary", range(0, 9))
+@pytest.mark.parametrize("slots", [1, 3])
+def test_bisection_on_monotone_outcomes_equals_grid_and_probes_both_sides(boundary, slots):
+    # robust_fa's premise holds: every |f_b| <= boundary reaches, every larger one misses.
+    def reached(d):
+        return d <= boundary
+
+    s, probed, logs = run_scripted(DEPTHS, lambda d, t: reached(d), slots=slots)
+    answer = grid_answer(DEPTHS, reached)
+    assert s.minimal_depth == answer
+    if answer is not None:
+        assert answer in probed  # the answer reaches ...
+    if boundary < 8:
+        assert boundary + 1 in probed  # ... and the depth beyond it was probed and missed
+    assert not logs  # nothing contradicted the premise
+    if slots == 1:
+        assert len(set(probed)) <= 4  # ceil(log2(8 + 1)) probes, not 8
+
+
+@pytest.mark.parametrize("boundary", range(1, 10))
+def test_bisection_for_the_smallest_fb_mirrors_the_premise(boundary):
+    def reached(d):
+        return d >= boundary
+
+    s, probed, _ = run_scripted(DEPTHS, lambda d, t: reached(d), target="fb")
+    assert s.minimal_depth == grid_answer(DEPTHS, reached, target="fb")
+    if 1 < boundary <= 8:
+        assert {boundary, boundary - 1} <= set(probed)
+
+
+def test_bisection_reports_a_contradicted_premise_and_probes_the_depths_between():
+    # |f_b| = 7 reaches although 5 and 6 do not: the premise is false here.
+    table = {1: 1, 2: 1, 3: 1, 4: 1, 5: 0, 6: 0, 7: 1, 8: 0}
+    s, probed, logs = run_scripted(DEPTHS, lambda d, t: table[d], slots=3)
+    assert s.minimal_depth == 7 == grid_answer(DEPTHS, lambda d: table[d])
+    assert 6 in probed  # the undecided depth between the miss and the reach was probed
+    assert any("premise contradicted: |f_b| = 7 reached although |f_b| = 5" in m for m in logs)
+
+
+def test_bisection_alone_cannot_see_a_non_monotone_region_it_never_probes():
+    # Sequential probes go 5 (miss), 3 (miss), 2 (reach): |f_b| = 4 reaching is never seen. The
+    # answer still rests on its own evidence (2 reached, 3 missed); only grid sees the rest.
+    table = {1: 1, 2: 1, 3: 0, 4: 1, 5: 0, 6: 0, 7: 0, 8: 0}
+    s, probed, logs = run_scripted(DEPTHS, lambda d, t: table[d])
+    assert s.minimal_depth == 2 and 4 not in probed and not logs
+    assert grid_answer(DEPTHS, lambda d: table[d]) == 4
+
+
+def test_bisection_probe_reaches_when_any_of_its_trials_does():
+    # Only the second of T = 2 trials reaches at depths <= 4.
+    s, probed, _ = run_scripted(DEPTHS, lambda d, t: d <= 4 and t == 1, trials=2)
+    assert s.minimal_depth == 4
+    assert all(probed.count(d) <= 2 for d in probed)
+
+
+def test_optuna_objective_minimises_the_chosen_target():
+    from semirobust_ray.trial import objective
+
+    # robust_fa: fewer robust layers (a larger |f_b|) is better, but only among reaching depths.
+    scores = {d: objective(d, reached=d <= 4, num_layers=6) for d in range(1, 7)}
+    assert min(scores, key=scores.get) == 4
+    assert max(scores[d] for d in range(1, 5)) < min(scores[d] for d in (5, 6))
+    scores = {d: objective(d, reached=d >= 3, num_layers=6, target="fb") for d in range(1, 7)}
+    assert min(scores, key=scores.get) == 3
+
+
+def test_bisection_state_survives_save_and_restore(tmp_path):
+    s = BisectionSearcher(DEPTHS, 1, log=lambda m: None)  # a lambda: it must not be pickled
+    first = s.suggest("a")
+    s.on_trial_complete("a", {"reached": 1})
+    s.save(str(tmp_path / "searcher.pkl"))
+    restored = BisectionSearcher(DEPTHS, 1)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert restored.suggest("b") == s.suggest("b") != first
 
 
 @pytest.mark.parametrize(
@@ -210,8 +327,8 @@ def test_optuna_search_and_asha_scheduler_complete(searches, tmp_path, overrides
     assert len(trials) + len(outcome.results.get("unfinished", [])) == expected_trials
     assert trials, "at least the best trial runs to the end"
     assert {t["fb_layers"] for t in trials} <= {1, 3, 6}
-    if outcome.minimal_fb_layers is not None:
-        assert any(t["reached"] for t in trials if t["fb_layers"] == outcome.minimal_fb_layers)
+    if outcome.answer_fb_layers is not None:
+        assert any(t["reached"] for t in trials if t["fb_layers"] == outcome.answer_fb_layers)
 
 
 def test_official_autoattack_reevaluation_matches_reported_acc(ray_local, tmp_path, monkeypatch):

@@ -1,0 +1,203 @@
+"""The semirobustness frontier: every depth tried, every trial, and what it cost.
+
+The answer of a search is one depth; the frontier is the evidence behind it. For every finished
+trial: Acc* − Acc (test), whether it reached Acc* − k (on the validation check), the epochs it
+took, ρ_{a+1} (the MI between f*_a's last layer and f_b's first, the dependency the paper's
+Theorem 2 turns on) and the compute it spent, beside the baseline's adversarial training time,
+so a user sees what training only f_b saved.
+
+- ``frontier.csv``: one row per finished trial (columns in :data:`FRONTIER_COLUMNS`); the
+  ``depth_*`` columns repeat the depth's summary on each of its rows.
+- ``frontier.png``: Diff against |f_b|, every trial a point (filled: reached), the best trial per
+  depth joined, the k band, the answer marked, ρ_{a+1} on a second axis in both readings.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from semirobust_ray.algorithm1 import DepthSummary, reached_by_depth
+from semirobust_ray.answer import answer_depth
+from semirobust_ray.plots import new_figure, save_png
+from semirobust_ray.results import depth_summaries, labels, trial_results
+
+FRONTIER_COLUMNS: tuple[str, ...] = (
+    "fb_layers",  # |f_b|
+    "robust_layers",  # a = n - |f_b|: the layers of f*_a
+    "trial",
+    "best_trial",  # this trial has the depth's best Acc
+    "acc_star",
+    "acc_sr",
+    "acc",
+    "diff",  # Acc* - Acc, test split
+    "reached",  # within k of Acc* on the validation check
+    "epochs_run",
+    "epochs_to_reach",
+    "rho_a1",  # this trial's I_{a+1}, bits (NaN when a = 0: f_a has no layer)
+    "depth_reached",
+    "depth_diff",  # the best trial's Diff
+    "depth_rho_a1_min",  # rho_{a+1} as the pseudo-code takes it: min over trials
+    "depth_rho_a1_best",  # rho_{a+1} of the best trial, as the paper's prose reports it
+    "answer",  # this depth is the search's answer (its ``minimise`` target)
+    "train_seconds",
+    "eval_seconds",
+    "mi_seconds",
+    "baseline_adv_train_seconds",
+)
+
+
+def rho_a1(summary_or_rho: DepthSummary | dict[int, float], num_layers: int, fb: int) -> float:
+    """ρ_{a+1} from a ``{j: bits}`` mapping (or a summary's min-over-trials ρ); NaN if absent."""
+    rho = summary_or_rho.rho if isinstance(summary_or_rho, DepthSummary) else summary_or_rho
+    return float(rho.get(num_layers - fb + 1, math.nan))
+
+
+def frontier_table(results: dict[str, Any]) -> pd.DataFrame:
+    """One row per finished trial, smallest |f_b| first (see :data:`FRONTIER_COLUMNS`)."""
+    n = int(results["num_layers"])
+    summaries = {s.fb_layers: s for s in depth_summaries(results)}
+    target = results["config"].get("minimise", "robust_fa")
+    answer = answer_depth(reached_by_depth(list(summaries.values())), target)
+    adv_seconds = results.get("baseline", {}).get("adv_train_seconds")
+    rows = []
+    for t in sorted(trial_results(results), key=lambda t: (t.fb_layers, t.trial)):
+        s = summaries[t.fb_layers]
+        j = n - t.fb_layers + 1
+        rows.append(
+            {
+                "fb_layers": t.fb_layers,
+                "robust_layers": n - t.fb_layers,
+                "trial": t.trial,
+                "best_trial": t.trial == s.best_trial,
+                "acc_star": t.acc_star,
+                "acc_sr": s.acc_sr,
+                "acc": t.acc,
+                "diff": t.diff,
+                "reached": t.reached,
+                "epochs_run": t.epochs_run,
+                "epochs_to_reach": t.epochs_to_reach,
+                "rho_a1": t.mi_bits(j),
+                "depth_reached": s.reached,
+                "depth_diff": s.diff,
+                "depth_rho_a1_min": rho_a1(s.rho, n, t.fb_layers),
+                "depth_rho_a1_best": rho_a1(s.rho_best, n, t.fb_layers),
+                "answer": t.fb_layers == answer,
+                "train_seconds": t.train_seconds,
+                "eval_seconds": t.eval_seconds,
+                "mi_seconds": t.mi_seconds,
+                "baseline_adv_train_seconds": math.nan if adv_seconds is None else adv_seconds,
+            }
+        )
+    df = pd.DataFrame(rows, columns=list(FRONTIER_COLUMNS))
+    return df.astype({"epochs_to_reach": "Int64"})
+
+
+def frontier_figure(results: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Draw ``frontier.png`` (see the module docstring); written atomically."""
+    n = int(results["num_layers"])
+    config = results["config"]
+    k = float(config.get("k", math.nan))
+    target = config.get("minimise", "robust_fa")
+    model, dataset = labels(config)
+    df = frontier_table(results)
+    summaries = depth_summaries(results)
+    fig, ax = new_figure(figsize=(7.6, 5.4), dpi=120)
+    ax.set_title(
+        f"{model} / {dataset}: the semirobustness frontier (n = {n}, "
+        f"E = {config.get('epochs', '?')}, T = {config.get('seeds', '?')})\n"
+        "Diff on the test split; reached = within k on the validation check",
+        fontsize=9,
+    )
+    if df.empty:
+        ax.text(0.5, 0.5, "no finished trials", ha="center", va="center", transform=ax.transAxes)
+        return save_png(fig, path)
+
+    diffs = 100 * df["diff"]
+    low = min(float(diffs.min()), 0.0) - 2.0
+    high = max(float(diffs.max()), 100 * k) + 2.0
+    ax.axhspan(low - 100, 100 * k, color="tab:green", alpha=0.08, lw=0)
+    ax.axhline(100 * k, color="tab:green", ls="--", lw=1, label=f"k = {100 * k:g} points")
+    ax.axhline(0.0, color="0.6", lw=0.6)
+    trials_per_depth = df.groupby("fb_layers")["trial"].rank(method="first") - 1
+    width = max(df.groupby("fb_layers").size().max() - 1, 1)
+    jitter = 0.18 * (trials_per_depth / width - 0.5) if width > 0 else 0.0
+    x = df["fb_layers"] + jitter
+    reached = df["reached"].astype(bool)
+    ax.scatter(x[reached], diffs[reached], color="tab:blue", s=22, zorder=3, label="trial, reached")
+    ax.scatter(
+        x[~reached],
+        diffs[~reached],
+        facecolors="none",
+        edgecolors="tab:blue",
+        s=22,
+        zorder=3,
+        label="trial, missed",
+    )
+    depths = [s.fb_layers for s in summaries]
+    ax.plot(depths, [100 * s.diff for s in summaries], color="tab:blue", lw=1, alpha=0.7)
+
+    evidence = reached_by_depth(summaries)
+    for t, style in ((target, "-"), ("fb" if target == "robust_fa" else "robust_fa", ":")):
+        d = answer_depth(evidence, t)
+        if d is None:
+            continue
+        what = "smallest robust f*_a" if t == "robust_fa" else "smallest f_b"
+        ax.axvline(
+            d,
+            color="tab:red" if t == target else "0.4",
+            ls=style,
+            lw=1.6 if t == target else 1.0,
+            label=f"{what}: |f_b| = {d} (a = {n - d})",
+        )
+    ax.set_ylim(low, high)
+    ax.set_xlabel("|f_b| (layers adversarially trained)")
+    ax.set_ylabel("Diff = Acc* − Acc (points)")
+    ax.set_xticks(depths)
+    top = ax.secondary_xaxis("top", functions=(lambda v: n - v, lambda v: n - v))
+    top.set_xlabel("a = robust layers of f*_a", fontsize=8)
+    top.set_xticks([n - d for d in depths])
+    ax.grid(True, alpha=0.25)
+
+    rho = ax.twinx()
+    rho_min = [rho_a1(s.rho, n, s.fb_layers) for s in summaries]
+    rho_best = [rho_a1(s.rho_best, n, s.fb_layers) for s in summaries]
+    if any(not math.isnan(v) for v in rho_min + rho_best):
+        rho.plot(
+            depths,
+            rho_min,
+            color="tab:orange",
+            marker="s",
+            ms=4,
+            lw=1,
+            label=r"$\rho_{a+1}$, min over trials",
+        )
+        rho.plot(
+            depths,
+            rho_best,
+            color="tab:orange",
+            marker="^",
+            ms=4,
+            lw=1,
+            ls="--",
+            label=r"$\rho_{a+1}$, best trial",
+        )
+        rho.set_ylabel(r"$\rho_{a+1}$ (bits)", color="tab:orange")
+        rho.set_ylim(bottom=0)
+    handles, names = ax.get_legend_handles_labels()
+    more, more_names = rho.get_legend_handles_labels()
+    # Below the axes: inside, it would hide the points it explains.
+    ax.legend(
+        handles + more,
+        names + more_names,
+        fontsize=7,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.14),
+        ncol=3,
+        frameon=False,
+    )
+    return save_png(fig, path)

@@ -1,0 +1,248 @@
+"""Stored results of a search, read back: the runner's ``results.json`` or a Tune directory.
+
+Every file the report writes is rebuilt from what this module reads, so a search can be
+re-reported (or re-evaluated) from its storage alone.
+
+Tune experiment directory format (what the search layer must write):
+
+- ``<dir>/search_meta.json`` = ``{"config": ExperimentConfig.to_dict(), "num_layers": n,
+  "baseline": {"acc_star": ..., ...}}``;
+- one directory per trial (found recursively) holding Tune's ``result.json`` (JSON lines, one per
+  ``tune.report``). A finished trial's last report carries ``"trial_result_json"``: the JSON
+  string of ``TrialResult.to_dict()``. A trial whose last report carries ``"failure"`` instead
+  (a diverged loss) is listed under ``failed`` with that reason; any other trial without a
+  result line is listed as unfinished. Neither is used in the table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from semirobust_ray.algorithm1 import DepthSummary, TrialResult, summarise_depth
+from semirobust_ray.storage import CorruptFileError, read_json
+
+RESULTS_FILE = "results.json"
+SEARCH_META_FILE = "search_meta.json"
+TUNE_RESULT_FILE = "result.json"
+TRIAL_RESULT_KEY = "trial_result_json"
+
+_DISPLAY_NAMES = {
+    "alexnet": "AlexNet",
+    "vgg16": "VGG16",
+    "resnet50": "ResNet50",
+    "smallcnn": "SmallCNN",
+    "cifar10": "CIFAR-10",
+    "cifar100": "CIFAR-100",
+    "imagenette": "Imagenette",
+    "digits": "Digits",
+    "mnist": "MNIST",
+}
+
+
+class ReportError(ValueError):
+    """Stored results are missing or malformed; the message is one line for the user."""
+
+
+def load_results(path: str | os.PathLike) -> dict[str, Any]:
+    """Read stored results: the runner's ``results.json`` or a Ray Tune experiment directory.
+
+    ``path`` may be ``results.json`` itself, a directory holding it, or a Tune experiment
+    directory (``search_meta.json`` plus trial directories with ``result.json``). Returns the
+    results dict (``config``, ``num_layers``, ``baseline``, ``trials`` as
+    ``TrialResult.to_dict()`` dicts; a Tune directory adds ``unfinished``). Raises
+    :class:`ReportError` when the path holds neither layout or a file is unreadable.
+    """
+    p = Path(path)
+    if p.is_file() and p.name == RESULTS_FILE:
+        return _load_runner_results(p)
+    if not p.is_dir():
+        raise ReportError(f"{p} is not a directory with {RESULTS_FILE} or {SEARCH_META_FILE}")
+    # The trial directories are the primary record of a search; a results.json next to them
+    # (if the search layer ever writes one) could be stale after a resume, so Tune wins.
+    if (p / SEARCH_META_FILE).is_file():
+        return _load_tune_results(p)
+    if (p / RESULTS_FILE).is_file():
+        return _load_runner_results(p / RESULTS_FILE)
+    raise ReportError(
+        f"{p} holds neither {RESULTS_FILE} (runner output) nor {SEARCH_META_FILE} "
+        "(a Tune search directory); pass the search's experiment directory"
+    )
+
+
+def _read_json_or_fail(path: Path) -> Any:
+    try:
+        return read_json(path)
+    except CorruptFileError as err:
+        raise ReportError(str(err)) from None
+    except OSError as err:
+        raise ReportError(f"cannot read {path}: {err.strerror}") from None
+
+
+def _require_header(data: Any, source: Path) -> None:
+    if not isinstance(data, dict):
+        raise ReportError(f"{source} must hold a JSON object, got {type(data).__name__}")
+    missing = [k for k in ("config", "num_layers", "baseline") if k not in data]
+    if missing:
+        raise ReportError(f"{source} lacks key(s) {', '.join(missing)}")
+    if not isinstance(data["config"], dict) or not isinstance(data["baseline"], dict):
+        raise ReportError(f"{source}: 'config' and 'baseline' must be JSON objects")
+    if not isinstance(data["num_layers"], int) or data["num_layers"] < 1:
+        raise ReportError(f"{source}: 'num_layers' must be a positive integer")
+
+
+def _load_runner_results(path: Path) -> dict[str, Any]:
+    data = _read_json_or_fail(path)
+    _require_header(data, path)
+    trials = data.get("trials")
+    if not isinstance(trials, list):
+        raise ReportError(f"{path}: 'trials' must be a list")
+    for i, t in enumerate(trials):
+        _trial_from_dict(t, f"{path} trial #{i}")
+    return {**data, "source": str(path), "unfinished": data.get("unfinished", [])}
+
+
+def _load_tune_results(root: Path) -> dict[str, Any]:
+    meta = _read_json_or_fail(root / SEARCH_META_FILE)
+    _require_header(meta, root / SEARCH_META_FILE)
+    trials: list[dict[str, Any]] = []
+    unfinished: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    # Sorted so that the trial order (and hence every output file) is reproducible.
+    for result_file in sorted(root.rglob(TUNE_RESULT_FILE)):
+        trial_dir = result_file.parent
+        rel = str(trial_dir.relative_to(root))
+        final, last, reports = _scan_tune_result(result_file)
+        if final is None and last is not None and last.get("failure"):
+            # Ended on purpose without a result (e.g. diverged): a failed trial, with its reason.
+            failed.append(_failed_entry(rel, trial_dir, last))
+            continue
+        if final is None:
+            unfinished.append(_unfinished_entry(rel, trial_dir, last, reports))
+            continue
+        try:
+            trial = json.loads(final)
+        except (TypeError, json.JSONDecodeError):
+            raise ReportError(
+                f"{result_file}: '{TRIAL_RESULT_KEY}' is not a JSON string of a trial result"
+            ) from None
+        _trial_from_dict(trial, str(result_file))
+        trials.append({**trial, "trial_dir": rel})
+    return {
+        **meta,
+        "trials": trials,
+        "unfinished": unfinished,
+        "failed": failed,
+        "source": str(root),
+    }
+
+
+def _scan_tune_result(path: Path) -> tuple[str | None, dict[str, Any] | None, int]:
+    """(the last ``trial_result_json`` value, the last report, the number of reports).
+
+    A line cut off by a crash is skipped rather than failing the whole report: the trial it
+    belongs to simply counts as unfinished unless an earlier complete line finished it.
+    """
+    final: str | None = None
+    last: dict[str, Any] | None = None
+    reports = 0
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError as err:
+        raise ReportError(f"cannot read {path}: {err.strerror}") from None
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(row, dict):
+            continue
+        reports += 1
+        last = row
+        if row.get(TRIAL_RESULT_KEY) is not None:
+            final = row[TRIAL_RESULT_KEY]
+    return final, last, reports
+
+
+def _unfinished_entry(
+    rel: str, trial_dir: Path, last: dict[str, Any] | None, reports: int
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {"trial_dir": rel, "reports": reports}
+    params = trial_dir / "params.json"
+    if params.is_file():
+        # params are a courtesy for the reader; a broken file must not stop the report.
+        with contextlib.suppress(OSError, json.JSONDecodeError):
+            entry["params"] = json.loads(params.read_text())
+    if last is not None:
+        for key in ("epoch", "training_iteration", "fb_layers", "val_robust_acc", "gap"):
+            if key in last:
+                entry[key] = last[key]
+    return entry
+
+
+def _failed_entry(rel: str, trial_dir: Path, last: dict[str, Any]) -> dict[str, Any]:
+    entry: dict[str, Any] = {"trial_dir": rel, "failure": str(last["failure"])}
+    for key in ("fb_layers", "trial"):
+        if key in last:
+            entry[key] = last[key]
+    return entry
+
+
+_TRIAL_FIELDS = {f.name: f for f in dataclasses.fields(TrialResult)}
+_TRIAL_REQUIRED = [
+    name
+    for name, f in _TRIAL_FIELDS.items()
+    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+]
+
+
+def _trial_from_dict(d: Any, where: str) -> TrialResult:
+    if not isinstance(d, dict):
+        raise ReportError(f"{where}: a trial result must be a JSON object")
+    missing = [k for k in _TRIAL_REQUIRED if k not in d]
+    if missing:
+        raise ReportError(f"{where}: trial result lacks {', '.join(missing)}")
+    # Unknown keys (the derived "diff", "trial_dir", fields added later) are ignored.
+    return TrialResult(**{k: v for k, v in d.items() if k in _TRIAL_FIELDS})
+
+
+def trial_results(results: dict[str, Any]) -> list[TrialResult]:
+    """The results' finished trials as :class:`TrialResult` objects."""
+    return [_trial_from_dict(t, f"trial #{i}") for i, t in enumerate(results.get("trials", []))]
+
+
+def depth_summaries(results: dict[str, Any]) -> list[DepthSummary]:
+    """One :class:`DepthSummary` per split depth tried, smallest |f_b| first."""
+    by_depth: dict[int, list[TrialResult]] = {}
+    for t in trial_results(results):
+        by_depth.setdefault(int(t.fb_layers), []).append(t)
+    return [summarise_depth(by_depth[d]) for d in sorted(by_depth)]
+
+
+def candidate_depths(results: dict[str, Any]) -> list[int]:
+    """The search's candidate |f_b| values: ``split_depths``, or every depth 1..n."""
+    depths = results["config"].get("split_depths") or range(1, int(results["num_layers"]) + 1)
+    return sorted(int(d) for d in depths)
+
+
+def display_name(name: Any) -> str:
+    return _DISPLAY_NAMES.get(str(name).lower(), str(name))
+
+
+def labels(config: dict[str, Any]) -> tuple[str, str]:
+    """(model, dataset) as a reader knows them: a narrowed model shows its width, a file-based
+    dataset (npz, imagefolder) its file or directory name."""
+    model = display_name(config.get("model", "?"))
+    width = config.get("width", 1.0)
+    if width not in (None, 1, 1.0):
+        model += f" (width {width:g})"
+    dataset = display_name(config.get("dataset", "?"))
+    if config.get("dataset") in ("npz", "imagefolder") and config.get("data_path"):
+        dataset = Path(str(config["data_path"])).stem or dataset
+    return model, dataset
