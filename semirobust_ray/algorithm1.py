@@ -184,6 +184,7 @@ def run_trial(
             attack=attack,
             method=c.train_method,
             bf16=c.precision == "bf16",
+            augment=c.augment_enabled,
             batch_size=c.batch_size,
             device=exp.device,
         )

@@ -13,12 +13,14 @@ same images.
 
 Adding a dataset is one decorated function::
 
-    @register_dataset("mydata")
+    @register_dataset("mydata")  # augment=False if a flipped or shifted image changes its class
     def _load_mydata(opts: LoadOptions) -> RawDataset:
         ...
 
 Loaders only return the raw train pool and test set; :func:`load_dataset` does the splitting,
-subsetting and resizing the same way for every dataset.
+subsetting and resizing the same way for every dataset. Training batches are augmented with
+:func:`augment_batch` (random crop with zero padding, horizontal flip) unless the dataset was
+registered with ``augment=False`` or the config's ``augment`` key says otherwise.
 """
 
 from __future__ import annotations
@@ -36,11 +38,14 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "AUGMENT_PADDING",
     "DATASETS",
+    "DATASET_AUGMENT",
     "DataSplits",
     "DatasetError",
     "LoadOptions",
     "RawDataset",
+    "augment_batch",
     "default_data_root",
     "load_dataset",
     "register_dataset",
@@ -136,14 +141,29 @@ Loader = Callable[[LoadOptions], RawDataset]
 #: Registry of dataset loaders by name; fill it with :func:`register_dataset`.
 DATASETS: dict[str, Loader] = {}
 
+#: Whether training augments each registered dataset when the config's ``augment`` is null.
+DATASET_AUGMENT: dict[str, bool] = {}
 
-def register_dataset(name: str) -> Callable[[Loader], Loader]:
-    """Decorator that registers a loader ``fn(opts: LoadOptions) -> RawDataset`` under ``name``."""
+#: Zero pixels added on each side before the random crop (torchvision's ``RandomCrop(32,
+#: padding=4)``, the CIFAR adversarial-training recipe and the authors' code).
+AUGMENT_PADDING = 4
+
+
+def register_dataset(name: str, *, augment: bool = True) -> Callable[[Loader], Loader]:
+    """Decorator that registers a loader ``fn(opts: LoadOptions) -> RawDataset`` under ``name``.
+
+    ``augment`` is the dataset's default for the config key of the same name: whether training
+    batches get a random crop and horizontal flip (:func:`augment_batch`). Keep it True for
+    natural images; set it False where a flipped or shifted image is another class (digits).
+    """
+    if not isinstance(augment, bool):
+        raise TypeError(f"augment must be True or False, got {augment!r}")
 
     def decorator(fn: Loader) -> Loader:
         if name in DATASETS:
             raise ValueError(f"dataset {name!r} is already registered")
         DATASETS[name] = fn
+        DATASET_AUGMENT[name] = augment
         return fn
 
     return decorator
@@ -152,6 +172,41 @@ def register_dataset(name: str) -> Callable[[Loader], Loader]:
 def to_unit(x: torch.Tensor) -> torch.Tensor:
     """Convert uint8 pixels (0..255) to float32 in [0, 1]."""
     return x.float() / 255.0
+
+
+def augment_batch(
+    x: torch.Tensor, generator: torch.Generator, *, padding: int = AUGMENT_PADDING
+) -> torch.Tensor:
+    """Random crop with zero padding and random horizontal flip of every image of a batch.
+
+    The batched equivalent of torchvision's ``RandomCrop(H, padding=padding)`` followed by
+    ``RandomHorizontalFlip()``: each image of the N×C×H×W batch ``x`` is padded with ``padding``
+    zero pixels on every side, cropped back to H×W at a random offset in [0, 2·padding] per axis
+    (a shift of at most ``padding`` pixels, zero-filled), and mirrored left-right with
+    probability 1/2. It works on any dtype (uint8 pixels or [0, 1] floats; zero is black in
+    both) and on any device; the result has ``x``'s shape, dtype and device, and every value
+    in it is one of ``x``'s pixels or zero.
+
+    The offsets and flips (3 numbers per image) are drawn on the CPU from ``generator``, so the
+    same generator state always gives the same batch, whatever the device.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"augment_batch expects an N×C×H×W batch, got shape {tuple(x.shape)}")
+    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+        raise ValueError(f"padding must be a non-negative integer, got {padding!r}")
+    n, c, h, w = x.shape
+    shifts = torch.randint(0, 2 * padding + 1, (2, n), generator=generator)
+    flips = torch.rand(n, generator=generator) < 0.5
+    rows = shifts[0, :, None] + torch.arange(h)
+    cols = shifts[1, :, None] + torch.arange(w)
+    # Mirroring the crop is reading its columns backwards, so crop and flip are one gather.
+    cols = torch.where(flips[:, None], cols.flip(1), cols)
+    width = w + 2 * padding
+    flat = (rows[:, :, None] * width + cols[:, None, :]).reshape(n, 1, h * w)
+    flat = flat.to(x.device, non_blocking=True).expand(n, c, h * w)
+    padded = F.pad(x, (padding, padding, padding, padding))
+    # A gather on the flattened image was 3-5x faster than 4-D advanced indexing on a CPU.
+    return padded.reshape(n, c, -1).gather(2, flat).reshape(n, c, h, w)
 
 
 def default_data_root() -> Path:
@@ -354,7 +409,7 @@ def _read_image(path: str | Path, size: int, channels: int) -> np.ndarray:
 # --------------------------------------------------------------------------- digits
 
 
-@register_dataset("digits")
+@register_dataset("digits", augment=False)  # a flipped digit is another digit
 def _load_digits(opts: LoadOptions) -> RawDataset:
     """scikit-learn's bundled 8×8 handwritten digits (1797 images, offline)."""
     from sklearn.datasets import load_digits

@@ -74,6 +74,9 @@ def test_changed_settings_miss_the_cache(digits):
     assert baseline_key(other) != first.key
     # trial-only settings keep the same baseline
     assert baseline_key(prepare(exp.config.replace(k=0.2, epochs=7, seeds=3))) == first.key
+    # augmentation trains another baseline; spelling out digits' default (off) does not
+    assert baseline_key(prepare(exp.config.replace(augment=True))) != first.key
+    assert baseline_key(prepare(exp.config.replace(augment=False))) == first.key
 
 
 def test_stop_attack_measures_acc_star_val_and_eval_attack_acc_star(digits):
@@ -152,8 +155,9 @@ def test_k_stop_ends_trial_as_soon_as_within_k(digits):
 
 
 def test_trial_resumed_from_checkpoint_matches_uninterrupted(digits):
+    """With augmentation on, so the checkpointed data generator must also replay the crops."""
     exp, baseline = digits
-    exp = prepare(exp.config.replace(k=0.0, epochs=2))
+    exp = prepare(exp.config.replace(k=0.0, epochs=2, augment=True))
     full = run_trial(exp, baseline, 6, 0, log=quiet)
     saved: list[dict] = []
 
@@ -174,6 +178,8 @@ def test_trial_resumed_from_checkpoint_matches_uninterrupted(digits):
 
     assert numbers(resumed.history) == numbers(full.history)
     assert resumed.acc == full.acc and resumed.acc_sr == full.acc_sr
+    plain = run_trial(prepare(exp.config.replace(augment=False)), baseline, 6, 0, log=quiet)
+    assert numbers(plain.history) != numbers(full.history)  # augmentation did take part
 
 
 def test_same_seed_same_numbers(digits):
@@ -240,6 +246,7 @@ def test_cifar10_subset_trial_runs_on_real_images(tmp_path):
         )
     )
     assert exp.data.image_size == 32 and exp.data.num_classes == 10
+    assert exp.config.augment_enabled  # natural images: trained with crops and flips
     baseline = get_baseline(exp, log=quiet)
     result = run_trial(exp, baseline, 2, 0, log=quiet)
     assert 0.0 <= result.acc <= 1.0 and result.epochs_run == 1
