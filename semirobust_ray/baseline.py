@@ -24,7 +24,8 @@ from semirobust_ray.storage import CorruptFileError, load_state, read_json, save
 from semirobust_ray.training import evaluate, make_optimizer, seed_everything, train_epoch
 
 #: Bump when a change to training or evaluation makes cached baselines stale.
-CACHE_VERSION = 1
+#: 2: ``eval_samples`` picks a class-stratified subset instead of the first images.
+CACHE_VERSION = 2
 
 #: Config fields that determine the baseline; anything else (split depths, k, E, T, search,
 #: resources) leaves it unchanged.

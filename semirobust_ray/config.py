@@ -67,7 +67,7 @@ class ExperimentConfig:
     steps: int = 10
     eval_attack: str | None = None  # None: the training attack
     stop_attack: str | None = None  # per-epoch k-stop check on val; None: eval_attack
-    eval_samples: int | None = None  # cap on val/test images attacked per evaluation
+    eval_samples: int | None = None  # val/test images attacked per evaluation (stratified)
     eval_batch_size: int | None = None  # images per attack call when evaluating; None: batch_size
     # Algorithm 1
     split_depths: tuple[int, ...] | None = None  # candidate |f_b|; None: every depth 1..n

@@ -45,10 +45,12 @@ __all__ = [
     "DatasetError",
     "LoadOptions",
     "RawDataset",
+    "TEST_SEED",
     "augment_batch",
     "default_data_root",
     "load_dataset",
     "register_dataset",
+    "stratified_subset",
     "to_unit",
 ]
 
@@ -62,8 +64,9 @@ DIGITS_TEST_FRACTION = 0.2
 DEFAULT_IMAGENETTE_SIZE = 160
 DEFAULT_IMAGEFOLDER_SIZE = 64
 
-#: Seed of the test-split / test-subset selection; fixed so every run seed sees the same test set.
-_TEST_SEED = 0
+#: Seed of every test-split / test-subset selection (``max_test``, the ``eval_samples`` subset);
+#: fixed so every run seed is scored on the same test images.
+TEST_SEED = 0
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 
@@ -284,7 +287,7 @@ def load_dataset(
 
     x_test, y_test = raw.x_test, raw.y_test
     if max_test is not None and max_test < len(y_test):
-        test_gen = torch.Generator().manual_seed(_TEST_SEED)
+        test_gen = torch.Generator().manual_seed(TEST_SEED)
         keep, _ = _stratified_split(y_test, len(y_test) - max_test, test_gen)
         x_test, y_test = x_test[keep], y_test[keep]
 
@@ -304,6 +307,23 @@ def load_dataset(
     if image_size is not None and splits.image_size != image_size:
         splits = _resize_splits(splits, int(image_size))
     return splits
+
+
+def stratified_subset(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """Sorted indices of a seeded, class-stratified subset of ``n`` of the labels ``y``.
+
+    Each class contributes in proportion to its share of ``y`` (largest-remainder rounding), so
+    a subset of a class-sorted split still covers every class: 30 of 10 balanced classes is 3 of
+    each, never the first 30 images. The same ``(y, n, seed)`` always gives the same indices;
+    pass :data:`TEST_SEED` for test images so every run seed is scored on the same ones. ``n``
+    at or above ``len(y)`` gives every index. Index the images and labels with the result.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise DatasetError(f"subset size must be a non-negative integer, got {n!r}")
+    if y.ndim != 1:
+        raise DatasetError(f"labels must be 1-D, got shape {tuple(y.shape)}")
+    _, subset = _stratified_split(y, n, torch.Generator().manual_seed(int(seed)))
+    return subset
 
 
 # --------------------------------------------------------------------------- helpers
@@ -419,7 +439,7 @@ def _load_digits(opts: LoadOptions) -> RawDataset:
     x = np.rint(bunch.images.astype(np.float64) * (255.0 / 16.0)).astype(np.uint8)
     x_all = torch.from_numpy(x).unsqueeze(1)
     y_all = torch.from_numpy(bunch.target.astype(np.int64))
-    gen = torch.Generator().manual_seed(_TEST_SEED)
+    gen = torch.Generator().manual_seed(TEST_SEED)
     train_idx, test_idx = _stratified_split(y_all, round(DIGITS_TEST_FRACTION * len(y_all)), gen)
     return RawDataset(
         x_train=x_all[train_idx],

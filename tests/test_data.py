@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from semirobust_ray.data import DATASETS, DatasetError, DataSplits, load_dataset, to_unit
+from semirobust_ray.data import (
+    DATASETS,
+    TEST_SEED,
+    DatasetError,
+    DataSplits,
+    load_dataset,
+    stratified_subset,
+    to_unit,
+)
 
 CIFAR_SUBSET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10_subset.npz"
 
@@ -305,3 +313,57 @@ def test_imagefolder_bad_layout(tmp_path: Path) -> None:
     (tmp_path / "c" / "test" / "cat").mkdir(parents=True)
     with pytest.raises(DatasetError, match="contains no images"):
         load_dataset("imagefolder", root=str(tmp_path / "c"))
+
+
+# --------------------------------------------------------------------------- evaluation subsets
+
+
+def test_stratified_subset_is_seeded_sorted_and_proportional(digits: DataSplits) -> None:
+    y = digits.y_test
+    a = stratified_subset(y, 50, seed=3)
+    assert torch.equal(a, stratified_subset(y, 50, seed=3))
+    assert not torch.equal(a, stratified_subset(y, 50, seed=4))
+    assert len(a) == 50 and torch.equal(a, torch.sort(a).values) and len(a.unique()) == 50
+    assert y[a].bincount(minlength=10).tolist() == [5] * 10  # digits' test split is balanced
+    assert torch.equal(stratified_subset(y, len(y) + 5, seed=0), torch.arange(len(y)))
+    with pytest.raises(DatasetError, match=r"subset size must be a non-negative integer, got -1"):
+        stratified_subset(y, -1, seed=0)
+
+
+def _class_sorted_npz(path: Path, per_class: int = 10) -> str:
+    """Digits with a test split sorted by class, the way torchvision's Imagenette comes."""
+    d = load_dataset("digits", val_fraction=0.0)
+    keep = torch.cat([torch.nonzero(d.y_test == c).flatten()[:per_class] for c in range(10)])
+    return _write_npz(
+        path,
+        x_train=d.x_train.numpy(),
+        y_train=d.y_train.numpy(),
+        x_test=d.x_test[keep].numpy(),
+        y_test=d.y_test[keep].numpy(),
+    )
+
+
+def test_eval_samples_is_a_class_stratified_test_subset_shared_by_all_seeds(
+    tmp_path: Path,
+) -> None:
+    from semirobust_ray.config import ExperimentConfig
+    from semirobust_ray.experiment import prepare
+
+    values = {"dataset": "npz", "data_path": _class_sorted_npz(tmp_path / "sorted.npz")}
+    exp = prepare(ExperimentConfig.from_dict({**values, "eval_samples": 30}))
+    y_all = exp.data.y_test
+    assert y_all.tolist() == sorted(y_all.tolist())  # the first 30 would be classes 0, 1, 2
+    x, y = exp.eval_split("test")
+    assert y.bincount(minlength=10).tolist() == [3] * 10
+    idx = stratified_subset(y_all, 30, TEST_SEED)  # images and labels stay paired
+    assert torch.equal(x, exp.data.x_test[idx]) and torch.equal(y, y_all[idx])
+    assert exp.eval_split("test")[0] is x  # computed once, reused by the baseline and trials
+    for seed in (1, 7):
+        other = prepare(ExperimentConfig.from_dict({**values, "eval_samples": 30, "seed": seed}))
+        assert torch.equal(other.eval_split("test")[0], x)  # every seed: the same test images
+    x_val, y_val = exp.eval_split("val")
+    assert len(y_val) == 30 and set(y_val.tolist()) == set(range(10))
+    assert torch.equal(x_val, prepare(exp.config).eval_split("val")[0])  # seeded
+    whole = prepare(ExperimentConfig.from_dict({**values, "eval_samples": 1000}))
+    x_cap, y_cap = whole.eval_split("test")
+    assert torch.equal(x_cap, whole.data.x_test) and torch.equal(y_cap, whole.data.y_test)
