@@ -237,9 +237,10 @@ def load_dataset(
     Args:
         name: a key of :data:`DATASETS` (``digits``, ``npz``, ``cifar10``, ``cifar100``,
             ``imagenette``, ``imagefolder``).
-        root: directory of downloaded datasets (torchvision ones) or the image-folder tree;
+        root: directory of the torchvision datasets (``cifar10``, ``cifar100``, ``imagenette``);
             defaults to :func:`default_data_root`.
-        path: the ``.npz`` file for ``npz``.
+        path: the ``.npz`` file for ``npz``, the image-folder root for ``imagefolder`` (the
+            config's ``data_path``).
         val_fraction: share of the training pool held out, stratified by class, as validation
             split; in [0, 1).
         seed: seeds the validation split and the ``max_train`` subset; the same seed always gives
@@ -684,13 +685,17 @@ def _load_imagenette(opts: LoadOptions) -> RawDataset:
 def _load_imagefolder(opts: LoadOptions) -> RawDataset:
     """A tree ``root/train/<class>/*.png`` and ``root/test/<class>/*`` (``val/`` also accepted).
 
-    Images are converted to RGB and resized to ``image_size`` (default 64). Class indices follow
-    the sorted class-folder names of ``train``; ``test`` may only use those classes.
+    ``root`` is ``path`` (the config's ``data_path``), like the ``npz`` file: a user's own data,
+    not a torchvision download under ``data_root``. Images are converted to RGB and resized to
+    ``image_size`` (default 64). Class indices follow the sorted class-folder names of
+    ``train``; ``test`` may only use those classes.
     """
     from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
-    root = opts.root
     layout = "expected root/train/<class>/<image> and root/test/<class>/<image>"
+    if not opts.path:
+        raise DatasetError(f"dataset 'imagefolder' needs path: the image-folder root; {layout}")
+    root = Path(opts.path).expanduser()
     train_dir = root / "train"
     test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
     if not root.is_dir():

@@ -293,7 +293,7 @@ def _write_tree(root: Path, splits: dict[str, dict[str, int]]) -> None:
 
 def test_imagefolder_tree(tmp_path: Path) -> None:
     _write_tree(tmp_path, {"train": {"cat": 6, "dog": 4}, "test": {"cat": 2, "dog": 3}})
-    d = load_dataset("imagefolder", root=str(tmp_path), image_size=10, val_fraction=0.2)
+    d = load_dataset("imagefolder", path=str(tmp_path), image_size=10, val_fraction=0.2)
     assert d.num_classes == 2 and d.class_names == ("cat", "dog")
     assert d.x_train.shape[1:] == (3, 10, 10) and d.x_train.dtype == torch.uint8
     assert len(d.y_train) + len(d.y_val) == 10 and len(d.y_val) == 2 and len(d.y_test) == 5
@@ -302,17 +302,48 @@ def test_imagefolder_tree(tmp_path: Path) -> None:
 
 def test_imagefolder_bad_layout(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="does not exist"):
-        load_dataset("imagefolder", root=str(tmp_path / "absent"))
+        load_dataset("imagefolder", path=str(tmp_path / "absent"))
     _write_tree(tmp_path / "a", {"train": {"cat": 1}})
     with pytest.raises(DatasetError, match="no test"):
-        load_dataset("imagefolder", root=str(tmp_path / "a"))
+        load_dataset("imagefolder", path=str(tmp_path / "a"))
     _write_tree(tmp_path / "b", {"train": {"cat": 1}, "test": {"bird": 1}})
     with pytest.raises(DatasetError, match="not present"):
-        load_dataset("imagefolder", root=str(tmp_path / "b"))
+        load_dataset("imagefolder", path=str(tmp_path / "b"))
     (tmp_path / "c" / "train" / "cat").mkdir(parents=True)
     (tmp_path / "c" / "test" / "cat").mkdir(parents=True)
     with pytest.raises(DatasetError, match="contains no images"):
-        load_dataset("imagefolder", root=str(tmp_path / "c"))
+        load_dataset("imagefolder", path=str(tmp_path / "c"))
+    with pytest.raises(DatasetError, match="'imagefolder' needs path"):
+        load_dataset("imagefolder", root=str(tmp_path / "b"))  # data_root is for torchvision
+
+
+def test_imagefolder_config_reads_data_path(tmp_path: Path) -> None:
+    """The user's route: data_path in the config, through prepare(), with data_root elsewhere."""
+    from semirobust_ray.config import ExperimentConfig
+    from semirobust_ray.experiment import prepare
+
+    root = tmp_path / "pets"
+    classes = {"bird": 3, "cat": 4, "dog": 5}
+    _write_tree(root, {"train": classes, "test": {"bird": 1, "cat": 2, "dog": 2}})
+    values = {
+        "dataset": "imagefolder",
+        "data_path": str(root),
+        "data_root": str(tmp_path / "torchvision"),  # must not be where the images are read
+        "image_size": 8,
+        "val_fraction": 0.25,
+    }
+    exp = prepare(ExperimentConfig.from_dict(values))
+    d = exp.data
+    assert d.num_classes == 3 and d.class_names == ("bird", "cat", "dog")
+    assert d.x_train.shape[1:] == (3, 8, 8) and exp.config.augment_enabled
+    assert len(d.y_train) + len(d.y_val) == 12 and len(d.y_val) == 3
+    assert (d.y_train.bincount() + d.y_val.bincount()).tolist() == [3, 4, 5]
+    assert sorted(d.y_test.tolist()) == [0, 1, 1, 2, 2]
+    missing = tmp_path / "no_such_dir"
+    with pytest.raises(DatasetError) as err:
+        prepare(ExperimentConfig.from_dict({**values, "data_path": str(missing)}))
+    msg = str(err.value)
+    assert f"image folder {missing} does not exist" in msg and "\n" not in msg
 
 
 # --------------------------------------------------------------------------- evaluation subsets
