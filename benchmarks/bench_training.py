@@ -15,13 +15,19 @@ survive a noisy machine):
   fp32 implementation could reach against it on this machine.
 * the same with bf16 autocast / channels_last (options of train_epoch), and a breakdown of
   where the naive loop loses time.
+* ``augment_overhead``: median f_b PGD-10 epoch time with training-time augmentation (random
+  crop with 4-pixel zero padding + horizontal flip, ``train_epoch(augment=True)``) over the
+  same epoch without it, minus 1, the two interleaved; ``augment_call_fraction``: the time of
+  the epoch's :func:`semirobust_ray.data.augment_batch` calls alone over the plain epoch's
+  (target for both: at most 0.03). ``--no-augment`` skips them, ``--no-speed --no-search``
+  runs only them.
 * ``--search`` (on in full mode): Algorithm 1 with each trial training method (standard PGD-10,
   fast, free, and standard under bf16) on the shared CIFAR-10 subset (smallcnn): minimal split,
   Acc per depth and compute. About 75 min on 2 CPU cores with ``--threads 2``.
 
 Usage:
     python benchmarks/bench_training.py [--quick] [--search | --no-search] [--no-speed]
-        [--threads N] [--cache-dir DIR] [--json FILE]
+        [--no-augment] [--threads N] [--cache-dir DIR] [--json FILE]
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from semirobust_ray.attacks import create_attack  # noqa: E402
-from semirobust_ray.data import load_dataset, to_unit  # noqa: E402
+from semirobust_ray.data import augment_batch, load_dataset, to_unit  # noqa: E402
 from semirobust_ray.models import create_model, split  # noqa: E402
 from semirobust_ray.training import make_optimizer, train_epoch  # noqa: E402
 
@@ -168,11 +174,16 @@ def _timed(fn: Callable[[], None]) -> float:
     return time.perf_counter() - t0
 
 
+def _cifar_images(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` uint8 training images and labels of the shared CIFAR-10 subset."""
+    data = load_dataset("npz", path=str(CIFAR), max_train=n + n // 9 + 10, val_fraction=0.1)
+    return data.x_train[:n], data.y_train[:n]
+
+
 def bench_epochs(batch_size: int, n_batches: int, repeats: int, fb_layers: int) -> dict:
     """Interleaved epochs of every variant; medians of ``repeats`` timings each."""
     n = batch_size * n_batches
-    data = load_dataset("npz", path=str(CIFAR), max_train=n + n // 9 + 10, val_fraction=0.1)
-    x, y = data.x_train[:n], data.y_train[:n]
+    x, y = _cifar_images(n)
     torch.manual_seed(0)
     base = create_model("vgg16", 10, 32)
 
@@ -224,6 +235,62 @@ def bench_epochs(batch_size: int, n_batches: int, repeats: int, fb_layers: int) 
         "at_naive_over_limit": med["naive"] / med["limit"],
         "at_speedup_vs_naive_bf16": med["naive"] / med["ours_bf16"],
         "at_ratio_to_limit_bf16": med["ours_bf16"] / med["limit_bf16"],
+    }
+
+
+def bench_augment(batch_size: int, n_batches: int, repeats: int, fb_layers: int) -> dict:
+    """What training-time augmentation costs an f_b PGD-10 epoch (VGG16-BN, CIFAR-10 images).
+
+    Two epochs that differ only in ``augment`` run interleaved ``repeats`` times each (each on
+    its own copy of the split model, so neither inherits the other's optimizer state); then the
+    epoch's augmentation calls alone (the same batch sizes, a generator like the epoch's) are
+    timed many times, since one call is a few milliseconds against seconds of attack.
+    """
+    n = batch_size * n_batches
+    x, y = _cifar_images(n)
+    torch.manual_seed(0)
+    base = create_model("vgg16", 10, 32)
+    runs: dict[str, tuple[nn.Module, torch.optim.Optimizer, bool]] = {}
+    for name, augment in (("pgd", False), ("pgd_augment", True)):
+        s = split(copy.deepcopy(base), fb_layers)
+        runs[name] = (s.model, make_optimizer(s.fb_parameters(), 0.01, 0.9, 5e-4), augment)
+
+    def epoch(name: str, r: int) -> None:
+        model, opt, augment = runs[name]
+        ours_epoch(model, opt, x, y, batch_size, r, augment=augment)
+
+    for name in runs:  # warm-up
+        epoch(name, 0)
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for r in range(repeats):
+        # Alternate which variant goes first, so a slow spell of the shared CPU hits both.
+        for name in runs if r % 2 == 0 else reversed(list(runs)):
+            times[name].append(_timed(lambda name=name, r=r: epoch(name, r + 1)))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    low = {k: min(v) for k, v in times.items()}
+
+    def augment_calls(r: int) -> None:
+        g = torch.Generator().manual_seed(r)
+        for start in range(0, n, batch_size):
+            augment_batch(x[start : start + batch_size], g)
+
+    augment_calls(0)
+    call_reps = 50
+    call_times = [_timed(lambda r=r: augment_calls(r)) for r in range(call_reps)]
+    call_s = statistics.median(call_times)
+    return {
+        "examples": n,
+        "batch_size": batch_size,
+        "fb_layers": fb_layers,
+        "repeats": repeats,
+        "seconds_median": med,
+        "seconds_min": low,
+        "seconds_all": times,
+        "augment_calls_seconds_per_epoch_median": call_s,
+        "augment_calls_repeats": call_reps,
+        "augment_overhead": med["pgd_augment"] / med["pgd"] - 1,
+        "augment_overhead_min": low["pgd_augment"] / low["pgd"] - 1,
+        "augment_call_fraction": call_s / med["pgd"],
     }
 
 
@@ -368,19 +435,23 @@ SPEED_FIGURES = (
 )
 
 
+AUGMENT_FIGURES = ("augment_overhead", "augment_call_fraction")
+
+
 def run(
     quick: bool = False,
     search: bool | None = None,
     threads: int = 1,
     cache_dir: str | None = None,
     speed: bool = True,
+    augment: bool = True,
 ) -> dict:
     """All training figures; ``search`` defaults to on in full mode, off in quick mode.
 
     One intra-op thread by default: on a machine whose cores other jobs also use, OpenMP
     barriers across two threads turn any preemption into a stall (we saw the same op take 3x
     longer), while one thread degrades gracefully. Ratios are what this benchmark reports.
-    ``speed=False`` skips the epoch-speed figures (only the trial-method search).
+    ``speed=False`` skips the epoch-speed figures, ``augment=False`` the augmentation-cost ones.
     """
     torch.set_num_threads(threads)
     if search is None:
@@ -401,6 +472,12 @@ def run(
         for key in SPEED_FIGURES:
             results[key] = epochs[key]
         results["parts_seconds"] = bench_parts(batch_size, repeats, FB_LAYERS)
+    if augment:
+        # More repeats than the speed figures: the effect sought is a few percent.
+        aug = bench_augment(batch_size, n_batches, repeats + 2, FB_LAYERS)
+        results["augment"] = aug
+        for key in AUGMENT_FIGURES:
+            results[key] = aug[key]
     if search:
         results["search"] = bench_search(quick, cache_dir)
     return results
@@ -409,6 +486,18 @@ def run(
 def report(results: dict) -> None:
     if "epochs" in results:
         report_speed(results)
+    if "augment" in results:
+        a = results["augment"]
+        print(
+            f"\n# augmentation (crop, 4-px zero padding + flip), f_b PGD-10 epoch, VGG16-BN "
+            f"32x32, |f_b| = {a['fb_layers']}, {a['examples']} images, batch {a['batch_size']} "
+            f"(median of {a['repeats']}, {results['threads']} thread(s))"
+        )
+        for k, v in a["seconds_median"].items():
+            print(f"{k:>20}: {v:7.2f} s (min {a['seconds_min'][k]:.2f} s)")
+        print(f"augment calls alone: {a['augment_calls_seconds_per_epoch_median'] * 1e3:.2f} ms")
+        for k in (*AUGMENT_FIGURES, "augment_overhead_min"):
+            print(f"{k}: {a[k]:+.3%}")
     if "search" in results:
         s = results["search"]
         print(f"\n# Algorithm 1 by trial training arm ({s['scale']})")
@@ -453,6 +542,12 @@ def main() -> None:
         action="store_false",
         help="skip the epoch-speed figures (run only the trial-method search)",
     )
+    ap.add_argument(
+        "--no-augment",
+        dest="augment",
+        action="store_false",
+        help="skip the augmentation-cost figures (augment_overhead, augment_call_fraction)",
+    )
     ap.add_argument("--json", type=Path, help="write all results to this file")
     args = ap.parse_args()
     results = run(
@@ -461,6 +556,7 @@ def main() -> None:
         threads=args.threads,
         cache_dir=args.cache_dir,
         speed=args.speed,
+        augment=args.augment,
     )
     report(results)
     if args.json:

@@ -29,6 +29,8 @@ HEADLINE = (
     "at_naive_over_limit",
     "at_speedup_vs_naive_bf16",
     "at_ratio_to_limit_bf16",
+    "augment_overhead",
+    "augment_call_fraction",
     "edge_speedup_vs_thirdparty",
     "mi_vgg16_peak_gb",
     "search_epoch_ratio",

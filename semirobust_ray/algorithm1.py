@@ -34,6 +34,7 @@ import torch
 
 from semirobust_ray.answer import answer_depth
 from semirobust_ray.baseline import Baseline
+from semirobust_ray.data import TEST_SEED, stratified_subset
 from semirobust_ray.experiment import Experiment
 from semirobust_ray.models import Split, split, trainable_layers
 from semirobust_ray.training import (
@@ -339,6 +340,7 @@ def _train_fb(
             attack=exp.train_attack(model, epoch_seed),
             method=c.train_method,
             bf16=c.precision == "bf16",
+            augment=c.augment_enabled,
             batch_size=c.batch_size,
             device=exp.device,
         )
@@ -446,7 +448,10 @@ def trial_mi(
     layers = trainable_layers(s.model)
     first = max(a - 1, 0)
     if c.mi_samples is not None:
-        x_adv, y = x_adv[: c.mi_samples], y[: c.mi_samples]
+        # A seeded, class-stratified subset, as for eval_samples: the first images of a
+        # class-sorted test set would leave whole classes out of I_j = sum_y pi(y) I(.|y).
+        keep = stratified_subset(y, c.mi_samples, TEST_SEED)
+        x_adv, y = x_adv[keep], y[keep]
     pairs = layer_mi(
         s.model,
         layers[first:],

@@ -39,6 +39,7 @@ BASELINE_FIELDS = (
     "val_fraction",
     "max_train",
     "max_test",
+    "augment",
     "attack",
     "eps",
     "alpha",
@@ -108,6 +109,8 @@ def baseline_key(exp: Experiment) -> str:
     c = exp.config.to_dict()
     fields = {name: c[name] for name in BASELINE_FIELDS}
     fields.update(
+        # Resolved, so null and the dataset's default spelled out share one baseline.
+        augment=exp.config.augment_enabled,
         eval_attack=exp.config.eval_attack_name,
         stop_attack=exp.config.stop_attack_name,
         data=exp.data_fingerprint,
@@ -168,7 +171,12 @@ def train_baseline(exp: Experiment, *, key: str, path: Path, log: Log = print) -
     model = exp.build_model()
     opt = make_optimizer(list(model.parameters()), c.lr, c.momentum, c.weight_decay)
     kw = {"batch_size": c.eval_batch, "device": exp.device}
-    train_kw = {"batch_size": c.batch_size, "device": exp.device, "bf16": c.precision == "bf16"}
+    train_kw = {
+        "batch_size": c.batch_size,
+        "device": exp.device,
+        "bf16": c.precision == "bf16",
+        "augment": c.augment_enabled,
+    }
     d = exp.data
     t0 = time.perf_counter()
     for epoch in range(1, c.baseline_epochs + 1):

@@ -61,6 +61,7 @@ class ExperimentConfig:
     val_fraction: float = 0.1
     max_train: int | None = None
     max_test: int | None = None
+    augment: bool | None = None  # random crop + flip in training; None: the dataset's default
     # the threat model: training attack and the attack Acc*, Acc_sr, Acc are measured with
     attack: str = "pgd"
     eps: float = 8 / 255
@@ -68,7 +69,7 @@ class ExperimentConfig:
     steps: int = 10
     eval_attack: str | None = None  # None: the training attack
     stop_attack: str | None = None  # per-epoch k-stop check on val; None: eval_attack
-    eval_samples: int | None = None  # cap on val/test images attacked per evaluation
+    eval_samples: int | None = None  # val/test images attacked per evaluation (stratified)
     eval_batch_size: int | None = None  # images per attack call when evaluating; None: batch_size
     # Algorithm 1
     # What the search minimises: "robust_fa", the smallest robust f*_a (the largest |f_b| that
@@ -143,6 +144,17 @@ class ExperimentConfig:
     def replace(self, **changes: Any) -> ExperimentConfig:
         """A validated copy with ``changes`` applied."""
         return ExperimentConfig.from_dict({**self.to_dict(), **changes})
+
+    @property
+    def augment_enabled(self) -> bool:
+        """Whether training batches get a random crop (4-pixel zero padding) and horizontal flip:
+        ``augment`` when set, else the dataset's registered default (on for natural images,
+        off for ``digits``, where a flipped digit is another digit)."""
+        if self.augment is not None:
+            return self.augment
+        from semirobust_ray.data import DATASET_AUGMENT
+
+        return DATASET_AUGMENT[self.dataset]
 
     @property
     def eval_attack_name(self) -> str:
@@ -262,6 +274,10 @@ def _validate(c: ExperimentConfig) -> None:
     for name in ("download", "mi"):
         if not isinstance(getattr(c, name), bool):
             raise ConfigError(f"{name}: expected true or false, got {getattr(c, name)!r}")
+    if c.augment is not None and not isinstance(c.augment, bool):
+        raise ConfigError(
+            f"augment: expected true, false or null (the dataset's default), got {c.augment!r}"
+        )
     for name in ("data_path", "data_root"):
         value = getattr(c, name)
         if value is not None and not isinstance(value, str):

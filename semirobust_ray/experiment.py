@@ -7,16 +7,19 @@ any training starts.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import torch
 
 from semirobust_ray.attacks import create_attack
 from semirobust_ray.config import ConfigError, ExperimentConfig
-from semirobust_ray.data import DataSplits, load_dataset
+from semirobust_ray.data import TEST_SEED, DataSplits, load_dataset, stratified_subset
 from semirobust_ray.models import ImageClassifier, create_model, trainable_layers
 from semirobust_ray.training import AttackFn, resolve_device
+
+#: Splits :meth:`Experiment.eval_split` serves.
+_EVAL_SPLITS = ("val", "test")
 
 
 @dataclass
@@ -27,6 +30,9 @@ class Experiment:
     data: DataSplits
     device: torch.device
     num_layers: int
+    _eval_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     @property
     def split_depths(self) -> list[int]:
@@ -73,10 +79,26 @@ class Experiment:
         )
 
     def eval_split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """The ``val`` or ``test`` images (capped at ``eval_samples``) robust accuracy uses."""
-        x, y = getattr(self.data, f"x_{split}"), getattr(self.data, f"y_{split}")
-        cap = self.config.eval_samples
-        return (x[:cap], y[:cap]) if cap is not None else (x, y)
+        """The ``val`` or ``test`` images and labels robust accuracy is measured on.
+
+        With ``eval_samples`` set, a seeded, class-stratified subset of that many (the whole
+        split when it is smaller), not the first images: a class-sorted split (torchvision's
+        Imagenette) would otherwise be scored on a few classes. The test subset does not depend
+        on the run seed (every seed is scored on the same images); the validation subset is
+        drawn with the config's seed. Computed once per split: the baseline and every trial
+        ask for it.
+        """
+        if split not in _EVAL_SPLITS:
+            raise ValueError(f"unknown split {split!r}; valid: {', '.join(_EVAL_SPLITS)}")
+        if split not in self._eval_cache:
+            x, y = getattr(self.data, f"x_{split}"), getattr(self.data, f"y_{split}")
+            cap = self.config.eval_samples
+            if cap is not None and cap < len(y):
+                seed = TEST_SEED if split == "test" else self.config.seed
+                idx = stratified_subset(y, cap, seed)
+                x, y = x[idx], y[idx]
+            self._eval_cache[split] = (x, y)
+        return self._eval_cache[split]
 
     @cached_property
     def data_fingerprint(self) -> str:

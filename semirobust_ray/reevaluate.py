@@ -9,7 +9,8 @@ files alone, without the search, trial or attack code that produced them:
   ``torch.load(weights_only=True)``;
 * the attack is ``pyautoattack.AutoAttack`` (standard version, L∞) called directly, not through
   :mod:`semirobust_ray.attacks`;
-* the images are the search's test images (``eval_samples`` of them, in order), attacked in
+* the images are the search's test images (its class-stratified ``eval_samples`` subset, from
+  :meth:`~semirobust_ray.experiment.Experiment.eval_split` as in the search), attacked in
   batches of ``eval_batch_size`` (default ``batch_size``) with AutoAttack seeded by the trial's seed, as the trial did, so the
   two numbers agree exactly when the trial's pipeline is right. ``seed_offset`` draws other
   random starts instead, to show how much the number moves with them.

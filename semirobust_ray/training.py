@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from semirobust_ray.data import to_unit
+from semirobust_ray.data import augment_batch, to_unit
 from semirobust_ray.models import eval_mode
 
 #: An attack maps (x in [0, 1], labels) to adversarial x in [0, 1].
@@ -105,6 +105,7 @@ def train_epoch(
     replays: int = FREE_REPLAYS,
     channels_last: bool | None = None,
     bf16: bool = False,
+    augment: bool = False,
 ) -> EpochStats:
     """One pass over ``(x, y)``: regular or adversarial training of the parameters that need grad.
 
@@ -138,6 +139,12 @@ def train_epoch(
     one (Algorithm 1 seeds it per epoch, so resumed trials repeat), else one drawn from
     ``generator``. Evaluation is not affected: robust accuracy is measured with the strong
     attack as before.
+
+    ``augment=True`` trains on :func:`semirobust_ray.data.augment_batch` of every batch (random
+    crop with 4-pixel zero padding, horizontal flip): the clean batch is augmented first, then
+    attacked (or, for ``free``, perturbed), so every method and regular training see the same
+    augmented images. Offsets and flips come from ``generator``, after the epoch's permutation,
+    so a run restarted from a saved generator state draws them again identically.
 
     Speed options (they do not change what is computed, only how): ``channels_last`` stores
     activations NHWC (default: on for CUDA, off on CPU, where it did not pay); ``bf16`` runs
@@ -181,7 +188,11 @@ def train_epoch(
     seen = 0
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
-        xb = to_unit(x[idx]).contiguous(memory_format=fmt)
+        xb = x[idx]
+        if augment:
+            # On the uint8 pixels: the same images as augmenting the floats, a quarter the bytes.
+            xb = augment_batch(xb, generator)
+        xb = to_unit(xb).contiguous(memory_format=fmt)
         yb = y[idx]
         loss_sum, hits, count = step(xb, yb)
         if not torch.isfinite(loss_sum):

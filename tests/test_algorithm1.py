@@ -79,6 +79,9 @@ def test_changed_settings_miss_the_cache(digits):
     assert baseline_key(other) != first.key
     # trial-only settings keep the same baseline
     assert baseline_key(prepare(exp.config.replace(k=0.2, epochs=7, seeds=3))) == first.key
+    # augmentation trains another baseline; spelling out digits' default (off) does not
+    assert baseline_key(prepare(exp.config.replace(augment=True))) != first.key
+    assert baseline_key(prepare(exp.config.replace(augment=False))) == first.key
 
 
 def test_stop_attack_measures_acc_star_val_and_eval_attack_acc_star(digits):
@@ -157,8 +160,9 @@ def test_k_stop_ends_trial_as_soon_as_within_k(digits):
 
 
 def test_trial_resumed_from_checkpoint_matches_uninterrupted(digits):
+    """With augmentation on, so the checkpointed data generator must also replay the crops."""
     exp, baseline = digits
-    exp = prepare(exp.config.replace(k=0.0, epochs=2))
+    exp = prepare(exp.config.replace(k=0.0, epochs=2, augment=True))
     full = run_trial(exp, baseline, 6, 0, log=quiet)
     saved: list[dict] = []
 
@@ -176,6 +180,8 @@ def test_trial_resumed_from_checkpoint_matches_uninterrupted(digits):
 
     assert _numbers(resumed.history) == _numbers(full.history)
     assert resumed.acc == full.acc and resumed.acc_sr == full.acc_sr
+    plain = run_trial(prepare(exp.config.replace(augment=False)), baseline, 6, 0, log=quiet)
+    assert _numbers(plain.history) != _numbers(full.history)  # augmentation did take part
 
 
 def test_same_seed_same_numbers(digits):
@@ -246,6 +252,7 @@ def test_cifar10_subset_trial_runs_on_real_images(tmp_path):
         )
     )
     assert exp.data.image_size == 32 and exp.data.num_classes == 10
+    assert exp.config.augment_enabled  # natural images: trained with crops and flips
     baseline = get_baseline(exp, log=quiet)
     result = run_trial(exp, baseline, 2, 0, log=quiet)
     assert 0.0 <= result.acc <= 1.0 and result.epochs_run == 1
@@ -343,3 +350,32 @@ def test_baseline_key_follows_the_code_that_trains_it(tmp_path):
     with (package / "training.py").open("a") as f:
         f.write("\n# any edit of the training code\n")
     assert fingerprint() != original
+
+
+def test_mi_samples_take_a_class_stratified_subset(digits, monkeypatch):
+    """On a class-sorted test set the first mi_samples images would hold one or two classes."""
+    import dataclasses
+
+    import semirobust_ray.mi as mi_module
+    from semirobust_ray.algorithm1 import trial_mi
+    from semirobust_ray.data import to_unit
+
+    exp, baseline = digits
+    exp = prepare(exp.config.replace(mi=True, mi_samples=30))
+    order = torch.argsort(exp.data.y_test, stable=True)
+    data = dataclasses.replace(
+        exp.data, x_test=exp.data.x_test[order], y_test=exp.data.y_test[order]
+    )
+    exp = dataclasses.replace(exp, data=data)
+    seen = {}
+
+    def record(model, layers, x, y, **kwargs):
+        seen["x"], seen["y"] = x, y
+        return []
+
+    monkeypatch.setattr(mi_module, "layer_mi", record)
+    x, y = exp.eval_split("test")
+    trial_mi(exp, semirobust_model(exp, baseline, 2), to_unit(x), y, seed=0)
+    counts = torch.bincount(seen["y"], minlength=10)
+    assert len(seen["y"]) == len(seen["x"]) == 30
+    assert counts.min() >= 2 and counts.max() <= 4  # every class, in proportion

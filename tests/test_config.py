@@ -40,6 +40,7 @@ def test_defaults_are_the_authors_settings():
         ({"lr": "fast"}, r"lr: expected a number, got 'fast'"),
         ({"seeds": 1.5}, r"seeds: expected an integer"),
         ({"mi": "yes"}, r"mi: expected true or false"),
+        ({"augment": "yes"}, r"augment: expected true, false or null .*got 'yes'"),
         ({"dataset": "npz"}, r"dataset 'npz' needs data_path"),
         ({"epoch": 3}, r"unknown config key 'epoch' \(did you mean 'epochs'\?\)"),
         ({"eval_batch_size": 0}, r"eval_batch_size=0 is out of range"),

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from semirobust_ray.data import DATASETS, DatasetError, DataSplits, load_dataset, to_unit
+from semirobust_ray.data import (
+    DATASETS,
+    TEST_SEED,
+    DatasetError,
+    DataSplits,
+    load_dataset,
+    stratified_subset,
+    to_unit,
+)
 
 CIFAR_SUBSET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10_subset.npz"
 
@@ -285,7 +293,7 @@ def _write_tree(root: Path, splits: dict[str, dict[str, int]]) -> None:
 
 def test_imagefolder_tree(tmp_path: Path) -> None:
     _write_tree(tmp_path, {"train": {"cat": 6, "dog": 4}, "test": {"cat": 2, "dog": 3}})
-    d = load_dataset("imagefolder", root=str(tmp_path), image_size=10, val_fraction=0.2)
+    d = load_dataset("imagefolder", path=str(tmp_path), image_size=10, val_fraction=0.2)
     assert d.num_classes == 2 and d.class_names == ("cat", "dog")
     assert d.x_train.shape[1:] == (3, 10, 10) and d.x_train.dtype == torch.uint8
     assert len(d.y_train) + len(d.y_val) == 10 and len(d.y_val) == 2 and len(d.y_test) == 5
@@ -294,14 +302,99 @@ def test_imagefolder_tree(tmp_path: Path) -> None:
 
 def test_imagefolder_bad_layout(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="does not exist"):
-        load_dataset("imagefolder", root=str(tmp_path / "absent"))
+        load_dataset("imagefolder", path=str(tmp_path / "absent"))
     _write_tree(tmp_path / "a", {"train": {"cat": 1}})
     with pytest.raises(DatasetError, match="no test"):
-        load_dataset("imagefolder", root=str(tmp_path / "a"))
+        load_dataset("imagefolder", path=str(tmp_path / "a"))
     _write_tree(tmp_path / "b", {"train": {"cat": 1}, "test": {"bird": 1}})
     with pytest.raises(DatasetError, match="not present"):
-        load_dataset("imagefolder", root=str(tmp_path / "b"))
+        load_dataset("imagefolder", path=str(tmp_path / "b"))
     (tmp_path / "c" / "train" / "cat").mkdir(parents=True)
     (tmp_path / "c" / "test" / "cat").mkdir(parents=True)
     with pytest.raises(DatasetError, match="contains no images"):
-        load_dataset("imagefolder", root=str(tmp_path / "c"))
+        load_dataset("imagefolder", path=str(tmp_path / "c"))
+    with pytest.raises(DatasetError, match="'imagefolder' needs path"):
+        load_dataset("imagefolder", root=str(tmp_path / "b"))  # data_root is for torchvision
+
+
+def test_imagefolder_config_reads_data_path(tmp_path: Path) -> None:
+    """The user's route: data_path in the config, through prepare(), with data_root elsewhere."""
+    from semirobust_ray.config import ExperimentConfig
+    from semirobust_ray.experiment import prepare
+
+    root = tmp_path / "pets"
+    classes = {"bird": 3, "cat": 4, "dog": 5}
+    _write_tree(root, {"train": classes, "test": {"bird": 1, "cat": 2, "dog": 2}})
+    values = {
+        "dataset": "imagefolder",
+        "data_path": str(root),
+        "data_root": str(tmp_path / "torchvision"),  # must not be where the images are read
+        "image_size": 8,
+        "val_fraction": 0.25,
+    }
+    exp = prepare(ExperimentConfig.from_dict(values))
+    d = exp.data
+    assert d.num_classes == 3 and d.class_names == ("bird", "cat", "dog")
+    assert d.x_train.shape[1:] == (3, 8, 8) and exp.config.augment_enabled
+    assert len(d.y_train) + len(d.y_val) == 12 and len(d.y_val) == 3
+    assert (d.y_train.bincount() + d.y_val.bincount()).tolist() == [3, 4, 5]
+    assert sorted(d.y_test.tolist()) == [0, 1, 1, 2, 2]
+    missing = tmp_path / "no_such_dir"
+    with pytest.raises(DatasetError) as err:
+        prepare(ExperimentConfig.from_dict({**values, "data_path": str(missing)}))
+    msg = str(err.value)
+    assert f"image folder {missing} does not exist" in msg and "\n" not in msg
+
+
+# --------------------------------------------------------------------------- evaluation subsets
+
+
+def test_stratified_subset_is_seeded_sorted_and_proportional(digits: DataSplits) -> None:
+    y = digits.y_test
+    a = stratified_subset(y, 50, seed=3)
+    assert torch.equal(a, stratified_subset(y, 50, seed=3))
+    assert not torch.equal(a, stratified_subset(y, 50, seed=4))
+    assert len(a) == 50 and torch.equal(a, torch.sort(a).values) and len(a.unique()) == 50
+    assert y[a].bincount(minlength=10).tolist() == [5] * 10  # digits' test split is balanced
+    assert torch.equal(stratified_subset(y, len(y) + 5, seed=0), torch.arange(len(y)))
+    with pytest.raises(DatasetError, match=r"subset size must be a non-negative integer, got -1"):
+        stratified_subset(y, -1, seed=0)
+
+
+def _class_sorted_npz(path: Path, per_class: int = 10) -> str:
+    """Digits with a test split sorted by class, the way torchvision's Imagenette comes."""
+    d = load_dataset("digits", val_fraction=0.0)
+    keep = torch.cat([torch.nonzero(d.y_test == c).flatten()[:per_class] for c in range(10)])
+    return _write_npz(
+        path,
+        x_train=d.x_train.numpy(),
+        y_train=d.y_train.numpy(),
+        x_test=d.x_test[keep].numpy(),
+        y_test=d.y_test[keep].numpy(),
+    )
+
+
+def test_eval_samples_is_a_class_stratified_test_subset_shared_by_all_seeds(
+    tmp_path: Path,
+) -> None:
+    from semirobust_ray.config import ExperimentConfig
+    from semirobust_ray.experiment import prepare
+
+    values = {"dataset": "npz", "data_path": _class_sorted_npz(tmp_path / "sorted.npz")}
+    exp = prepare(ExperimentConfig.from_dict({**values, "eval_samples": 30}))
+    y_all = exp.data.y_test
+    assert y_all.tolist() == sorted(y_all.tolist())  # the first 30 would be classes 0, 1, 2
+    x, y = exp.eval_split("test")
+    assert y.bincount(minlength=10).tolist() == [3] * 10
+    idx = stratified_subset(y_all, 30, TEST_SEED)  # images and labels stay paired
+    assert torch.equal(x, exp.data.x_test[idx]) and torch.equal(y, y_all[idx])
+    assert exp.eval_split("test")[0] is x  # computed once, reused by the baseline and trials
+    for seed in (1, 7):
+        other = prepare(ExperimentConfig.from_dict({**values, "eval_samples": 30, "seed": seed}))
+        assert torch.equal(other.eval_split("test")[0], x)  # every seed: the same test images
+    x_val, y_val = exp.eval_split("val")
+    assert len(y_val) == 30 and set(y_val.tolist()) == set(range(10))
+    assert torch.equal(x_val, prepare(exp.config).eval_split("val")[0])  # seeded
+    whole = prepare(ExperimentConfig.from_dict({**values, "eval_samples": 1000}))
+    x_cap, y_cap = whole.eval_split("test")
+    assert torch.equal(x_cap, whole.data.x_test) and torch.equal(y_cap, whole.data.y_test)
