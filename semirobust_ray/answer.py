@@ -110,7 +110,7 @@ def established(
         return True, f"|f_b| = {best} is the last candidate in premise order"
     beyond = order[i + 1]
     if beyond not in reached:
-        return False, f"|f_b| = {beyond}, beyond the answer, was not tried"
+        return False, f"|f_b| = {beyond}, next to the answer, was not tried"
     return True, f"|f_b| = {best} reached and |f_b| = {beyond} did not"
 
 
@@ -118,24 +118,25 @@ def statement(target: str, fb_layers: int | None, num_layers: int, epochs: int, 
     """The answer of ``target`` in plain words."""
     _check_target(target)
     n = num_layers
+    epochs = f"{epochs} epoch" + ("" if epochs == 1 else "s")
     if fb_layers is None:
-        return f"no candidate |f_b| brought the network within k = {k} of Acc* in {epochs} epochs"
+        return f"no candidate |f_b| brought the network within k = {k} of Acc* in {epochs}"
     a = n - fb_layers
     layers = "layer" if fb_layers == 1 else "layers"
     if target == "robust_fa":
         if a == 0:
             return (
                 f"smallest robust f*_a: none of the {n} layers needs to be robust: adversarially "
-                f"training all {n} from their regular weights for at most {epochs} epochs comes "
+                f"training all {n} from their regular weights for at most {epochs} comes "
                 f"within k = {k} of Acc*"
             )
         return (
             f"smallest robust f*_a: the first {a} of {n} layers must be robust; the last "
-            f"{fb_layers} {layers} can be trained in {epochs} epochs to come within k = {k} of Acc*"
+            f"{fb_layers} {layers} can be trained in {epochs} to come within k = {k} of Acc*"
         )
     return (
         f"smallest f_b: adversarially training only the last {fb_layers} {layers} on top of the "
-        f"first {a} robust layers comes within k = {k} of Acc* in {epochs} epochs"
+        f"first {a} robust layers comes within k = {k} of Acc* in {epochs}"
     )
 
 

@@ -52,6 +52,10 @@ BASELINE_DIR = "baseline"
 Log = Callable[[str], None]
 
 
+def _print(message: str) -> None:
+    print(message)
+
+
 class SearchError(ValueError):
     """A problem with the search set-up (storage, resume, resources); one line."""
 
@@ -87,7 +91,7 @@ class BisectionSearcher(Searcher):
         trials_per_depth: int,
         target: str = "robust_fa",
         parallel_probes: int = 1,
-        log: Log = print,
+        log: Log = _print,
     ) -> None:
         super().__init__(metric="reached", mode="max")
         self.order = premise_order(depths, target)
@@ -199,10 +203,18 @@ class BisectionSearcher(Searcher):
                         "probing the depths in between"
                     )
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles the searcher with the experiment; the log callable may not pickle (a
+        # lambda, or print once Ray has wrapped it): a restored searcher logs with print.
+        return {k: v for k, v in self.__dict__.items() if k != "log"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.log = _print
+
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
-            # The log callable may not pickle (a lambda): the restoring search supplies its own.
-            pickle.dump({k: v for k, v in self.__dict__.items() if k != "log"}, f)
+            pickle.dump(self.__getstate__(), f)
 
     def restore(self, checkpoint_path: str) -> None:
         # Tune's own experiment state is pickled in the same directory; both come from the

@@ -225,7 +225,7 @@ def test_minimal_split_on_a_monotone_frontier(results: dict[str, Any]) -> None:
     results["trials"] = [t for t in results["trials"] if t["fb_layers"] != 3]
     m = minimal_split(results)
     assert m["answer"]["fb_layers"] == 2 and m["answer"]["established"] is False
-    assert m["answer"]["why"] == "|f_b| = 3, beyond the answer, was not tried"
+    assert m["answer"]["why"] == "|f_b| = 3, next to the answer, was not tried"
 
 
 def test_minimal_split_warns_when_test_diff_exceeds_k(results: dict[str, Any]) -> None:

@@ -1,6 +1,7 @@
 """The Ray Tune system end to end at CI size: searches, agreement, retries, reports, TensorBoard."""
 
 import json
+import pickle
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,33 @@ def test_grid_and_bisection_find_the_same_minimal_split(searches):
     assert grid.answer_fb_layers == expected
     assert bisection.answer["answer"]["established"]
     assert _trial_epochs(bisection) <= _trial_epochs(grid)
+
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "search_spaces" / "quickstart.yaml"
+
+
+def test_quickstart_bisection_agrees_with_grid(ray_local, tmp_path):
+    """The quickstart itself, searched both ways (without MI, which does not move the answer)."""
+    from semirobust_ray.config import load_config
+
+    outcomes = {}
+    for algo in ("grid", "bisection"):
+        config = load_config(
+            QUICKSTART, [f"search={algo}", "mi=false", f"cache_dir={tmp_path / 'cache'}"]
+        )
+        outcomes[algo] = run_search(
+            config, storage_path=str(tmp_path), name=algo, log=quiet, verbose=0
+        )
+    grid, bisection = outcomes["grid"], outcomes["bisection"]
+    assert len(grid.results["trials"]) == 12
+    answer = bisection.answer["answer"]
+    assert answer["established"], answer["why"]  # the answer reached, the depth beyond missed
+    if not grid.answer["premise_violations"]:  # monotone outcomes: the same answer as grid
+        assert bisection.answer_fb_layers == grid.answer_fb_layers
+    assert _trial_epochs(bisection) < _trial_epochs(grid)
+    evidence = {e["fb_layers"]: e["reached"] for e in grid.answer["evidence"]}
+    for e in bisection.answer["evidence"]:  # the same trials, whoever ran them
+        assert e["reached"] == evidence[e["fb_layers"]]
 
 
 def test_search_writes_report_meta_and_baseline(searches):
@@ -308,6 +336,9 @@ def test_bisection_state_survives_save_and_restore(tmp_path):
     restored = BisectionSearcher(DEPTHS, 1)
     restored.restore(str(tmp_path / "searcher.pkl"))
     assert restored.suggest("b") == s.suggest("b") != first
+    # Tune pickles the searcher with the experiment state, whatever log it was given.
+    clone = pickle.loads(pickle.dumps(s))
+    assert clone.suggest("c") == s.suggest("c")
 
 
 @pytest.mark.parametrize(
