@@ -1,4 +1,4 @@
-"""Attack registry: FGSM, I-FGSM (BIM), PGD, C&W (L2) and AutoAttack behind one interface.
+"""Attack registry: FGSM, I-FGSM (BIM), PGD, APGD-CE, C&W (L2), AutoAttack behind one interface.
 
 Every attack takes float images in [0, 1] (models carry their own input normalisation, so ε is
 measured in pixel space exactly as in the paper) and returns adversarial images in [0, 1]::
@@ -13,14 +13,15 @@ Guarantees, whatever mode the model is in and whatever grad mode the caller runs
 * parameters and buffers are not modified, and no ``.grad`` is written to parameters: their
   ``requires_grad`` is switched off during the attack, which also makes every gradient step
   compute only the gradient with respect to the input;
-* L∞ attacks (fgsm, ifgsm, pgd, autoattack) stay inside the ε-ball around ``x`` and in [0, 1];
-* randomness (PGD's random start, AutoAttack) comes from the attack's ``seed`` and never
-  touches the global RNG, so two attacks built with the same seed produce the same x_adv.
+* L∞ attacks (fgsm, ifgsm, pgd, apgd-ce, autoattack) stay inside the ε-ball around ``x`` and
+  in [0, 1];
+* randomness (PGD's random start, APGD-CE, AutoAttack) comes from the attack's ``seed`` and
+  never touches the global RNG, so two attacks built with the same seed produce the same x_adv.
 
 FGSM, I-FGSM and PGD are implemented here rather than taken from torchattacks: the loop is the
 same (the tests check that they agree with torchattacks), but the random start uses a private
-generator instead of the global RNG. C&W wraps ``torchattacks.CW``; AutoAttack wraps the official
-implementation (``pyautoattack``), standard version.
+generator instead of the global RNG. C&W wraps ``torchattacks.CW``; APGD-CE and AutoAttack wrap
+the official implementation (``pyautoattack``), AutoAttack in its standard version.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "APGDCE",
+    "APGD_ITERATIONS",
     "ATTACKS",
     "PAPER_ATTACK_STEPS",
     "PAPER_EPSILONS",
@@ -55,6 +58,9 @@ PAPER_ATTACK_STEPS: dict[float, int] = {8 / 255: 10, 16 / 255: 20, 32 / 255: 36}
 
 #: Step size of the paper's iterative attacks.
 PAPER_ALPHA = 1 / 255
+
+#: Iterations of ``apgd-ce`` unless ``iterations`` says otherwise (see :class:`APGDCE`).
+APGD_ITERATIONS = 100
 
 
 class AttackError(ValueError):
@@ -181,7 +187,8 @@ def create_attack(
     """Build the attack ``name`` against ``model`` (which takes images in [0, 1]).
 
     Args:
-        name: ``fgsm``, ``ifgsm`` (alias ``bim``), ``pgd``, ``cw`` or ``autoattack``.
+        name: ``fgsm``, ``ifgsm`` (alias ``bim``), ``pgd``, ``apgd-ce`` (alias ``apgd``), ``cw``
+            or ``autoattack``.
         model: the classifier; attacks never change its mode, parameters, buffers or grads.
         eps: L∞ radius in pixel scale, in (0, 1]; the paper uses 8, 16, 32 /255. Not a bound
             for ``cw`` (a minimum-L2 attack).
@@ -189,8 +196,8 @@ def create_attack(
         steps: iterations of ifgsm / pgd, optimisation steps of cw (≥ 1); ``None`` picks the
             paper's count for ``eps`` (:func:`default_steps`: 10, 20, 36).
         seed: seeds the attack's private RNG (PGD random start, AutoAttack).
-        **kwargs: attack-specific options, e.g. ``random_start`` (pgd), ``c``, ``kappa``,
-            ``lr`` (cw), ``version``, ``batch_size`` (autoattack).
+        **kwargs: attack-specific options, e.g. ``random_start`` (pgd), ``iterations``
+            (apgd-ce), ``c``, ``kappa``, ``lr`` (cw), ``version``, ``batch_size`` (autoattack).
 
     Raises:
         AttackError: unknown name (with the closest valid one), out-of-range parameter, or an
@@ -386,6 +393,67 @@ class AutoAttack(Attack):
             # pyautoattack returns (x_adv, y_adv), unlike upstream AutoAttack.
             x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=self.batch_size)
         return x_adv
+
+
+@register_attack("apgd-ce", "apgd")
+class APGDCE(Attack):
+    """APGD-CE (Croce & Hein, 2020): the official ``pyautoattack`` Auto-PGD on cross-entropy, L∞.
+
+    AutoAttack's first stage on its own: one restart, the step size starts at 2ε and halves at
+    APGD's checkpoints when the loss stops rising, with momentum 0.75. ``alpha`` is unused (the
+    step size is APGD's own). Iterations: ``iterations`` when given, otherwise
+    :data:`APGD_ITERATIONS`. Each image comes back as a misclassified iterate if APGD found one,
+    otherwise unperturbed, which is what robust accuracy needs. As a
+    training attack that would leave every image it cannot break clean, so use it to evaluate
+    or to check (``eval_attack``, ``stop_attack``), not to train.
+
+    Seeding: APGD reseeds the global RNG with its ``seed`` and draws its random start there, so
+    every call gets a seed drawn from this attack's private generator (the n-th calls of two
+    attacks with the same ``seed`` agree; successive calls get fresh starts) and the global RNG
+    is restored afterwards.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        eps: float = 8 / 255,
+        alpha: float = PAPER_ALPHA,
+        steps: int | None = 10,
+        seed: int = 0,
+        iterations: int | None = None,
+    ) -> None:
+        super().__init__(model, eps=eps, alpha=alpha, steps=steps, seed=seed)
+        if iterations is None:
+            iterations = APGD_ITERATIONS
+        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+            raise AttackError(f"apgd-ce iterations must be an integer >= 1, got {iterations!r}")
+        self.iterations = iterations
+
+    def _perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        from pyautoattack.autopgd_base import APGDAttack
+
+        # The seed is a host integer: draw it from the CPU generator whatever x's device.
+        call_seed = int(
+            torch.randint(0, 2**31 - 1, (1,), generator=self._generator(torch.device("cpu")))
+        )
+        apgd = APGDAttack(
+            self.model,
+            n_iter=self.iterations,
+            norm="Linf",
+            n_restarts=1,
+            eps=self.eps,
+            seed=call_seed,
+            loss="ce",
+            eot_iter=1,
+            rho=0.75,
+            device=x.device,
+        )
+        with _forked_rng(x.device):
+            return apgd.perturb(x, y)
+
+    def __repr__(self) -> str:
+        return f"APGDCE(eps={self.eps:.6g}, iterations={self.iterations}, seed={self.seed})"
 
 
 # --------------------------------------------------------------------------- helpers

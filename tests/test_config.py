@@ -45,7 +45,7 @@ def test_defaults_are_the_authors_settings():
         ({"eval_batch_size": 0}, r"eval_batch_size=0 is out of range"),
         ({"width": 0}, r"width=0 is out of range: valid \(0, 1\]"),
         ({"width": 2}, r"width=2 is out of range"),
-        ({"stop_attack": "apgd"}, r"stop_attack: unknown value 'apgd'.*valid: .*autoattack"),
+        ({"stop_attack": "apgd-dlr"}, r"stop_attack: unknown value 'apgd-dlr'.*valid: .*apgd-ce"),
     ],
 )
 def test_bad_values_name_key_value_and_valid_choices(values, pattern):
