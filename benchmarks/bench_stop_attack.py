@@ -25,8 +25,9 @@ has the network measured here at e.
 
 Resumable: every trained epoch (f_b, optimiser and RNG states) and every measurement is cached
 under ``--cache-dir`` as soon as it exists, so a killed run continues where it stopped. Order:
-first all epochs' training and validation checks (cheap), then AutoAttack on the test images,
-the epochs some check would stop or report at first.
+depth by depth, training, the validation checks and AutoAttack at the epochs some check would
+stop (or report) at; then AutoAttack at the remaining epochs. The JSON is rewritten after each
+step, so a run cut short still holds complete verdicts for the depths it finished.
 
 Usage:
     python benchmarks/bench_stop_attack.py [--quick] [--depths 4 12] [--epochs 4]
@@ -375,8 +376,9 @@ def run(
             log(f"[baseline] Acc*_val under {label} = {acc:.4f} ({sec:.1f} s)")
 
     replays = {d: Replay(exp, baseline, d, work) for d in depths}
-    # Phase 1: training and validation checks for every epoch (epoch 0 = Acc_sr's network).
-    for d, rp in replays.items():
+
+    def train_and_check(d: int, rp: Replay) -> None:
+        """Training and every validation check, each epoch (epoch 0 = Acc_sr's network)."""
         for e in range(0, epochs + 1):
             node = ("depths", str(d), "epochs", str(e))
             if e > 0 and not rp.trained(e):
@@ -398,28 +400,38 @@ def run(
                     log(
                         f"[|f_b|={d}] epoch {e} val {label}: {acc:.4f} (gap {gap:+.4f}, {sec:.1f} s)"
                     )
-    # Phase 2: AutoAttack on the test images, the epochs some check would stop/report at first.
-    summary = summarise(res.data, checks, c.k, epochs)
+
+    def test_attack(d: int, rp: Replay, e: int) -> None:
+        """The eval attack (AutoAttack) on the test images after epoch ``e``, once."""
+        node = ("depths", str(d), "epochs", str(e))
+        if res.get(*node, "test") is not None:
+            return
+        model = rp.network(e)
+        (acc, stages), sec = timed(lambda: eval_with_stages(exp, model, rp.seed))
+        clean = evaluate(model, exp.data.x_test, exp.data.y_test, **kw)
+        res.put(
+            {"acc": acc, "seconds": sec, "after_stage": stages, "clean_acc": clean}, *node, "test"
+        )
+        log(f"[|f_b|={d}] epoch {e} test {c.eval_attack_name}: {acc:.4f} ({sec:.1f} s)")
+
+    def flush() -> None:
+        res.put(summarise(res.data, checks, c.k, epochs), "summary")
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(json_path, res.data)
+
+    # Depth by depth, first what the comparison needs: training, the checks, and AutoAttack at
+    # the epochs some check would stop (or report) at; then the rest of the AutoAttack
+    # trajectories. A run cut short thus still has complete verdicts for its first depths.
     for d, rp in replays.items():
-        wanted = {summary[str(d)][lbl]["report_epoch"] for lbl in checks}
-        order = sorted(wanted) + [e for e in range(epochs, -1, -1) if e not in wanted]
-        for e in order:
-            node = ("depths", str(d), "epochs", str(e))
-            if res.get(*node, "test") is None:
-                model = rp.network(e)
-                (acc, stages), sec = timed(
-                    lambda mdl=model, sd=rp.seed: eval_with_stages(exp, mdl, sd)
-                )
-                clean = evaluate(model, exp.data.x_test, exp.data.y_test, **kw)
-                res.put(
-                    {"acc": acc, "seconds": sec, "after_stage": stages, "clean_acc": clean},
-                    *node,
-                    "test",
-                )
-                log(f"[|f_b|={d}] epoch {e} test {c.eval_attack_name}: {acc:.4f} ({sec:.1f} s)")
-    res.put(summarise(res.data, checks, c.k, epochs), "summary")
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(json_path, res.data)
+        train_and_check(d, rp)
+        row = summarise(res.data, checks, c.k, epochs)[str(d)]
+        for e in sorted({row[label]["report_epoch"] for label in checks}):
+            test_attack(d, rp, e)
+        flush()
+    for d, rp in replays.items():
+        for e in range(epochs, -1, -1):
+            test_attack(d, rp, e)
+            flush()
     return res.data
 
 
