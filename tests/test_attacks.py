@@ -11,8 +11,6 @@ import torchattacks
 from torch import nn
 
 from semirobust_ray.attacks import (
-    APGD_ITERATIONS,
-    APGDCE,
     ATTACKS,
     PAPER_ATTACK_STEPS,
     AttackError,
@@ -76,8 +74,6 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 def _make(name: str, model: nn.Module, **kwargs) -> object:
     defaults = {"eps": EPS, "alpha": ALPHA, "steps": 10}
-    if ATTACKS[name] is APGDCE:
-        defaults["iterations"] = 10  # the same budget as the other iterative attacks here
     return create_attack(name, model, **{**defaults, **kwargs})
 
 
@@ -261,7 +257,7 @@ def test_apgd_at_least_as_strong_as_pgd_at_matched_budget(trained, budget: int) 
     """Same ε, same number of gradient steps; PGD at step ε/4 (DESIGN.md §5), APGD its own."""
     model, x, y = trained
     acc_pgd = _accuracy(model, _make("pgd", model, steps=budget)(x, y), y)
-    acc_apgd = _accuracy(model, _make("apgd-ce", model, iterations=budget)(x, y), y)
+    acc_apgd = _accuracy(model, _make("apgd-ce", model, steps=budget)(x, y), y)
     assert acc_apgd <= acc_pgd
 
 
@@ -281,24 +277,25 @@ def test_apgd_is_the_official_implementation(trained) -> None:
 def test_apgd_seeded_fresh_per_call_and_global_rng_untouched(trained) -> None:
     model, x, y = trained
     rng = torch.get_rng_state()
-    attack = _make("apgd-ce", model, seed=3, iterations=2)
+    attack = _make("apgd-ce", model, seed=3, steps=2)
     first, second = attack(x, y), attack(x, y)
-    replay = _make("apgd-ce", model, seed=3, iterations=2)
-    other = _make("apgd-ce", model, seed=4, iterations=2)(x, y)
+    replay = _make("apgd-ce", model, seed=3, steps=2)
+    other = _make("apgd-ce", model, seed=4, steps=2)(x, y)
     assert torch.equal(torch.get_rng_state(), rng)
     assert torch.equal(replay(x, y), first) and torch.equal(replay(x, y), second)
     assert not torch.equal(first, second) and not torch.equal(first, other)
 
 
-def test_apgd_iterations() -> None:
-    model = TinyCNN()
-    assert create_attack("apgd-ce", model).iterations == APGD_ITERATIONS
-    assert create_attack("apgd-ce", model, iterations=7).iterations == 7
-    for bad in (0, 2.5, True):
-        with pytest.raises(
-            AttackError, match=f"apgd-ce iterations must be an integer >= 1, got {bad}"
-        ):
-            create_attack("apgd-ce", model, iterations=bad)
+def test_apgd_iterations_are_steps(trained) -> None:
+    """APGD's n_iter is ``steps``; ``None`` gives the paper's count for ε, as for PGD."""
+    model, x, y = trained
+    assert create_attack("apgd-ce", model, steps=7).steps == 7
+    assert create_attack("apgd-ce", model, eps=16 / 255, steps=None).steps == 20
+    # Different budgets really run different numbers of iterations.
+    one = _make("apgd-ce", model, steps=1)(x, y)
+    assert not torch.equal(one, _make("apgd-ce", model, steps=10)(x, y))
+    with pytest.raises(AttackError, match="steps must be an integer >= 1, got 0"):
+        create_attack("apgd-ce", model, steps=0)
 
 
 # --------------------------------------------------------------------------- AutoAttack
