@@ -1,4 +1,4 @@
-"""Attack registry: FGSM, I-FGSM (BIM), PGD, C&W (L2) and AutoAttack behind one interface.
+"""Attack registry: FGSM, I-FGSM (BIM), PGD, APGD-CE, C&W (L2), AutoAttack behind one interface.
 
 Every attack takes float images in [0, 1] (models carry their own input normalisation, so ε is
 measured in pixel space exactly as in the paper) and returns adversarial images in [0, 1]::
@@ -13,14 +13,15 @@ Guarantees, whatever mode the model is in and whatever grad mode the caller runs
 * parameters and buffers are not modified, and no ``.grad`` is written to parameters: their
   ``requires_grad`` is switched off during the attack, which also makes every gradient step
   compute only the gradient with respect to the input;
-* L∞ attacks (fgsm, ifgsm, pgd, autoattack) stay inside the ε-ball around ``x`` and in [0, 1];
-* randomness (PGD's random start, AutoAttack) comes from the attack's ``seed`` and never
-  touches the global RNG, so two attacks built with the same seed produce the same x_adv.
+* L∞ attacks (fgsm, ifgsm, pgd, apgd-ce, autoattack) stay inside the ε-ball around ``x`` and
+  in [0, 1];
+* randomness (PGD's random start, APGD-CE, AutoAttack) comes from the attack's ``seed`` and
+  never touches the global RNG, so two attacks built with the same seed produce the same x_adv.
 
 FGSM, I-FGSM and PGD are implemented here rather than taken from torchattacks: the loop is the
 same (the tests check that they agree with torchattacks), but the random start uses a private
-generator instead of the global RNG. C&W wraps ``torchattacks.CW``; AutoAttack wraps the official
-implementation (``pyautoattack``), standard version.
+generator instead of the global RNG. C&W wraps ``torchattacks.CW``; APGD-CE and AutoAttack wrap
+the official implementation (``pyautoattack``), AutoAttack in its standard version.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "APGDCE",
     "ATTACKS",
     "PAPER_ATTACK_STEPS",
     "PAPER_EPSILONS",
@@ -181,13 +183,14 @@ def create_attack(
     """Build the attack ``name`` against ``model`` (which takes images in [0, 1]).
 
     Args:
-        name: ``fgsm``, ``ifgsm`` (alias ``bim``), ``pgd``, ``cw`` or ``autoattack``.
+        name: ``fgsm``, ``ifgsm`` (alias ``bim``), ``pgd``, ``apgd-ce`` (alias ``apgd``), ``cw``
+            or ``autoattack``.
         model: the classifier; attacks never change its mode, parameters, buffers or grads.
         eps: L∞ radius in pixel scale, in (0, 1]; the paper uses 8, 16, 32 /255. Not a bound
             for ``cw`` (a minimum-L2 attack).
         alpha: step size of ifgsm / pgd (> 0); the paper uses 1/255.
-        steps: iterations of ifgsm / pgd, optimisation steps of cw (≥ 1); ``None`` picks the
-            paper's count for ``eps`` (:func:`default_steps`: 10, 20, 36).
+        steps: iterations of ifgsm / pgd / apgd-ce, optimisation steps of cw (≥ 1); ``None``
+            picks the paper's count for ``eps`` (:func:`default_steps`: 10, 20, 36).
         seed: seeds the attack's private RNG (PGD random start, AutoAttack).
         **kwargs: attack-specific options, e.g. ``random_start`` (pgd), ``c``, ``kappa``,
             ``lr`` (cw), ``version``, ``batch_size`` (autoattack).
@@ -386,6 +389,57 @@ class AutoAttack(Attack):
             # pyautoattack returns (x_adv, y_adv), unlike upstream AutoAttack.
             x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=self.batch_size)
         return x_adv
+
+
+@register_attack("apgd-ce", "apgd")
+class APGDCE(Attack):
+    """APGD-CE (Croce & Hein, 2020): the official ``pyautoattack`` Auto-PGD on cross-entropy, L∞.
+
+    AutoAttack's first stage on its own: one restart, the step size starts at 2ε and halves at
+    APGD's checkpoints when the loss stops rising, with momentum 0.75. ``alpha`` is unused (the
+    step size is APGD's own).
+
+    Iterations: ``steps``, as for PGD, so ``stop_attack: apgd-ce`` costs no more than the PGD
+    check it replaces (less: APGD skips images that are misclassified already). Not APGD's own
+    100: on the VGG16 reproduction (BENCHMARKS.md, "Stop attack") 7, 20 and 100 iterations made
+    the same stop decision at every split depth and epoch, their validation accuracies were
+    within 0.8 points, and 100 cost about ten times as much as 7.
+
+    Each image comes back as a misclassified iterate if APGD found one, otherwise unperturbed,
+    which is what robust accuracy needs. As a training attack that would leave every image it
+    cannot break clean, so use it to evaluate or to check (``eval_attack``, ``stop_attack``),
+    not to train.
+
+    Seeding: APGD reseeds the global RNG with its ``seed`` and draws its random start there, so
+    every call gets a seed drawn from this attack's private generator (the n-th calls of two
+    attacks with the same ``seed`` agree; successive calls get fresh starts) and the global RNG
+    is restored afterwards.
+    """
+
+    def _perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        from pyautoattack.autopgd_base import APGDAttack
+
+        # The seed is a host integer: draw it from the CPU generator whatever x's device.
+        call_seed = int(
+            torch.randint(0, 2**31 - 1, (1,), generator=self._generator(torch.device("cpu")))
+        )
+        apgd = APGDAttack(
+            self.model,
+            n_iter=self.steps,
+            norm="Linf",
+            n_restarts=1,
+            eps=self.eps,
+            seed=call_seed,
+            loss="ce",
+            eot_iter=1,
+            rho=0.75,
+            device=x.device,
+        )
+        with _forked_rng(x.device):
+            return apgd.perturb(x, y)
+
+    def __repr__(self) -> str:
+        return f"APGDCE(eps={self.eps:.6g}, steps={self.steps}, seed={self.seed})"
 
 
 # --------------------------------------------------------------------------- helpers

@@ -68,7 +68,7 @@ class ExperimentConfig:
     alpha: float = 1 / 255
     steps: int = 10
     eval_attack: str | None = None  # None: the training attack
-    stop_attack: str | None = None  # per-epoch k-stop check on val; None: eval_attack
+    stop_attack: str | None = None  # per-epoch k-stop check on val; None: see stop_attack_name
     eval_samples: int | None = None  # val/test images attacked per evaluation (stratified)
     eval_batch_size: int | None = None  # images per attack call when evaluating; None: batch_size
     # Algorithm 1
@@ -169,8 +169,16 @@ class ExperimentConfig:
 
     @property
     def stop_attack_name(self) -> str:
-        """The attack of the per-epoch validation check against Acc* - k."""
-        return self.stop_attack or self.eval_attack_name
+        """The attack of the per-epoch validation check against Acc* - k.
+
+        Unset, it is the evaluation attack, except that an AutoAttack evaluation is checked with
+        APGD-CE (AutoAttack's first stage, ``steps`` iterations): a full AutoAttack every epoch
+        costs more than the epoch, and PGD's check passed VGG16 trials that AutoAttack then
+        failed (BENCHMARKS.md, "Stop attack").
+        """
+        if self.stop_attack:
+            return self.stop_attack
+        return "apgd-ce" if self.eval_attack_name == "autoattack" else self.eval_attack_name
 
 
 def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from semirobust_ray.data import load_dataset, to_unit
 
 EPS = 0.1  # digits is easy: at 8/255 almost nothing flips, so test strength at a larger budget
 ALPHA = EPS / 4  # DESIGN.md §5: steps of at least ε/4 so PGD reaches the ball's corners
-L_INF_ATTACKS = ["fgsm", "ifgsm", "bim", "pgd"]
+L_INF_ATTACKS = ["fgsm", "ifgsm", "bim", "pgd", "apgd-ce", "apgd"]
 FAST_ATTACKS = [*L_INF_ATTACKS, "cw"]
 
 
@@ -105,8 +105,9 @@ def _assert_untouched(model: nn.Module, before: dict) -> None:
 
 
 def test_registry_names() -> None:
-    assert {"fgsm", "ifgsm", "bim", "pgd", "cw", "autoattack"} <= set(ATTACKS)
+    assert {"fgsm", "ifgsm", "bim", "pgd", "apgd-ce", "cw", "autoattack"} <= set(ATTACKS)
     assert ATTACKS["bim"] is ATTACKS["ifgsm"]
+    assert ATTACKS["apgd"] is ATTACKS["apgd-ce"]
 
 
 @pytest.mark.parametrize("name", FAST_ATTACKS)
@@ -246,6 +247,55 @@ def test_random_start_advances_between_calls(trained) -> None:
     assert not torch.equal(first, second)
     replay = _make("pgd", model, seed=3, steps=1)
     assert torch.equal(replay(x, y), first) and torch.equal(replay(x, y), second)
+
+
+# --------------------------------------------------------------------------- APGD-CE
+
+
+@pytest.mark.parametrize("budget", [5, 10, 20])
+def test_apgd_at_least_as_strong_as_pgd_at_matched_budget(trained, budget: int) -> None:
+    """Same ε, same number of gradient steps; PGD at step ε/4 (DESIGN.md §5), APGD its own."""
+    model, x, y = trained
+    acc_pgd = _accuracy(model, _make("pgd", model, steps=budget)(x, y), y)
+    acc_apgd = _accuracy(model, _make("apgd-ce", model, steps=budget)(x, y), y)
+    assert acc_apgd <= acc_pgd
+
+
+def test_apgd_is_the_official_implementation(trained) -> None:
+    """Our wrapper returns what pyautoattack's APGD-CE returns for the seed it hands it."""
+    from pyautoattack.autopgd_base import APGDAttack
+
+    model, x, y = trained
+    ours = _make("apgd-ce", model, seed=7)(x, y)
+    call_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=torch.Generator().manual_seed(7)))
+    with torch.random.fork_rng():
+        theirs = APGDAttack(model, n_iter=10, norm="Linf", eps=EPS, seed=call_seed, loss="ce")
+        theirs = theirs.perturb(x, y)
+    assert torch.equal(ours, theirs)
+
+
+def test_apgd_seeded_fresh_per_call_and_global_rng_untouched(trained) -> None:
+    model, x, y = trained
+    rng = torch.get_rng_state()
+    attack = _make("apgd-ce", model, seed=3, steps=2)
+    first, second = attack(x, y), attack(x, y)
+    replay = _make("apgd-ce", model, seed=3, steps=2)
+    other = _make("apgd-ce", model, seed=4, steps=2)(x, y)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert torch.equal(replay(x, y), first) and torch.equal(replay(x, y), second)
+    assert not torch.equal(first, second) and not torch.equal(first, other)
+
+
+def test_apgd_iterations_are_steps(trained) -> None:
+    """APGD's n_iter is ``steps``; ``None`` gives the paper's count for ε, as for PGD."""
+    model, x, y = trained
+    assert create_attack("apgd-ce", model, steps=7).steps == 7
+    assert create_attack("apgd-ce", model, eps=16 / 255, steps=None).steps == 20
+    # Different budgets really run different numbers of iterations.
+    one = _make("apgd-ce", model, steps=1)(x, y)
+    assert not torch.equal(one, _make("apgd-ce", model, steps=10)(x, y))
+    with pytest.raises(AttackError, match="steps must be an integer >= 1, got 0"):
+        create_attack("apgd-ce", model, steps=0)
 
 
 # --------------------------------------------------------------------------- AutoAttack

@@ -46,7 +46,7 @@ def test_defaults_are_the_authors_settings():
         ({"eval_batch_size": 0}, r"eval_batch_size=0 is out of range"),
         ({"width": 0}, r"width=0 is out of range: valid \(0, 1\]"),
         ({"width": 2}, r"width=2 is out of range"),
-        ({"stop_attack": "apgd"}, r"stop_attack: unknown value 'apgd'.*valid: .*autoattack"),
+        ({"stop_attack": "apgd-dlr"}, r"stop_attack: unknown value 'apgd-dlr'.*valid: .*apgd-ce"),
     ],
 )
 def test_bad_values_name_key_value_and_valid_choices(values, pattern):
@@ -90,3 +90,10 @@ def test_override_parsing_errors():
         parse_overrides(["eps"])
     with pytest.raises(ConfigError, match="not valid YAML"):
         parse_overrides(["split_depths=[1,2"])
+
+
+def test_autoattack_evaluation_is_checked_with_apgd_ce_by_default():
+    assert ExperimentConfig(eval_attack="autoattack").stop_attack_name == "apgd-ce"
+    assert ExperimentConfig(eval_attack="autoattack", stop_attack="pgd").stop_attack_name == "pgd"
+    assert ExperimentConfig(eval_attack="pgd").stop_attack_name == "pgd"
+    assert ExperimentConfig().stop_attack_name == "pgd"  # the training attack, as before
