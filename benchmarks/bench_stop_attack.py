@@ -349,7 +349,7 @@ def run(
     c = config.replace(split_depths=depths, epochs=epochs, cache_dir=cache_dir)
     exp = prepare(c)
     baseline = get_baseline(exp, log=log, cache_dir=cache_dir)
-    work = Path(cache_dir) / "bench_stop_attack" / baseline.key
+    work = Path(cache_dir).expanduser() / "bench_stop_attack" / baseline.key
     res = Results(work / "results.json")
     checks = list(check_attacks(c))
     kw = {"batch_size": c.eval_batch, "device": exp.device}

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import importlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 
 from semirobust_ray.experiment import Experiment
-from semirobust_ray.storage import CorruptFileError, load_state, read_json, save_state, write_json
+from semirobust_ray.storage import CorruptFileError, Store
 from semirobust_ray.training import evaluate, make_optimizer, seed_everything, train_epoch
 
 #: The modules whose code determines a baseline (data splits, model, attacks, training and
@@ -83,7 +84,7 @@ class Baseline:
     """Regular and adversarially trained weights of the full network, with their metrics."""
 
     key: str
-    path: Path
+    path: str  # where it is stored: a directory or a storage URI
     regular_state: dict[str, torch.Tensor]
     robust_state: dict[str, torch.Tensor]
     metrics: BaselineMetrics
@@ -120,50 +121,61 @@ def baseline_key(exp: Experiment) -> str:
     return f"{exp.config.model}-{exp.config.dataset}-{hashlib.sha256(blob).hexdigest()[:16]}"
 
 
-def load_baseline(path: Path) -> Baseline:
-    """Read a cache entry, verifying both weight files against their recorded checksums."""
-    meta = read_json(path / "baseline.json")
+BASELINE_FILE = "baseline.json"
+
+
+def load_baseline(where: Store | str | os.PathLike) -> Baseline:
+    """Read a stored baseline (a cache entry, or a search's ``baseline/``, local or at a URI),
+    verifying both weight files against their recorded checksums."""
+    store = Store.of(where)
+    meta = store.read_json(BASELINE_FILE)
     try:
-        regular = load_state(path / "regular.pt", meta["sha256"]["regular.pt"])
-        robust = load_state(path / "robust.pt", meta["sha256"]["robust.pt"])
+        regular = store.load_state("regular.pt", meta["sha256"]["regular.pt"])
+        robust = store.load_state("robust.pt", meta["sha256"]["robust.pt"])
         metrics = BaselineMetrics(**meta["metrics"])
         key = meta["key"]
     except (KeyError, TypeError, AttributeError) as err:
         # A hand-edited or partly written record: as unusable as a failed checksum.
-        raise CorruptFileError(f"{path / 'baseline.json'} is incomplete ({err!r})") from None
-    return Baseline(key, path, regular, robust, metrics, reused=True)
+        raise CorruptFileError(f"{store.uri(BASELINE_FILE)} is incomplete ({err!r})") from None
+    return Baseline(key, store.uri(), regular, robust, metrics, reused=True)
 
 
 def get_baseline(exp: Experiment, *, log: Log = print, cache_dir: str | None = None) -> Baseline:
-    """Return the cached baseline for ``exp`` or train it (regular, then adversarial) and cache it."""
+    """Return the cached baseline for ``exp`` or train it (regular, then adversarial) and cache it.
+
+    ``cache_dir`` (default: the config's) is resolved here, by the process that trains, so a
+    ``~`` means the home directory of the node that uses the cache.
+    """
     key = baseline_key(exp)
-    path = Path(cache_dir or exp.config.cache_dir).expanduser() / key
-    if (path / "baseline.json").exists():
+    cache = Store(Path(cache_dir or exp.config.cache_dir).expanduser() / key)
+    if cache.is_file(BASELINE_FILE):
         try:
-            baseline = load_baseline(path)
-            log(f"[baseline] reusing {path} (Acc* = {baseline.acc_star:.4f})")
+            baseline = load_baseline(cache)
+            log(f"[baseline] reusing {cache.uri()} (Acc* = {baseline.acc_star:.4f})")
             return baseline
         except CorruptFileError as err:
             log(f"[baseline] cache entry is damaged, rebuilding it: {err}")
-    baseline = train_baseline(exp, key=key, path=path, log=log)
-    save_baseline(baseline)
+    baseline = train_baseline(exp, key=key, path=cache.uri(), log=log)
+    save_baseline(baseline, cache)
     return baseline
 
 
-def save_baseline(baseline: Baseline) -> None:
-    """Write weights first and the metadata (with their checksums) last, each atomically.
+def save_baseline(baseline: Baseline, where: Store | str | os.PathLike | None = None) -> None:
+    """Write the baseline to ``where`` (default: ``baseline.path``): weights first and the
+    metadata (with their checksums) last, each atomically.
 
     A crash between the writes leaves no ``baseline.json`` pointing at unfinished weights.
     """
+    store = Store.of(baseline.path if where is None else where)
     sums = {
-        "regular.pt": save_state(baseline.path / "regular.pt", baseline.regular_state),
-        "robust.pt": save_state(baseline.path / "robust.pt", baseline.robust_state),
+        "regular.pt": store.save_state("regular.pt", baseline.regular_state),
+        "robust.pt": store.save_state("robust.pt", baseline.robust_state),
     }
     meta = {"key": baseline.key, "metrics": asdict(baseline.metrics), "sha256": sums}
-    write_json(baseline.path / "baseline.json", meta)
+    store.write_json(BASELINE_FILE, meta)
 
 
-def train_baseline(exp: Experiment, *, key: str, path: Path, log: Log = print) -> Baseline:
+def train_baseline(exp: Experiment, *, key: str, path: str, log: Log = print) -> Baseline:
     """Regular training of the full network, then adversarial training; measure Acc*."""
     c = exp.config
     start = time.perf_counter()

@@ -10,10 +10,27 @@ import argparse
 import sys
 from pathlib import Path
 
-from semirobust_ray.config import load_config
+from semirobust_ray.config import ConfigError, config_values, load_config
 from semirobust_ray.storage import CorruptFileError
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "search_spaces" / "quickstart.yaml"
+#: The search spaces shipped inside the package (the quickstart, the paper's settings).
+SEARCH_SPACES = Path(__file__).resolve().parent / "search_spaces"
+DEFAULT_CONFIG = SEARCH_SPACES / "quickstart.yaml"
+
+
+def config_path(given: str | None) -> Path:
+    """``--config``: a YAML file, or the name of a bundled search space (``paper_vgg16_cifar10``);
+    none: the quickstart."""
+    if given is None:
+        return DEFAULT_CONFIG
+    path = Path(given).expanduser()
+    bundled = SEARCH_SPACES / f"{given.removesuffix('.yaml')}.yaml"
+    if not path.is_file() and "/" not in given and bundled.is_file():
+        return bundled
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in SEARCH_SPACES.glob("*.yaml")))
+        raise ConfigError(f"config file '{given}' does not exist; bundled search spaces: {names}")
+    return path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config",
         default=None,
-        help="search-space YAML file (default: search_spaces/quickstart.yaml)",
+        help="search-space YAML file, or the name of a bundled one (e.g. paper_vgg16_cifar10); "
+        "default: the quickstart. With --resume: only keys that may change on a resume",
     )
     p.add_argument(
         "--set",
@@ -55,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue an interrupted search (same --storage-path and --name) without "
-        "re-running finished trials",
+        help="continue an interrupted search from its storage alone (same --storage-path and "
+        "--name; config and baseline come from there) without re-running finished trials",
     )
     p.add_argument(
         "--gpus-per-trial",
@@ -75,7 +93,12 @@ def main(argv: list[str] | None = None) -> int:
         overrides = list(args.overrides)
         if args.gpus_per_trial is not None:
             overrides.append(f"gpus_per_trial={args.gpus_per_trial}")
-        config = load_config(args.config or DEFAULT_CONFIG, overrides)
+        config = load_config(config_path(args.config), overrides)
+        changes = None
+        if args.resume:
+            # The stored config is the search's; only the keys given here may change it.
+            given = config_path(args.config) if args.config is not None else None
+            changes = config_values(given, overrides)
         from semirobust_ray.search import run_search  # imports Ray: only for valid input
 
         outcome = run_search(
@@ -84,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             name=args.name,
             address=args.address,
             resume=args.resume,
+            changes=changes,
         )
     except (ValueError, CorruptFileError) as err:  # user-facing errors and damaged files
         print(f"error: {err}", file=sys.stderr)
@@ -107,7 +131,7 @@ def _print_summary(outcome) -> None:
         print(line)
     print()
     print(
-        f"Report:      {outcome.report_dir}  (table1.md, frontier.png, frontier.csv, "
+        f"Report:      {outcome.experiment_dir}  (table1.md, frontier.png, frontier.csv, "
         "rho_vs_depth.png, minimal_split.json)"
     )
     print(f"TensorBoard: tensorboard --logdir {outcome.experiment_dir}")

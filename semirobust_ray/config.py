@@ -35,9 +35,13 @@ class ConfigError(ValueError):
 
 
 def default_cache_dir() -> str:
-    """Where baselines are cached unless ``cache_dir`` says otherwise."""
+    """Where baselines are cached unless ``cache_dir`` says otherwise.
+
+    A leading ``~`` stays in the config: it is expanded by the process that uses the cache (a
+    Ray worker on another node has another home directory than the driver).
+    """
     base = os.environ.get("SEMIROBUST_CACHE", "~/.cache/semirobust_ray")
-    return str(Path(base).expanduser() / "baselines")
+    return f"{base.rstrip('/')}/baselines"
 
 
 @dataclass(frozen=True)
@@ -196,8 +200,9 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
     return out
 
 
-def load_config(path: str | os.PathLike | None, overrides: Iterable[str] = ()) -> ExperimentConfig:
-    """Read a search-space YAML file (``yaml.safe_load``), apply ``--set`` overrides, validate."""
+def config_values(path: str | os.PathLike | None, overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """The keys a search-space YAML file (``yaml.safe_load``) and ``--set`` overrides name, not
+    yet validated (a resume compares them with the stored config)."""
     values: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -216,7 +221,12 @@ def load_config(path: str | os.PathLike | None, overrides: Iterable[str] = ()) -
             raise ConfigError(f"config file '{path}' must hold a mapping of key: value")
         values.update(loaded)
     values.update(parse_overrides(overrides))
-    return ExperimentConfig.from_dict(values)
+    return values
+
+
+def load_config(path: str | os.PathLike | None, overrides: Iterable[str] = ()) -> ExperimentConfig:
+    """Read a search-space YAML file, apply ``--set`` overrides, validate."""
+    return ExperimentConfig.from_dict(config_values(path, overrides))
 
 
 # --- validation ---------------------------------------------------------------------------

@@ -15,15 +15,13 @@ so a user sees what training only f_b saved.
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from semirobust_ray.algorithm1 import DepthSummary, reached_by_depth
 from semirobust_ray.answer import answer_depth
-from semirobust_ray.plots import new_figure, save_png
+from semirobust_ray.plots import new_figure, png_bytes
 from semirobust_ray.results import depth_summaries, labels, trial_results
 
 FRONTIER_COLUMNS: tuple[str, ...] = (
@@ -97,8 +95,8 @@ def frontier_table(results: dict[str, Any]) -> pd.DataFrame:
     return df.astype({"epochs_to_reach": "Int64"})
 
 
-def frontier_figure(results: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Draw ``frontier.png`` (see the module docstring); written atomically."""
+def frontier_figure(results: dict[str, Any]) -> bytes:
+    """``frontier.png`` (see the module docstring), as PNG bytes."""
     n = int(results["num_layers"])
     config = results["config"]
     k = float(config.get("k", math.nan))
@@ -115,7 +113,7 @@ def frontier_figure(results: dict[str, Any], path: str | os.PathLike) -> Path:
     )
     if df.empty:
         ax.text(0.5, 0.5, "no finished trials", ha="center", va="center", transform=ax.transAxes)
-        return save_png(fig, path)
+        return png_bytes(fig)
 
     diffs = 100 * df["diff"]
     low = min(float(diffs.min()), 0.0) - 2.0
@@ -200,4 +198,4 @@ def frontier_figure(results: dict[str, Any], path: str | os.PathLike) -> Path:
         ncol=3,
         frameon=False,
     )
-    return save_png(fig, path)
+    return png_bytes(fig)

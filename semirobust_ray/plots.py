@@ -1,13 +1,10 @@
-"""Headless matplotlib figures written atomically as PNG (clusters and CI have no display)."""
+"""Headless matplotlib figures rendered to PNG bytes (clusters and CI have no display); the
+caller stores them (:class:`semirobust_ray.storage.Store` writes atomically)."""
 
 from __future__ import annotations
 
 import io
-import os
-from pathlib import Path
 from typing import Any
-
-from semirobust_ray.storage import atomic_write_bytes
 
 
 def new_figure(**kwargs: Any) -> tuple[Any, Any]:
@@ -20,14 +17,12 @@ def new_figure(**kwargs: Any) -> tuple[Any, Any]:
     return plt.subplots(**kwargs)
 
 
-def save_png(fig: Any, path: str | os.PathLike) -> Path:
-    """Write ``fig`` as a PNG that a reader never sees half-written, and close it."""
+def png_bytes(fig: Any) -> bytes:
+    """``fig`` as PNG bytes; the figure is closed."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    out = Path(path)
-    atomic_write_bytes(out, buf.getvalue())
-    return out
+    return buf.getvalue()

@@ -4,7 +4,7 @@ A search reports Acc* (the adversarially trained full network) and, per trial, A
 trial's final f_b) under its ``eval_attack``. This module checks those numbers from the stored
 files alone, without the search, trial or attack code that produced them:
 
-* the weights come from the search directory: f*_a from ``baseline/`` (SHA-256-checked) and each
+* the weights come from the search directory (local or at a storage URI such as ``s3://``): f*_a from ``baseline/`` (SHA-256-checked) and each
   trial's final f_b from ``final_fb.pt`` in its last checkpoint, all loaded with
   ``torch.load(weights_only=True)``;
 * the attack is ``pyautoattack.AutoAttack`` (standard version, L∞) called directly, not through
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -34,9 +35,9 @@ from semirobust_ray.baseline import load_baseline
 from semirobust_ray.config import ConfigError, ExperimentConfig
 from semirobust_ray.experiment import prepare
 from semirobust_ray.models import split
-from semirobust_ray.results import SEARCH_META_FILE, ReportError, load_results
-from semirobust_ray.search import BASELINE_DIR
-from semirobust_ray.storage import CorruptFileError, atomic_write_bytes, load_state
+from semirobust_ray.results import SEARCH_META_FILE, ReportError, load_results, search_meta_file
+from semirobust_ray.searchdir import BASELINE_DIR
+from semirobust_ray.storage import CorruptFileError, Store
 from semirobust_ray.training import resolve_device
 from semirobust_ray.trial import FINAL_FB_FILE
 
@@ -61,22 +62,26 @@ class FinalNetwork:
     fb_state: dict[str, torch.Tensor] | None
 
 
-def final_networks(exp_dir: Path, trials: list[dict]) -> list[FinalNetwork]:
-    """The final network of every finished trial (``load_results(exp_dir)["trials"]``), in
+def _checkpoint_number(rel: str) -> int:
+    folder = rel.split("/")[-2]  # .../checkpoint_000003/final_fb.pt
+    return int(folder.split("_")[-1]) if folder.startswith("checkpoint_") else -1
+
+
+def final_networks(search: Store, trials: list[dict]) -> list[FinalNetwork]:
+    """The final network of every finished trial (``load_results(search)["trials"]``), in
     (|f_b|, trial) order; unfinished and failed trials reported nothing to check."""
     networks = []
     for trial in trials:
-        trial_dir = exp_dir / trial["trial_dir"]
-        checkpoints = sorted(
-            trial_dir.glob(f"checkpoint_*/{FINAL_FB_FILE}"),
-            key=lambda p: int(p.parent.name.split("_")[-1]),
-        )
-        if not checkpoints:
+        trial_dir = trial["trial_dir"]
+        found = [
+            r for r in search.files(trial_dir, name=FINAL_FB_FILE) if _checkpoint_number(r) >= 0
+        ]
+        if not found:
             raise ReevaluationError(
-                f"{trial_dir.name} finished but has no {FINAL_FB_FILE} checkpoint "
+                f"{trial_dir.rsplit('/', 1)[-1]} finished but has no {FINAL_FB_FILE} checkpoint "
                 "(trials run before final_fb.pt was introduced did not save their final f_b)"
             )
-        final = load_state(checkpoints[-1])
+        final = search.load_state(max(found, key=_checkpoint_number))
         networks.append(
             FinalNetwork(
                 name=f"|f_b|={final['fb_layers']} t={final['trial']}",
@@ -137,19 +142,21 @@ def _intra_op_threads(n: int | None) -> Iterator[None]:
 
 
 def reevaluate(
-    exp_dir: str | Path,
+    exp_dir: str | Path | Store,
     *,
     seed_offset: int = 0,
     device: str = "auto",
     resume: bool = False,
     threads: int | None = None,
+    fb_layers: list[int] | None = None,
     log: Log = print,
 ) -> pd.DataFrame:
-    """Re-run AutoAttack on the baseline and every finished trial's network of a search.
+    """Re-run AutoAttack on the baseline and every finished trial's network of a search (with
+    ``fb_layers``: only the trials at those |f_b|, e.g. the answer's, beside Acc*).
 
     Returns one row per network: ``network``, ``fb_layers``, ``trial``, ``seed``,
-    ``reported_acc``, ``autoattack_acc``, ``abs_diff``; ``reevaluation.csv`` in ``exp_dir`` is
-    rewritten after every network, so an interrupted run keeps what it measured. With
+    ``reported_acc``, ``autoattack_acc``, ``abs_diff``; ``reevaluation.csv`` in ``exp_dir`` (a
+    directory or a storage URI) is rewritten after every network, so an interrupted run keeps what it measured. With
     ``resume``, networks already in that file (same name, seed and reported Acc) are not
     attacked again: re-evaluate a search that is still running, then the trials it adds.
 
@@ -158,31 +165,35 @@ def reevaluate(
     trial, and no oversubscription, which slows AutoAttack several-fold when two processes
     share the cores. The caller's setting is restored afterwards.
     """
-    exp_dir = Path(exp_dir)
-    if not (exp_dir / SEARCH_META_FILE).is_file():
-        raise ReevaluationError(f"{exp_dir} has no {SEARCH_META_FILE}: pass a search's directory")
+    search = Store.of(exp_dir)
+    if search_meta_file(search) is None:
+        raise ReevaluationError(
+            f"{search.uri()} has no {SEARCH_META_FILE}: pass a search's directory"
+        )
     try:
-        results = load_results(exp_dir)
+        results = load_results(search)
         config = ExperimentConfig.from_dict({**results["config"], "device": device})
     except (ReportError, ConfigError) as err:
-        raise ReevaluationError(f"{exp_dir}: {err}") from None
+        raise ReevaluationError(f"{search.uri()}: {err}") from None
     if config.eval_attack_name != "autoattack":
         log(
             f"[reevaluate] note: the search measured Acc with '{config.eval_attack_name}', "
             "so AutoAttack's numbers are expected to be lower, not equal"
         )
     try:
-        baseline = load_baseline(exp_dir / BASELINE_DIR)
+        baseline = load_baseline(search.child(BASELINE_DIR))
     except CorruptFileError as err:
         raise ReevaluationError(str(err)) from None
     networks = [
         FinalNetwork("Acc* (f*_a, f*_b)", None, None, config.seed, baseline.acc_star, None),
-        *final_networks(exp_dir, results["trials"]),
+        *final_networks(
+            search,
+            [t for t in results["trials"] if fb_layers is None or t["fb_layers"] in fb_layers],
+        ),
     ]
-    out = exp_dir / OUTPUT_FILE
     done: dict[tuple[str, int, float], dict] = {}
-    if resume and out.is_file():
-        for row in pd.read_csv(out).to_dict("records"):
+    if resume and search.is_file(OUTPUT_FILE):
+        for row in pd.read_csv(io.BytesIO(search.read_bytes(OUTPUT_FILE))).to_dict("records"):
             done[(row["network"], int(row["seed"]), float(row["reported_acc"]))] = row
     exp = prepare(config)
     x, y = exp.eval_split("test")
@@ -194,7 +205,7 @@ def reevaluate(
             key = (net.name, net.seed + seed_offset, net.reported_acc)
             if key in done:
                 rows.append(done[key])
-                log(f"[reevaluate] {net.name}: kept from {out.name}")
+                log(f"[reevaluate] {net.name}: kept from {OUTPUT_FILE}")
                 continue
             model = exp.build_model()
             model.load_state_dict(baseline.robust_state)
@@ -224,8 +235,20 @@ def reevaluate(
                 f"[reevaluate] {net.name}: reported {net.reported_acc:.4f}, "
                 f"AutoAttack {acc:.4f} on {len(x)} test images"
             )
-            atomic_write_bytes(out, pd.DataFrame(rows).to_csv(index=False).encode())
+            search.write_bytes(OUTPUT_FILE, pd.DataFrame(rows).to_csv(index=False).encode())
     return pd.DataFrame(rows)
+
+
+def _depth_list(text: str) -> list[int]:
+    try:
+        depths = [int(d) for d in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers such as 4,12, got {text!r}"
+        ) from None
+    if any(d < 1 for d in depths):
+        raise argparse.ArgumentTypeError(f"every |f_b| must be at least 1, got {text!r}")
+    return depths
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,7 +257,10 @@ def main(argv: list[str] | None = None) -> int:
         description="Re-evaluate a finished search's networks (Acc* and every trial's final "
         "f*_a + f_b) with the official AutoAttack, from the stored checkpoints alone."
     )
-    parser.add_argument("search_dir", help="the search's directory, e.g. results/NAME")
+    parser.add_argument(
+        "search_dir",
+        help="the search's directory or storage URI, e.g. results/NAME or s3://b/runs/NAME",
+    )
     parser.add_argument(
         "--seed-offset",
         type=int,
@@ -259,6 +285,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="PyTorch threads on a CPU (default: the search's cpus_per_trial, as its trials ran)",
     )
+    parser.add_argument(
+        "--fb-layers",
+        type=_depth_list,
+        default=None,
+        metavar="D1,D2",
+        help="only the trials at these |f_b| (e.g. the answer's), beside Acc*; default: all",
+    )
     args = parser.parse_args(argv)
     if args.threads is not None and args.threads < 1:
         print(f"error: --threads must be at least 1, got {args.threads}", file=sys.stderr)
@@ -270,8 +303,9 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device,
             resume=args.resume,
             threads=args.threads,
+            fb_layers=args.fb_layers,
         )
-    except (ReevaluationError, ConfigError, FileNotFoundError) as err:
+    except (ReevaluationError, CorruptFileError, OSError, ValueError) as err:  # one line each
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(table.to_string(index=False))

@@ -33,7 +33,7 @@ import pandas as pd
 from semirobust_ray.algorithm1 import DepthSummary, reached_by_depth
 from semirobust_ray.answer import answer_summary
 from semirobust_ray.frontier import frontier_figure, frontier_table
-from semirobust_ray.plots import new_figure, save_png
+from semirobust_ray.plots import new_figure, png_bytes
 from semirobust_ray.results import (
     candidate_depths,
     depth_summaries,
@@ -41,7 +41,7 @@ from semirobust_ray.results import (
     load_results,
     trial_results,
 )
-from semirobust_ray.storage import CorruptFileError, atomic_write_bytes, write_json
+from semirobust_ray.storage import CorruptFileError, Store, is_uri
 
 # Table 1 reports ρ for the pairs ending at layers n, n−3, n−7, n−11 and n−15 (x = 0, 3, ...).
 RHO_OFFSETS: tuple[int, ...] = (0, 3, 7, 11, 15)
@@ -139,12 +139,12 @@ def table1_markdown(df: pd.DataFrame) -> str:
 # Figure 1
 
 
-def rho_vs_depth_figure(results: dict[str, Any], path: str | os.PathLike) -> Path:
+def rho_vs_depth_figure(results: dict[str, Any]) -> bytes:
     """The paper's Fig. 1: ρ against layer depth x (pair ending at layer n − x), per |f_b|.
 
     It shows ρ_j as Algorithm 1's pseudo-code takes it, the minimum over a depth's trials (the
-    best trial's values are in ``table1.csv``). Written atomically as a PNG; an empty figure
-    with a note when no MI was measured.
+    best trial's values are in ``table1.csv``). PNG bytes; an empty figure with a note when no MI
+    was measured.
     """
     n = int(results["num_layers"])
     model, dataset = labels(results["config"])
@@ -174,7 +174,7 @@ def rho_vs_depth_figure(results: dict[str, Any], path: str | os.PathLike) -> Pat
             va="center",
             transform=ax.transAxes,
         )
-    return save_png(fig, path)
+    return png_bytes(fig)
 
 
 # --------------------------------------------------------------------------------------------
@@ -310,35 +310,42 @@ def answer_lines(answer: dict[str, Any]) -> list[str]:
 # All files
 
 
-def write_report(results: dict[str, Any], out_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write ``table1.csv``, ``table1.md``, ``rho_vs_depth.png``, ``frontier.csv``,
-    ``frontier.png`` and ``minimal_split.json``.
+REPORT_FILES: dict[str, str] = {
+    "table1_csv": "table1.csv",
+    "table1_md": "table1.md",
+    "figure": "rho_vs_depth.png",
+    "frontier_csv": "frontier.csv",
+    "frontier_png": "frontier.png",
+    "minimal_split": "minimal_split.json",
+}
 
-    Every file is written atomically, so a reader never sees half a report. Returns the paths.
+
+def write_report(results: dict[str, Any], out: Store | str | os.PathLike) -> dict[str, str]:
+    """Write ``table1.csv``, ``table1.md``, ``rho_vs_depth.png``, ``frontier.csv``,
+    ``frontier.png`` and ``minimal_split.json`` into ``out`` (a directory, a storage URI or a
+    :class:`~semirobust_ray.storage.Store`).
+
+    Every file is written atomically, so a reader never sees half a report. Returns where each
+    file is (keys of :data:`REPORT_FILES`).
     """
-    out = Path(out_dir)
+    store = Store.of(out)
     df = table1(results)
     answer = minimal_split(results)
-    paths = {
-        "table1_csv": out / "table1.csv",
-        "table1_md": out / "table1.md",
-        "figure": out / "rho_vs_depth.png",
-        "frontier_csv": out / "frontier.csv",
-        "frontier_png": out / "frontier.png",
-        "minimal_split": out / "minimal_split.json",
-    }
-    atomic_write_bytes(paths["table1_csv"], df.to_csv(index=False, float_format="%.6g").encode())
     document = table1_markdown(df) + "\n" + "\n\n".join(answer_lines(answer)) + "\n"
-    atomic_write_bytes(paths["table1_md"], document.encode())
-    rho_vs_depth_figure(results, paths["figure"])
-    frontier = frontier_table(results).to_csv(index=False, float_format="%.6g")
-    atomic_write_bytes(paths["frontier_csv"], frontier.encode())
-    frontier_figure(results, paths["frontier_png"])
-    write_json(paths["minimal_split"], answer)
-    return paths
+    contents = {
+        "table1_csv": df.to_csv(index=False, float_format="%.6g").encode(),
+        "table1_md": document.encode(),
+        "figure": rho_vs_depth_figure(results),
+        "frontier_csv": frontier_table(results).to_csv(index=False, float_format="%.6g").encode(),
+        "frontier_png": frontier_figure(results),
+    }
+    for key, data in contents.items():
+        store.write_bytes(REPORT_FILES[key], data)
+    store.write_json(REPORT_FILES["minimal_split"], answer)
+    return {key: store.uri(name) for key, name in REPORT_FILES.items()}
 
 
-def _summary_lines(results: dict[str, Any], paths: dict[str, Path]) -> Iterable[str]:
+def _summary_lines(results: dict[str, Any], paths: dict[str, str]) -> Iterable[str]:
     m = minimal_split(results)
     yield from answer_lines(m)
     for f in m["failed"]:
@@ -356,13 +363,15 @@ def main(argv: list[str] | None = None) -> int:
         description="Rebuild Table 1, the ρ-vs-depth figure, the frontier and minimal_split.json "
         "from stored results (a runner results.json or a Tune search directory).",
     )
-    parser.add_argument("dir", help="search directory (or results.json)")
+    parser.add_argument(
+        "dir", help="search directory or storage URI (s3://bucket/runs/NAME), or a results.json"
+    )
     parser.add_argument("--out", default=None, help="where to write (default: DIR itself)")
     args = parser.parse_args(argv)
     try:
         results = load_results(args.dir)
-        src = Path(args.dir)
-        out = Path(args.out) if args.out else (src.parent if src.is_file() else src)
+        is_file = not is_uri(args.dir) and Path(args.dir).is_file()
+        out = args.out or (str(Path(args.dir).parent) if is_file else args.dir)
         paths = write_report(results, out)
     except (ValueError, CorruptFileError) as err:  # ReportError and config errors alike
         print(f"error: {err}", file=sys.stderr)

@@ -1,12 +1,16 @@
 """Stored results of a search, read back: the runner's ``results.json`` or a Tune directory.
 
 Every file the report writes is rebuilt from what this module reads, so a search can be
-re-reported (or re-evaluated) from its storage alone.
+re-reported (or re-evaluated) from its storage alone: a local or shared directory or any URI
+:class:`~semirobust_ray.storage.Store` opens (``s3://...``).
 
 Tune experiment directory format (what the search layer must write):
 
-- ``<dir>/search_meta.json`` = ``{"config": ExperimentConfig.to_dict(), "num_layers": n,
-  "baseline": {"acc_star": ..., ...}}``;
+- ``<dir>/search/search_meta.json`` = ``{"config": ExperimentConfig.to_dict(), "num_layers": n,
+  "baseline": {"acc_star": ..., ...}}`` (searches of earlier versions kept it at
+  ``<dir>/search_meta.json``; both are read). Not at the top level: on a resume Tune downloads
+  the top-level JSON files of the directory and re-uploads them with its own state, and a
+  driver killed during that upload would leave the file cut short;
 - one directory per trial (found recursively) holding Tune's ``result.json`` (JSON lines, one per
   ``tune.report``). A finished trial's last report carries ``"trial_result_json"``: the JSON
   string of ``TrialResult.to_dict()``. A trial whose last report carries ``"failure"`` instead
@@ -24,10 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from semirobust_ray.algorithm1 import DepthSummary, TrialResult, summarise_depth
-from semirobust_ray.storage import CorruptFileError, read_json
+from semirobust_ray.storage import CorruptFileError, Store, is_uri
 
 RESULTS_FILE = "results.json"
-SEARCH_META_FILE = "search_meta.json"
+SEARCH_META_FILE = "search/search_meta.json"
+LEGACY_SEARCH_META_FILE = "search_meta.json"
 TUNE_RESULT_FILE = "result.json"
 TRIAL_RESULT_KEY = "trial_result_json"
 
@@ -48,42 +53,57 @@ class ReportError(ValueError):
     """Stored results are missing or malformed; the message is one line for the user."""
 
 
-def load_results(path: str | os.PathLike) -> dict[str, Any]:
+def search_meta_file(store: Store) -> str | None:
+    """Where ``store`` keeps its search's metadata (None: it holds no Tune search)."""
+    for rel in (SEARCH_META_FILE, LEGACY_SEARCH_META_FILE):
+        if store.is_file(rel):
+            return rel
+    return None
+
+
+def load_results(path: str | os.PathLike | Store) -> dict[str, Any]:
     """Read stored results: the runner's ``results.json`` or a Ray Tune experiment directory.
 
     ``path`` may be ``results.json`` itself, a directory holding it, or a Tune experiment
-    directory (``search_meta.json`` plus trial directories with ``result.json``). Returns the
-    results dict (``config``, ``num_layers``, ``baseline``, ``trials`` as
-    ``TrialResult.to_dict()`` dicts; a Tune directory adds ``unfinished``). Raises
-    :class:`ReportError` when the path holds neither layout or a file is unreadable.
+    directory (``search/search_meta.json`` plus trial directories with ``result.json``), local
+    or at a storage URI. Returns the results dict (``config``, ``num_layers``, ``baseline``,
+    ``trials`` as ``TrialResult.to_dict()`` dicts; a Tune directory adds ``unfinished``).
+    Raises :class:`ReportError` when the path holds neither layout or a file is unreadable.
     """
-    p = Path(path)
-    if p.is_file() and p.name == RESULTS_FILE:
-        return _load_runner_results(p)
-    if not p.is_dir():
-        raise ReportError(f"{p} is not a directory with {RESULTS_FILE} or {SEARCH_META_FILE}")
+    if not isinstance(path, Store) and not is_uri(path):
+        p = Path(path)
+        if p.is_file() and p.name == RESULTS_FILE:
+            return _load_runner_results(Store(p.parent), RESULTS_FILE)
+        if not p.is_dir():
+            raise ReportError(f"{p} is not a directory with {RESULTS_FILE} or {SEARCH_META_FILE}")
+    try:
+        store = Store.of(path)
+        meta = search_meta_file(store)
+        runner = store.is_file(RESULTS_FILE)
+    except OSError as err:  # an unreachable bucket, missing credentials, ...
+        raise ReportError(f"cannot read {path}: {err}") from None
     # The trial directories are the primary record of a search; a results.json next to them
     # (if the search layer ever writes one) could be stale after a resume, so Tune wins.
-    if (p / SEARCH_META_FILE).is_file():
-        return _load_tune_results(p)
-    if (p / RESULTS_FILE).is_file():
-        return _load_runner_results(p / RESULTS_FILE)
+    if meta is not None:
+        return _load_tune_results(store, meta)
+    if runner:
+        return _load_runner_results(store, RESULTS_FILE)
     raise ReportError(
-        f"{p} holds neither {RESULTS_FILE} (runner output) nor {SEARCH_META_FILE} "
+        f"{store.uri()} holds neither {RESULTS_FILE} (runner output) nor {SEARCH_META_FILE} "
         "(a Tune search directory); pass the search's experiment directory"
     )
 
 
-def _read_json_or_fail(path: Path) -> Any:
+def _read_json_or_fail(store: Store, rel: str) -> Any:
     try:
-        return read_json(path)
+        return store.read_json(rel)
     except CorruptFileError as err:
         raise ReportError(str(err)) from None
     except OSError as err:
-        raise ReportError(f"cannot read {path}: {err.strerror}") from None
+        raise ReportError(f"cannot read {store.uri(rel)}: {err.strerror or err}") from None
 
 
-def _require_header(data: Any, source: Path) -> None:
+def _require_header(data: Any, source: str) -> None:
     if not isinstance(data, dict):
         raise ReportError(f"{source} must hold a JSON object, got {type(data).__name__}")
     missing = [k for k in ("config", "num_layers", "baseline") if k not in data]
@@ -95,53 +115,58 @@ def _require_header(data: Any, source: Path) -> None:
         raise ReportError(f"{source}: 'num_layers' must be a positive integer")
 
 
-def _load_runner_results(path: Path) -> dict[str, Any]:
-    data = _read_json_or_fail(path)
-    _require_header(data, path)
+def _load_runner_results(store: Store, rel: str) -> dict[str, Any]:
+    source = store.uri(rel)
+    data = _read_json_or_fail(store, rel)
+    _require_header(data, source)
     trials = data.get("trials")
     if not isinstance(trials, list):
-        raise ReportError(f"{path}: 'trials' must be a list")
+        raise ReportError(f"{source}: 'trials' must be a list")
     for i, t in enumerate(trials):
-        _trial_from_dict(t, f"{path} trial #{i}")
-    return {**data, "source": str(path), "unfinished": data.get("unfinished", [])}
+        _trial_from_dict(t, f"{source} trial #{i}")
+    return {**data, "source": source, "unfinished": data.get("unfinished", [])}
 
 
-def _load_tune_results(root: Path) -> dict[str, Any]:
-    meta = _read_json_or_fail(root / SEARCH_META_FILE)
-    _require_header(meta, root / SEARCH_META_FILE)
+def _parent(rel: str) -> str:
+    return rel.rpartition("/")[0]
+
+
+def _load_tune_results(store: Store, meta_rel: str) -> dict[str, Any]:
+    meta = _read_json_or_fail(store, meta_rel)
+    _require_header(meta, store.uri(meta_rel))
     trials: list[dict[str, Any]] = []
     unfinished: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     # Sorted so that the trial order (and hence every output file) is reproducible.
-    for result_file in sorted(root.rglob(TUNE_RESULT_FILE)):
-        trial_dir = result_file.parent
-        rel = str(trial_dir.relative_to(root))
-        final, last, reports = _scan_tune_result(result_file)
+    for result_rel in store.files(name=TUNE_RESULT_FILE):
+        rel = _parent(result_rel)
+        final, last, reports = _scan_tune_result(store, result_rel)
         if final is None and last is not None and last.get("failure"):
             # Ended on purpose without a result (e.g. diverged): a failed trial, with its reason.
-            failed.append(_failed_entry(rel, trial_dir, last))
+            failed.append(_failed_entry(rel, last))
             continue
         if final is None:
-            unfinished.append(_unfinished_entry(rel, trial_dir, last, reports))
+            unfinished.append(_unfinished_entry(store, rel, last, reports))
             continue
         try:
             trial = json.loads(final)
         except (TypeError, json.JSONDecodeError):
             raise ReportError(
-                f"{result_file}: '{TRIAL_RESULT_KEY}' is not a JSON string of a trial result"
+                f"{store.uri(result_rel)}: '{TRIAL_RESULT_KEY}' is not a JSON string of a trial "
+                "result"
             ) from None
-        _trial_from_dict(trial, str(result_file))
+        _trial_from_dict(trial, store.uri(result_rel))
         trials.append({**trial, "trial_dir": rel})
     return {
         **meta,
         "trials": trials,
         "unfinished": unfinished,
         "failed": failed,
-        "source": str(root),
+        "source": store.uri(),
     }
 
 
-def _scan_tune_result(path: Path) -> tuple[str | None, dict[str, Any] | None, int]:
+def _scan_tune_result(store: Store, rel: str) -> tuple[str | None, dict[str, Any] | None, int]:
     """(the last ``trial_result_json`` value, the last report, the number of reports).
 
     A line cut off by a crash is skipped rather than failing the whole report: the trial it
@@ -151,9 +176,9 @@ def _scan_tune_result(path: Path) -> tuple[str | None, dict[str, Any] | None, in
     last: dict[str, Any] | None = None
     reports = 0
     try:
-        lines = path.read_text(errors="replace").splitlines()
+        lines = store.read_bytes(rel).decode(errors="replace").splitlines()
     except OSError as err:
-        raise ReportError(f"cannot read {path}: {err.strerror}") from None
+        raise ReportError(f"cannot read {store.uri(rel)}: {err.strerror or err}") from None
     for line in lines:
         if not line.strip():
             continue
@@ -171,14 +196,12 @@ def _scan_tune_result(path: Path) -> tuple[str | None, dict[str, Any] | None, in
 
 
 def _unfinished_entry(
-    rel: str, trial_dir: Path, last: dict[str, Any] | None, reports: int
+    store: Store, rel: str, last: dict[str, Any] | None, reports: int
 ) -> dict[str, Any]:
     entry: dict[str, Any] = {"trial_dir": rel, "reports": reports}
-    params = trial_dir / "params.json"
-    if params.is_file():
-        # params are a courtesy for the reader; a broken file must not stop the report.
-        with contextlib.suppress(OSError, json.JSONDecodeError):
-            entry["params"] = json.loads(params.read_text())
+    # params are a courtesy for the reader; a missing or broken file must not stop the report.
+    with contextlib.suppress(OSError, CorruptFileError):
+        entry["params"] = store.read_json(f"{rel}/params.json")
     if last is not None:
         for key in ("epoch", "training_iteration", "fb_layers", "val_robust_acc", "gap"):
             if key in last:
@@ -186,7 +209,7 @@ def _unfinished_entry(
     return entry
 
 
-def _failed_entry(rel: str, trial_dir: Path, last: dict[str, Any]) -> dict[str, Any]:
+def _failed_entry(rel: str, last: dict[str, Any]) -> dict[str, Any]:
     entry: dict[str, Any] = {"trial_dir": rel, "failure": str(last["failure"])}
     for key in ("fb_layers", "trial"):
         if key in last:

@@ -17,13 +17,12 @@ actor through which the trials of a depth share its Acc_sr.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import pickle
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,22 +31,26 @@ from ray import tune
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from semirobust_ray.answer import premise, premise_order, premise_violations
-from semirobust_ray.baseline import (
-    Baseline,
-    baseline_key,
-    get_baseline,
-    load_baseline,
-    save_baseline,
-)
+from semirobust_ray.baseline import Baseline, baseline_key, get_baseline
 from semirobust_ray.config import ExperimentConfig
 from semirobust_ray.experiment import Experiment, prepare
 from semirobust_ray.report import minimal_split, write_report
-from semirobust_ray.results import SEARCH_META_FILE, depth_summaries, load_results
-from semirobust_ray.storage import CorruptFileError, read_json, write_json
+from semirobust_ray.results import load_results
+from semirobust_ray.searchdir import (
+    BASELINE_DIR,
+    SearchDirError,
+    experiment_dir,
+    holds_search,
+    known_acc_sr,
+    load_search_baseline,
+    resolve_storage_path,
+    resume_config,
+    save_search_files,
+    stored_config,
+)
+from semirobust_ray.storage import CorruptFileError, Store, is_uri
 from semirobust_ray.training import resolve_device
-from semirobust_ray.trial import TRIAL_RESULT_KEY, AccSrBoard, algorithm1_trainable
-
-BASELINE_DIR = "baseline"
+from semirobust_ray.trial import algorithm1_trainable, start_acc_sr_board
 
 Log = Callable[[str], None]
 
@@ -56,7 +59,7 @@ def _print(message: str) -> None:
     print(message)
 
 
-class SearchError(ValueError):
+class SearchError(SearchDirError):
     """A problem with the search set-up (storage, resume, resources); one line."""
 
 
@@ -238,69 +241,6 @@ class _FinishWatch(tune.Callback):
         type(self).unfinished = sum(t.status not in ("TERMINATED", "ERROR") for t in trials)
 
 
-# --- storage of the search's own files ----------------------------------------------------
-
-
-def _is_uri(path: str) -> bool:
-    return "://" in path
-
-
-def resolve_storage_path(storage_path: str) -> str:
-    """An absolute local directory (created, checked writable) or a URI, unchanged."""
-    if _is_uri(storage_path):
-        return storage_path
-    path = Path(storage_path).expanduser().resolve()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write_test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise SearchError(
-            f"storage path '{storage_path}' is not writable ({err.strerror or err})"
-        ) from None
-    return str(path)
-
-
-def experiment_dir(storage_path: str, name: str) -> str:
-    return f"{storage_path.rstrip('/')}/{name}"
-
-
-def _local(path: str) -> Path | None:
-    return None if _is_uri(path) else Path(path)
-
-
-def save_search_files(exp_dir: str, exp: Experiment, baseline: Baseline) -> None:
-    """``search_meta.json`` (for reports) and the baseline's weights, under the search dir."""
-    meta = {
-        "config": exp.config.to_dict(),
-        "num_layers": exp.num_layers,
-        "baseline": {"key": baseline.key, **asdict(baseline.metrics)},
-    }
-    local = _local(exp_dir)
-    if local is None:
-        import pyarrow.fs as pafs
-
-        fs, root = pafs.FileSystem.from_uri(exp_dir)
-        with fs.open_output_stream(f"{root}/{SEARCH_META_FILE}") as f:
-            f.write(json.dumps(meta, indent=2).encode())
-        return  # the on-disk cache of the node that trained it keeps the weights
-    write_json(local / SEARCH_META_FILE, meta)
-    save_baseline(dataclasses.replace(baseline, path=local / BASELINE_DIR))
-
-
-def load_search_baseline(exp_dir: str) -> Baseline | None:
-    """The baseline stored with a search (for resume), if present; CorruptFileError if damaged.
-
-    Its key is not checked against today's: the finished trials were measured against this
-    Acc*, so a resume keeps it even when a newer version of the code would key it differently.
-    """
-    local = _local(exp_dir)
-    if local is None or not (local / BASELINE_DIR / "baseline.json").exists():
-        return None
-    return load_baseline(local / BASELINE_DIR)
-
-
 # --- the search ---------------------------------------------------------------------------
 
 
@@ -308,11 +248,10 @@ def load_search_baseline(exp_dir: str) -> Baseline | None:
 class SearchOutcome:
     """What a finished search produced and where."""
 
-    experiment_dir: str
-    report_dir: Path
+    experiment_dir: str  # a directory or a storage URI; the report is written there too
     answer: dict[str, Any]  # minimal_split.json: both readings, the premise check, the evidence
     results: dict[str, Any]
-    report_paths: dict[str, Path]
+    report_paths: dict[str, str]
     seconds: float
     trial_seconds: float
 
@@ -409,21 +348,6 @@ def _tune_config(exp: Experiment, log: Log) -> tune.TuneConfig:
     return tune.TuneConfig(search_alg=limited, num_samples=samples, **common)
 
 
-def results_from_grid(grid, exp: Experiment, baseline: Baseline) -> dict[str, Any]:
-    """The report's results dict built from Tune's in-memory results (any storage)."""
-    trials = []
-    for r in grid:
-        payload = (r.metrics or {}).get(TRIAL_RESULT_KEY)
-        if payload:
-            trials.append(json.loads(payload))
-    return {
-        "config": exp.config.to_dict(),
-        "num_layers": exp.num_layers,
-        "baseline": {"key": baseline.key, **asdict(baseline.metrics)},
-        "trials": trials,
-    }
-
-
 def run_search(
     config: ExperimentConfig,
     *,
@@ -431,40 +355,47 @@ def run_search(
     name: str | None = None,
     address: str | None = None,
     resume: bool = False,
+    changes: dict[str, Any] | None = None,
     log: Log = print,
     verbose: int = 1,
     trainable_fn: Callable[..., None] = algorithm1_trainable,
 ) -> SearchOutcome:
     """Validate, start or join Ray, train the baseline once, run the trials, write the report.
 
-    ``trainable_fn`` replaces the Tune function (same keyword arguments as
-    :func:`semirobust_ray.trial.algorithm1_trainable`), e.g. to inject faults in tests.
+    Everything the search writes goes under ``storage_path/name`` (a directory or a URI such as
+    ``s3://bucket/runs``). With ``resume`` the config and the baseline come from there, and
+    ``changes`` (the keys a ``--config`` file and ``--set`` name; default: every key of
+    ``config``) may alter only :data:`~semirobust_ray.searchdir.RESUME_MAY_CHANGE`; ``config``
+    names the search when ``name`` is None. ``trainable_fn`` replaces the
+    Tune function (same keyword arguments as :func:`semirobust_ray.trial.algorithm1_trainable`),
+    e.g. to inject faults in tests.
     """
     start = time.perf_counter()
     storage = resolve_storage_path(storage_path)
     name = name or f"{config.model}-{config.dataset}-{config.search}"
     exp_dir = experiment_dir(storage, name)
+    search = Store(exp_dir)
     if resume:
         if not tune.Tuner.can_restore(exp_dir):
             raise SearchError(f"--resume: '{exp_dir}' holds no search to resume")
-        local = _local(exp_dir)
-        if local is not None and (local / SEARCH_META_FILE).exists():
-            # The search resumes with the settings it started with, not today's config file.
-            config = _stored_config(local / SEARCH_META_FILE)
-    elif _local(exp_dir) is not None and (Path(exp_dir) / SEARCH_META_FILE).exists():
+        # The search resumes with the settings it started with, not today's config file.
+        given = config.to_dict() if changes is None else changes
+        config = resume_config(stored_config(search), given)
+    elif holds_search(search):
         raise SearchError(
             f"'{exp_dir}' already holds a search: pass --resume to continue it, "
-            f"or --name to start a new one"
+            "or --name to start a new one"
         )
     exp = prepare(config)
     _init_ray(address, log)
     _check_gpus(config)
+    _check_storage_visible(storage)
     baseline = None
-    known_acc_sr: dict[int, float] = {}
+    acc_sr_known: dict[int, float] = {}
     if resume:
-        known_acc_sr = _known_acc_sr(exp_dir)
+        acc_sr_known = known_acc_sr(search)
         try:
-            baseline = load_search_baseline(exp_dir)
+            baseline = load_search_baseline(search)
         except CorruptFileError as err:
             log(f"[search] stored baseline unusable, recomputing it: {err}")
         current_key = baseline_key(exp)
@@ -473,12 +404,14 @@ def run_search(
                 f"[search] keeping the search's stored baseline {baseline.key} (this version of "
                 f"the code would key it {current_key}): its finished trials used this Acc*"
             )
+        if baseline is not None:
+            log(f"[search] baseline from {search.uri(BASELINE_DIR)} (not retrained)")
     if baseline is None:
         baseline = _baseline_on_cluster(exp, log)
-        save_search_files(exp_dir, exp, baseline)
+        save_search_files(search, exp.config, exp.num_layers, baseline)
     log(f"[search] Acc* = {baseline.acc_star:.4f}; candidate |f_b|: {exp.split_depths}")
 
-    board = AccSrBoard.remote(known_acc_sr)  # each depth's Acc_sr, measured once
+    board = start_acc_sr_board(acc_sr_known)  # each depth's Acc_sr, measured once
     trainable = tune.with_resources(
         tune.with_parameters(trainable_fn, experiment=exp, baseline=baseline, acc_sr_board=board),
         _resources(config),
@@ -486,6 +419,7 @@ def run_search(
     _FinishWatch.unfinished = 0
     if resume:
         tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_errored=True)
+        _apply_resume_settings(tuner, config, log)
     else:
         tuner = tune.Tuner(
             trainable,
@@ -503,25 +437,18 @@ def run_search(
                 verbose=verbose,
             ),
         )
-    grid = tuner.fit()
+    tuner.fit()
     if _FinishWatch.unfinished:
         # Tune handles the first SIGINT itself: fit() returns normally, with the trials it
         # stopped or never started marked TERMINATED. That search is not finished, and a report
         # written now would look final.
         raise SearchInterrupted(f"{_FinishWatch.unfinished} trial(s) unfinished")
 
-    local = _local(exp_dir)
-    if local is not None:
-        results = load_results(local)  # every finished trial, this run's and earlier runs'
-        report_dir = local
-    else:
-        results = results_from_grid(grid, exp, baseline)
-        report_dir = Path("results") / name
-    paths = write_report(results, report_dir)
+    results = load_results(search)  # every finished trial, this run's and earlier runs'
+    paths = write_report(results, search)
     trial_seconds = sum(t.get("seconds", 0.0) for t in results["trials"])
     return SearchOutcome(
         experiment_dir=exp_dir,
-        report_dir=report_dir,
         answer=minimal_split(results),
         results=results,
         report_paths=paths,
@@ -530,28 +457,62 @@ def run_search(
     )
 
 
-def _known_acc_sr(exp_dir: str) -> dict[int, float]:
-    """Acc_sr of the depths a resumed search's finished trials measured (no need to again)."""
-    local = _local(exp_dir)
-    if local is None or not (local / SEARCH_META_FILE).exists():
-        return {}
+def _apply_resume_settings(tuner: tune.Tuner, c: ExperimentConfig, log: Log) -> None:
+    """Carry a resume's ``max_concurrent`` and ``max_failures`` into the restored Tuner.
+
+    ``Tuner.restore`` takes neither a TuneConfig nor a RunConfig: it unpickles the ones the
+    search started with. Both settings are plain attributes of the restored tuner, set here;
+    should a Ray version rename them, the search still resumes, with its old settings, and
+    says so.
+    """
     try:
-        summaries = depth_summaries(load_results(local))
-    except (ValueError, CorruptFileError):
-        return {}  # the report will say what is wrong; sharing is only a saving
-    return {s.fb_layers: s.acc_sr for s in summaries if not math.isnan(s.acc_sr)}
+        internal = tuner._local_tuner
+        internal._tune_config.max_concurrent_trials = c.max_concurrent
+        internal._run_config.failure_config.max_failures = c.max_failures
+    except AttributeError:
+        log("[search] note: this Ray version keeps max_concurrent and max_failures on resume")
 
 
-def _stored_config(path: Path) -> ExperimentConfig:
-    """The config a search was started with, from its ``search_meta.json``."""
+def _check_storage_visible(storage: str) -> None:
+    """On a multi-node cluster a local ``storage_path`` must be one every node sees (a shared
+    filesystem): Ray Tune requires it, and a trial on a node that cannot see it would fail
+    only after the baseline was trained. A marker written here is looked for on every node."""
+    if is_uri(storage):
+        return
+    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) < 2:
+        return
+    marker = Path(storage) / f".semirobust-visible-{os.getpid()}-{time.time_ns()}"
+    marker.write_bytes(b"")
     try:
-        return ExperimentConfig.from_dict(read_json(path)["config"])
-    except CorruptFileError as err:
-        raise SearchError(f"--resume: {err}; the search cannot be resumed") from None
-    except (KeyError, TypeError):
+        blind = [
+            n for n, seen in zip(nodes, _marker_seen(str(marker), nodes), strict=True) if not seen
+        ]
+    finally:
+        marker.unlink(missing_ok=True)
+    if blind:
         raise SearchError(
-            f"--resume: {path} holds no 'config' mapping; the search cannot be resumed"
-        ) from None
+            f"storage path '{storage}' is local to this machine: {len(blind)} of {len(nodes)} "
+            "nodes cannot see it; use shared storage every node mounts (NFS) or a bucket "
+            "(--storage-path s3://bucket/runs; docs/cluster.md)"
+        )
+
+
+def _marker_seen(marker: str, nodes: list[str]) -> list[bool]:
+    """Whether ``marker`` exists as seen from each node (a zero-CPU task pinned to it)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0)
+    def seen(path: str) -> bool:
+        return os.path.exists(path)
+
+    refs = [
+        seen.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote(
+            marker
+        )
+        for n in nodes
+    ]
+    return ray.get(refs, timeout=120)
 
 
 def _init_ray(address: str | None, log: Log) -> None:

@@ -73,25 +73,49 @@ class AccSrBoard:
         return self.values.get(fb_layers)
 
 
+_LOST = object()  # what a call to an unreachable board returns
+
+
 class RayAccSr:
-    """The :class:`semirobust_ray.algorithm1.AccSrShare` of a trial, backed by the board."""
+    """The :class:`semirobust_ray.algorithm1.AccSrShare` of a trial, backed by the board.
+
+    Sharing is only a saving: if the board is unreachable (its actor died with a node), the
+    trial measures Acc_sr itself instead of failing.
+    """
 
     def __init__(self, board: Any) -> None:
         self.board = board
 
+    def _call(self, method: str, *args: Any) -> Any:
+        try:
+            return ray.get(getattr(self.board, method).remote(*args), timeout=60)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            return _LOST
+
     def claim(self, fb_layers: int, trial: int) -> float | bool:
-        return ray.get(self.board.claim.remote(fb_layers, trial))
+        value = self._call("claim", fb_layers, trial)
+        return True if value is _LOST else value
 
     def put(self, fb_layers: int, value: float) -> None:
-        ray.get(self.board.put.remote(fb_layers, value))
+        self._call("put", fb_layers, value)
 
     def wait(self, fb_layers: int, timeout_s: float) -> float | None:
         deadline = time.monotonic() + timeout_s
         while True:
-            value = ray.get(self.board.get.remote(fb_layers))
+            value = self._call("get", fb_layers)
+            if value is _LOST:
+                return None
             if value is not None or time.monotonic() >= deadline:
                 return value
             time.sleep(min(1.0, max(deadline - time.monotonic(), 0.0)))
+
+
+def start_acc_sr_board(known: dict[int, float]) -> Any:
+    """The search's :class:`AccSrBoard`, on the driver's node: it outlives any worker node."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    return AccSrBoard.options(scheduling_strategy=here).remote(known)
 
 
 def _trial_index(config: dict[str, Any]) -> int:

@@ -111,7 +111,7 @@ def test_damaged_cache_is_rebuilt_not_used(digits, tmp_path):
     exp, first = digits
     exp2 = prepare(exp.config.replace(cache_dir=str(tmp_path)))
     b = get_baseline(exp2, log=quiet)
-    weights = b.path / "robust.pt"
+    weights = Path(b.path) / "robust.pt"
     weights.write_bytes(weights.read_bytes()[:100])  # a half-written file
     logs: list[str] = []
     rebuilt = get_baseline(exp2, log=logs.append)

@@ -234,7 +234,7 @@ def test_bad_input_is_one_line_error_before_any_compute(case, args, fragment, tm
     assert_one_line_error(code, err, fragment)
     assert out == ""
     assert _files(tmp_path) == before  # nothing written, nothing changed
-    assert not list(storage.glob("*/search_meta.json"))
+    assert not list(storage.glob("**/search_meta.json"))
 
 
 def test_split_depth_n_is_valid_fa_is_only_the_input_normalisation():
@@ -294,7 +294,7 @@ def test_more_gpus_per_trial_than_the_cluster_has(tmp_path, capsys, monkeypatch)
     assert_one_line_error(
         code, err, "gpus_per_trial=4.0 but the largest node has 0 GPUs (cluster total 0); "
     )
-    assert not list(tmp_path.glob("*/search_meta.json"))
+    assert not list(tmp_path.glob("**/search_meta.json"))
 
 
 @pytest.mark.parametrize(

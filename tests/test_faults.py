@@ -15,27 +15,31 @@ local``); the in-process tests share one Ray instance started afterwards.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import os
-import re
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import DIGITS_SEARCH
+from launcher import (
+    assert_kept_and_continued,
+    driver_lines,
+    launch_cmd,
+    lines,
+    run_to_end,
+    run_until_signal,
+)
 
 from semirobust_ray import report
 from semirobust_ray.baseline import get_baseline, load_baseline
 from semirobust_ray.config import ExperimentConfig
 from semirobust_ray.experiment import prepare
-from semirobust_ray.storage import CorruptFileError, read_json
+from semirobust_ray.storage import CorruptFileError, Store, read_json
 from semirobust_ray.trial import algorithm1_trainable
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +57,6 @@ FAULT_SEARCH = {
     "max_failures": 1,
     "search": "grid",
 }
-FINAL_KEY = "trial_result_json"
 
 
 def quiet(_msg: str) -> None:
@@ -69,132 +72,12 @@ def cache_dir(tmp_path_factory) -> Path:
 # --- driver interrupted or killed ----------------------------------------------------------
 
 
-def _launch(storage: Path, cache: Path, *extra: str) -> list[str]:
-    sets = []
-    for key, value in {**FAULT_SEARCH, "cache_dir": str(cache)}.items():
-        sets += ["--set", f"{key}={json.dumps(value)}"]
-    return [
-        sys.executable,
-        str(ROOT / "launch" / "search.py"),
-        "--address",
-        "local",
-        "--storage-path",
-        str(storage),
-        "--name",
-        "x",
-        *sets,
-        *extra,
-    ]
-
-
-def _env() -> dict[str, str]:
-    # The child must start its own Ray, never join one this process may have started.
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    # Tune copies its experiment state and the trials' result.json to the storage path together,
-    # every 10 s by default: what a killed driver leaves there is a consistent snapshot up to
-    # 10 s old (trials finished after it re-run from their last checkpoint). Every second here,
-    # so that the moment "one trial finished, one in flight" shows up on the storage path.
-    env["TUNE_GLOBAL_CHECKPOINT_S"] = "1"
-    return env
-
-
-def _lines(result_file: Path) -> list[dict]:
-    rows = []
-    for line in result_file.read_text(errors="replace").splitlines():
-        with contextlib.suppress(json.JSONDecodeError):  # a line being written right now
-            rows.append(json.loads(line))
-    return rows
-
-
-def _snapshot(exp_dir: Path) -> tuple[dict[Path, bytes], list[Path]]:
-    """What the storage path shows: (finished trials' result.json bytes, trial dirs in flight:
-    reported at least one epoch, with its checkpoint, but no final result)."""
-    finished, in_flight = {}, []
-    for result_file in sorted(exp_dir.glob("*/result.json")):
-        data = result_file.read_bytes()
-        if FINAL_KEY.encode() in data:
-            finished[result_file] = data
-        elif _lines(result_file) and any(result_file.parent.glob("checkpoint_*")):
-            in_flight.append(result_file.parent)
-    return finished, in_flight
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """Kill what the child left behind (its Ray processes share its process group)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-
-
-def _run_until_signal(
-    cmd: list[str], exp_dir: Path, sig: int, log: Path, *, after=(), timeout: float = 300
-):
-    """Start the launcher, wait until the storage path shows a finished trial (beyond those in
-    ``after``) and one in flight, then send ``sig`` to the driver alone (as ``kill`` would).
-
-    Returns (exit code, stderr text, the storage path's snapshot once the driver is gone).
-    Trials keep a checkpoint per epoch and spend seconds on their final evaluation and MI after
-    the last one, so the trial seen in flight is normally still in flight when the signal lands.
-    """
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=_env(), stdout=out, stderr=subprocess.PIPE, text=True,
-            start_new_session=True,
-        )  # fmt: skip
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                finished, in_flight = _snapshot(exp_dir)
-                if set(finished) - set(after) and in_flight:
-                    break
-                assert proc.poll() is None, (
-                    f"the search ended (exit {proc.returncode}) before a trial was seen in "
-                    f"flight; log: {log}"
-                )
-                assert time.monotonic() < deadline, f"no trial finished in {timeout} s; log: {log}"
-                time.sleep(0.1)
-            os.kill(proc.pid, sig)
-            try:
-                _, err = proc.communicate(timeout=120)
-            except subprocess.TimeoutExpired:
-                pytest.fail(f"the driver did not exit within 120 s of signal {sig}")
-            return proc.returncode, err, _snapshot(exp_dir)
-        finally:
-            _kill_group(proc)
-
-
-# Ray prefixes what a worker prints with "(<name> pid=<N>)". When the driver stops, Ray ends the
-# trial workers with SIGTERM; its own handler raises SystemExit there, and where that lands inside
-# a weakref callback Python prints an "Exception ignored" traceback (timing-dependent, Ray's
-# code). Our promise is about the driver: it exits cleanly, so only its own lines are checked.
-_WORKER_PREFIX = re.compile(r"^(\x1b\[[0-9;]*m)?\([\w.:-]+ pid=\d+")
-
-
-def _driver_lines(err: str) -> str:
-    return "\n".join(line for line in err.splitlines() if not _WORKER_PREFIX.match(line))
+def _launch(storage: Path, cache: Path) -> list[str]:
+    return launch_cmd(str(storage), {**FAULT_SEARCH, "cache_dir": str(cache)})
 
 
 def _resume(cmd: list[str], log: Path) -> subprocess.CompletedProcess:
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [*cmd, "--resume"], cwd=ROOT, env=_env(), stdout=out, stderr=subprocess.PIPE,
-            text=True, start_new_session=True,
-        )  # fmt: skip
-        try:
-            _, err = proc.communicate(timeout=400)
-        finally:
-            _kill_group(proc)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, "", err)
-
-
-def _assert_kept_and_continued(*snapshots) -> None:
-    for finished, in_flight in snapshots:
-        for result_file, data in finished.items():
-            assert result_file.read_bytes() == data, f"finished trial was re-run: {result_file}"
-        for trial_dir in in_flight:
-            last = _lines(trial_dir / "result.json")[-1]
-            assert FINAL_KEY in last, f"{trial_dir.name} never finished"
-            assert last["resumed"] == 1, f"{trial_dir.name} restarted instead of continuing"
+    return run_to_end([*cmd, "--resume"], log)
 
 
 def _assert_complete(exp_dir: Path) -> None:
@@ -212,30 +95,31 @@ def test_interrupted_then_killed_driver_resumes_without_losing_or_rerunning_tria
 ):
     """SIGINT (Ctrl+C), resume, SIGKILL of the resumed driver, resume again: one search."""
     exp_dir = tmp_path / "store" / "x"
+    store = Store(exp_dir)
     cmd = _launch(tmp_path / "store", cache_dir)
 
-    code, err, first = _run_until_signal(cmd, exp_dir, signal.SIGINT, tmp_path / "run1.log")
+    code, err, first = run_until_signal(cmd, store, signal.SIGINT, tmp_path / "run1.log")
     assert code == 130, err[-2000:]
     assert (
         "interrupted: finished trials are kept; continue with the same command plus --resume" in err
     )
-    assert "Traceback" not in _driver_lines(err)
+    assert "Traceback" not in driver_lines(err)
     assert not (exp_dir / "minimal_split.json").exists()  # no report that looks final
 
-    code, err, second = _run_until_signal(
-        [*cmd, "--resume"], exp_dir, signal.SIGKILL, tmp_path / "run2.log", after=first[0]
+    code, err, second = run_until_signal(
+        [*cmd, "--resume"], store, signal.SIGKILL, tmp_path / "run2.log", after=first[0]
     )
     assert code == -signal.SIGKILL
     # Whether a trial is still in flight once the driver is gone depends on timing (after Ctrl+C
     # Tune may let it finish); those that are must continue from their checkpoint (checked
     # below). Continuation itself is proven deterministically by the worker-kill test.
-    for result_file, data in first[0].items():
-        assert result_file.read_bytes() == data, f"finished trial was re-run: {result_file}"
+    for rel, data in first[0].items():
+        assert store.read_bytes(rel) == data, f"finished trial was re-run: {rel}"
 
     done = _resume(cmd, tmp_path / "run3.log")
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "Traceback" not in _driver_lines(done.stderr)
-    _assert_kept_and_continued(first, second)
+    assert "Traceback" not in driver_lines(done.stderr)
+    assert_kept_and_continued(store, first, second)
     _assert_complete(exp_dir)
 
 
@@ -243,12 +127,13 @@ def test_interrupted_then_killed_driver_resumes_without_losing_or_rerunning_tria
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
 def test_driver_signal_then_resume_finishes_the_search(tmp_path, cache_dir, sig):
     exp_dir = tmp_path / "store" / "x"
+    store = Store(exp_dir)
     cmd = _launch(tmp_path / "store", cache_dir)
-    code, err, snapshot = _run_until_signal(cmd, exp_dir, sig, tmp_path / "run1.log")
+    code, err, snapshot = run_until_signal(cmd, store, sig, tmp_path / "run1.log")
     assert code == (130 if sig == signal.SIGINT else -signal.SIGKILL), err[-2000:]
     done = _resume(cmd, tmp_path / "run2.log")
     assert done.returncode == 0, done.stderr[-2000:]
-    _assert_kept_and_continued(snapshot)
+    assert_kept_and_continued(store, snapshot)
     _assert_complete(exp_dir)
 
 
@@ -388,7 +273,7 @@ def test_worker_killed_mid_epoch_resumes_from_checkpoint_with_the_same_report(
     )
     assert marker.read_text() == "killed mid-epoch"
     (trial_dir,) = Path(outcome.experiment_dir).glob("*fb_layers=6*")
-    last = _lines(trial_dir / "result.json")[-1]
+    last = lines((trial_dir / "result.json").read_bytes())[-1]
     assert last["resumed"] == 1  # continued from epoch 1's checkpoint, not from scratch
     assert outcome.answer_fb_layers == clean.answer_fb_layers
     got = sorted((_numbers(t) for t in outcome.results["trials"]), key=lambda t: t["fb_layers"])
@@ -428,7 +313,7 @@ def test_diverged_trial_fails_with_its_reason_and_the_search_goes_on(
     d = Path(outcome.experiment_dir)
     assert [t["fb_layers"] for t in outcome.results["trials"]] == [1]
     (trial_dir,) = d.glob("*fb_layers=6*")
-    last = _lines(trial_dir / "result.json")[-1]
+    last = lines((trial_dir / "result.json").read_bytes())[-1]
     assert last["diverged"] == 1 and last["failure"].startswith("diverged: training loss became")
     assert not (trial_dir / "error.txt").exists()  # ended, not crashed: no pointless retries
     minimal = json.loads((d / "minimal_split.json").read_text())
@@ -457,7 +342,7 @@ def cached_entry(clean, cache_dir, tmp_path):
     assert good.reused
     copy = tmp_path / "cache"
     (copy / good.key).mkdir(parents=True)
-    for f in good.path.iterdir():
+    for f in Path(good.path).iterdir():
         (copy / good.key / f.name).write_bytes(f.read_bytes())
     return exp, good, copy
 
@@ -535,7 +420,7 @@ def test_resume_with_damaged_stored_baseline_recomputes_it(clean, damage, tmp_pa
     assert load_search_baseline(str(exp_dir)).acc_star == clean.results["baseline"]["acc_star"]
     assert {p: p.read_bytes() for p in exp_dir.glob("*/result.json")} == before  # nothing re-ran
     assert outcome.answer_fb_layers == clean.answer_fb_layers
-    assert read_json(exp_dir / "search_meta.json")["baseline"]["key"] == key
+    assert read_json(exp_dir / "search" / "search_meta.json")["baseline"]["key"] == key
 
 
 def test_resume_keeps_the_stored_baseline_when_newer_code_keys_it_differently(clean, tmp_path):

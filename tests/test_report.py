@@ -259,7 +259,7 @@ def _assert_png(path: Path) -> None:
 
 
 def test_write_report_files(results: dict[str, Any], tmp_path: Path) -> None:
-    paths = write_report(results, tmp_path)
+    paths = {key: Path(p) for key, p in write_report(results, tmp_path).items()}
     names = {p.name for p in paths.values()}
     assert names == {
         "table1.csv",
@@ -307,7 +307,8 @@ def write_tune_dir(root: Path, results: dict[str, Any]) -> None:
     """A Tune experiment directory as the search layer writes it, plus one unfinished trial."""
     root.mkdir(parents=True, exist_ok=True)
     meta = {k: results[k] for k in ("config", "num_layers", "baseline")}
-    (root / "search_meta.json").write_text(json.dumps(meta))
+    (root / "search").mkdir()
+    (root / "search" / "search_meta.json").write_text(json.dumps(meta))
     for i, t in enumerate(results["trials"]):
         d = root / f"trainable_{i:05d}_{i}_fb_layers={t['fb_layers']}"
         d.mkdir()

@@ -94,7 +94,7 @@ def test_search_writes_report_meta_and_baseline(searches):
         "table1.csv",
         "rho_vs_depth.png",
         "minimal_split.json",
-        "search_meta.json",
+        "search/search_meta.json",
         "baseline/baseline.json",
         "baseline/robust.pt",
     ):
@@ -375,7 +375,7 @@ def test_official_autoattack_reevaluation_matches_reported_acc(ray_local, tmp_pa
             **DIGITS_SEARCH,
             "eval_attack": "autoattack",
             "stop_attack": "pgd",
-            "eval_samples": 20,
+            "eval_samples": 10,
             "split_depths": [2],
             "mi": False,
             "search": "grid",

@@ -1,0 +1,163 @@
+"""A search's directory in its storage: what it holds, and how a resume reads it back.
+
+``<storage_path>/<name>/`` is Tune's experiment directory (its state files and one directory per
+trial, written by Tune itself) plus the files of this package, all through
+:class:`~semirobust_ray.storage.Store`, so a local disk, a shared filesystem and ``s3://`` behave
+the same:
+
+- ``search/search_meta.json``: the config the search started with, n and the baseline's metrics;
+- ``baseline/``: f*_a's and the regular network's weights with their SHA-256 sums, so a resume
+  (from any machine, with an empty cache) and ``reevaluate`` use the very baseline the finished
+  trials were measured against;
+- the report (``table1.*``, ``frontier.*``, ``rho_vs_depth.png``, ``minimal_split.json``) and
+  ``reevaluation.csv``, written next to them.
+
+A resume takes everything from here: the config is the stored one, and a change to a key that
+determines what the finished trials measured is refused (:func:`resume_config`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from semirobust_ray.baseline import Baseline, load_baseline, save_baseline
+from semirobust_ray.config import ExperimentConfig
+from semirobust_ray.results import (
+    SEARCH_META_FILE,
+    depth_summaries,
+    load_results,
+    search_meta_file,
+)
+from semirobust_ray.storage import CorruptFileError, Store, is_uri
+
+BASELINE_DIR = "baseline"
+
+#: Config keys a resume may change: where things are and what a trial may use, not what it
+#: measures (a trial's numbers do not depend on them beyond floating-point reduction order).
+RESUME_MAY_CHANGE = (
+    "max_concurrent",
+    "max_failures",
+    "device",
+    "gpus_per_trial",
+    "cpus_per_trial",
+    "mi_cpus",
+    "cache_dir",
+    "data_root",
+    "download",
+)
+
+
+class SearchDirError(ValueError):
+    """A search directory that cannot be used as asked; the message is one line."""
+
+
+def resolve_storage_path(storage_path: str) -> str:
+    """An absolute local directory (``~`` expanded, created, checked writable) or a URI whose
+    storage answers; anything else is a one-line :class:`SearchDirError`."""
+    if is_uri(storage_path):
+        try:
+            Store(storage_path).exists()
+        except (ValueError, OSError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise SearchDirError(
+                f"storage path '{storage_path}' is not reachable ({first}); check the URI and "
+                "the credentials (docs/cluster.md: S3 and S3-compatible stores)"
+            ) from None
+        return storage_path.rstrip("/")
+    path = Path(storage_path).expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write_test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise SearchDirError(
+            f"storage path '{storage_path}' is not writable ({err.strerror or err})"
+        ) from None
+    return str(path)
+
+
+def experiment_dir(storage_path: str, name: str) -> str:
+    """Where the search ``name`` lives under ``storage_path``."""
+    return f"{storage_path.rstrip('/')}/{name}"
+
+
+def holds_search(search: Store) -> bool:
+    """Whether ``search`` already holds a search (ours, or any Tune experiment)."""
+    return search_meta_file(search) is not None or search.is_file("tuner.pkl")
+
+
+def save_search_files(
+    search: Store, config: ExperimentConfig, num_layers: int, baseline: Baseline
+) -> None:
+    """The baseline's weights first, then ``search/search_meta.json`` that points at them."""
+    save_baseline(baseline, search.child(BASELINE_DIR))
+    meta = {
+        "config": config.to_dict(),
+        "num_layers": num_layers,
+        "baseline": {"key": baseline.key, **asdict(baseline.metrics)},
+    }
+    search.write_json(SEARCH_META_FILE, meta)
+
+
+def load_search_baseline(where: Store | str | os.PathLike) -> Baseline | None:
+    """The baseline stored with a search (for resume), if present; CorruptFileError if damaged.
+
+    Its key is not checked against today's: the finished trials were measured against this
+    Acc*, so a resume keeps it even when a newer version of the code would key it differently.
+    """
+    stored = Store.of(where).child(BASELINE_DIR)
+    if not stored.is_file("baseline.json"):
+        return None
+    return load_baseline(stored)
+
+
+def stored_config(search: Store) -> ExperimentConfig:
+    """The config a search was started with, from its ``search_meta.json``."""
+    rel = search_meta_file(search)
+    if rel is None:
+        raise SearchDirError(f"--resume: '{search.uri()}' holds no {SEARCH_META_FILE}")
+    try:
+        return ExperimentConfig.from_dict(search.read_json(rel)["config"])
+    except CorruptFileError as err:
+        raise SearchDirError(f"--resume: {err}; the search cannot be resumed") from None
+    except (KeyError, TypeError):
+        raise SearchDirError(
+            f"--resume: {search.uri(rel)} holds no 'config' mapping; the search cannot be resumed"
+        ) from None
+
+
+def resume_config(stored: ExperimentConfig, changes: dict[str, Any]) -> ExperimentConfig:
+    """The config a resumed search runs with: the stored one with ``changes`` (the keys a
+    ``--config`` file and ``--set`` name) applied where they may change.
+
+    A change to any other key would mix trials measured two ways in one answer: refused with a
+    one-line :class:`SearchDirError` that names the keys.
+    """
+    candidate = ExperimentConfig.from_dict({**stored.to_dict(), **changes})  # validates them
+    before, after = stored.to_dict(), candidate.to_dict()
+    changed = [f.name for f in fields(ExperimentConfig) if before[f.name] != after[f.name]]
+    refused = [k for k in changed if k not in RESUME_MAY_CHANGE]
+    if refused:
+        shown = ", ".join(f"{k} ({before[k]!r} -> {after[k]!r})" for k in refused)
+        raise SearchDirError(
+            f"--resume: the finished trials were measured with other settings of {shown}; "
+            "resume without changing them, or start a new search with another --name "
+            f"(a resume may change only {', '.join(RESUME_MAY_CHANGE)})"
+        )
+    return candidate
+
+
+def known_acc_sr(search: Store) -> dict[int, float]:
+    """Acc_sr of the depths a resumed search's finished trials measured (no need to again)."""
+    if search_meta_file(search) is None:
+        return {}
+    try:
+        summaries = depth_summaries(load_results(search))
+    except (ValueError, CorruptFileError):
+        return {}  # the report will say what is wrong; sharing is only a saving
+    return {s.fb_layers: s.acc_sr for s in summaries if not math.isnan(s.acc_sr)}
