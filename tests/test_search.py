@@ -133,6 +133,20 @@ def test_tensorboard_events_hold_the_reported_scalars(searches):
         assert f"ray/tune/{tag}" in tags, tag
 
 
+def test_a_lost_acc_sr_board_leaves_each_trial_measuring_acc_sr_itself(ray_local):
+    """Sharing Acc_sr is a saving, not a dependency: with the board's actor gone (its node
+    lost) a trial is told to measure the value itself instead of failing."""
+    from semirobust_ray.trial import RayAccSr, start_acc_sr_board
+
+    board = start_acc_sr_board({3: 0.5})
+    share = RayAccSr(board)
+    assert share.claim(3, 0) == 0.5 and share.claim(4, 0) is True and share.claim(4, 1) is False
+    ray.kill(board)
+    assert share.claim(5, 0) is True
+    share.put(5, 0.25)  # nowhere to put it: no error either
+    assert share.wait(4, 5.0) is None
+
+
 def test_trials_of_a_depth_share_one_acc_sr_evaluation(searches, tmp_path):
     """Two trials of a depth run at once (no MI: one CPU each); one measures Acc_sr, the other
     takes its value from the search's board."""
