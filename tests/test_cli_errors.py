@@ -271,11 +271,12 @@ def test_resume_with_damaged_search_meta(tmp_path, capsys):
     # What Tune needs to call the directory restorable, plus a truncated search_meta.json.
     (exp / "tuner.pkl").write_bytes(b"")
     (exp / "experiment_state-2026-01-01_00-00-00.json").write_text("{}")
-    (exp / "search_meta.json").write_text('{"config": {"model": "smal')
+    (exp / "search").mkdir()
+    (exp / "search" / "search_meta.json").write_text('{"config": {"model": "smal')
     argv = [*BASE, "--storage-path", str(tmp_path), "--name", "x", "--resume"]
     before = _files(tmp_path)
     code, _, err = run_cli(argv, capsys)
-    line = assert_one_line_error(code, err, "search_meta.json is not valid JSON")
+    line = assert_one_line_error(code, err, "search/search_meta.json is not valid JSON")
     assert line.endswith("the search cannot be resumed")
     assert _files(tmp_path) == before
     shutil.rmtree(exp)
