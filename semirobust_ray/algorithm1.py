@@ -39,9 +39,11 @@ from semirobust_ray.experiment import Experiment
 from semirobust_ray.models import Split, split, trainable_layers
 from semirobust_ray.training import (
     accuracy,
+    cuda_rng_states,
     evaluate,
     make_optimizer,
     predict_adversarial,
+    restore_cuda_rng_states,
     seed_everything,
     train_epoch,
 )
@@ -107,7 +109,15 @@ class EpochRecord:
 
 @dataclass
 class TrialState:
-    """Everything needed to continue a trial after its last finished epoch (f_b only)."""
+    """Everything needed to continue a trial after its last finished epoch (f_b only).
+
+    The random number generators come with it: ``data_rng`` (batch order, augmentation),
+    ``torch_rng`` (the CPU global RNG: dropout masks on a CPU) and ``cuda_rng``, the global RNG
+    of every CUDA device (dropout masks on a GPU), one uint8 tensor per device, empty when the
+    trial's process never initialised CUDA. Attack random starts need none of them: attacks
+    are seeded per epoch. A checkpoint restored on a machine with fewer CUDA devices restores
+    the first ones (see :func:`semirobust_ray.training.restore_cuda_rng_states`).
+    """
 
     epoch: int
     acc_sr: float
@@ -119,6 +129,8 @@ class TrialState:
     best_fb_state: dict[str, torch.Tensor]
     data_rng: torch.Tensor
     torch_rng: torch.Tensor
+    # Checkpoints written before it existed load with [] (and resume with seeded CUDA RNGs).
+    cuda_rng: list[torch.Tensor] = field(default_factory=list)
     # Compute spent so far, carried across resumes (the final evaluation and MI come on top).
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
@@ -230,7 +242,7 @@ def run_trial(
     seed = trial_seed(c.seed, fb_layers, trial)
     start = time.perf_counter()
     tag = f"[trial |f_b|={fb_layers} t={trial}]"
-    gen = seed_everything(seed)
+    gen = seed_everything(seed, deterministic=c.deterministic)
     s = semirobust_model(exp, baseline, fb_layers)
     optimizer = make_optimizer(s.fb_parameters(), c.lr, c.momentum, c.weight_decay)
     share = acc_sr if acc_sr is not None else LocalAccSr()
@@ -246,6 +258,7 @@ def run_trial(
             s.fb_state(),
             gen.get_state(),
             torch.get_rng_state(),
+            cuda_rng_states(),
         )
         _claim_acc_sr(exp, baseline, fb_layers, share, trial, state, tag, log)
     else:
@@ -253,6 +266,7 @@ def run_trial(
         optimizer.load_state_dict(state.optimizer_state)
         gen.set_state(state.data_rng)
         torch.set_rng_state(state.torch_rng)
+        _restore_cuda_rng(exp, state, tag, log)
         log(f"{tag} resuming after epoch {state.epoch}")
 
     reached = _train_fb(exp, baseline, s, optimizer, gen, seed, state, on_epoch, tag, log)
@@ -262,6 +276,23 @@ def run_trial(
     result.seconds = time.perf_counter() - start
     s.release()
     return result
+
+
+def _restore_cuda_rng(
+    exp: Experiment, state: TrialState, tag: str, log: Callable[[str], None]
+) -> None:
+    """Put back the checkpoint's CUDA RNG states; say so when the trial's own GPU gets none
+    (a checkpoint from a CPU, an older one, or one from a machine with fewer GPUs), since its
+    dropout masks will then differ from an uninterrupted run's."""
+    restored = restore_cuda_rng_states(state.cuda_rng)
+    if exp.device.type != "cuda":
+        return  # a CPU trial draws nothing from the CUDA RNGs
+    index = exp.device.index if exp.device.index is not None else torch.cuda.current_device()
+    if index >= restored:
+        log(
+            f"{tag} note: the checkpoint holds no CUDA RNG state for cuda:{index} "
+            f"({len(state.cuda_rng)} saved); dropout masks restart from the trial's seed"
+        )
 
 
 def _claim_acc_sr(
@@ -370,6 +401,7 @@ def _train_fb(
         state.optimizer_state = optimizer.state_dict()
         state.data_rng = gen.get_state()
         state.torch_rng = torch.get_rng_state()
+        state.cuda_rng = cuda_rng_states()
         state.train_seconds += record.train_seconds
         state.eval_seconds += record.check_seconds
         if val > state.best_val:

@@ -58,6 +58,8 @@ BASELINE_FIELDS = (
     "baseline_adv_epochs",
     "baseline_init",
     "precision",
+    # GPU numerics (TF32, cuDNN's algorithm choice) differ with it, so the weights do too.
+    "deterministic",
 )
 
 Log = Callable[[str], None]
@@ -179,7 +181,7 @@ def train_baseline(exp: Experiment, *, key: str, path: str, log: Log = print) ->
     """Regular training of the full network, then adversarial training; measure Acc*."""
     c = exp.config
     start = time.perf_counter()
-    gen = seed_everything(c.seed)
+    gen = seed_everything(c.seed, deterministic=c.deterministic)
     model = exp.build_model()
     opt = make_optimizer(list(model.parameters()), c.lr, c.momentum, c.weight_decay)
     kw = {"batch_size": c.eval_batch, "device": exp.device}

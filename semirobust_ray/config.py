@@ -86,6 +86,9 @@ class ExperimentConfig:
     seed: int = 0
     train_method: str = "standard"
     precision: str = "fp32"  # "bf16": autocast the training epochs (attack steps included)
+    # true: deterministic cuDNN/cuBLAS and no TF32, for bit-for-bit GPU reruns (slower; no
+    # effect on CPU numbers); see semirobust_ray.training.set_deterministic
+    deterministic: bool = False
     # optimisation
     batch_size: int = 512
     lr: float = 0.01
@@ -289,7 +292,7 @@ def _validate(c: ExperimentConfig) -> None:
     _choice("device", c.device, DEVICES)
     _choice("train_method", c.train_method, TRAIN_METHODS)
     _choice("precision", c.precision, PRECISIONS)
-    for name in ("download", "mi"):
+    for name in ("download", "mi", "deterministic"):
         if not isinstance(getattr(c, name), bool):
             raise ConfigError(f"{name}: expected true or false, got {getattr(c, name)!r}")
     if c.augment is not None and not isinstance(c.augment, bool):

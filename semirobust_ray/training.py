@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -49,16 +50,149 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def seed_everything(seed: int) -> torch.Generator:
+def seed_everything(seed: int, *, deterministic: bool | None = None) -> torch.Generator:
     """Seed Python, NumPy and torch (initialisation, attack random starts); return a data RNG.
 
     The returned CPU generator drives the data order, so batches do not depend on how many
-    random numbers model construction or attacks happened to draw.
+    random numbers model construction or attacks happened to draw. ``torch.manual_seed`` seeds
+    every CUDA device as well (dropout masks on a GPU come from there).
+
+    ``deterministic`` (the config key of that name) sets this process's CUDA numerics with
+    :func:`set_deterministic` at the same time; None leaves them as they are. Trials and baseline
+    tasks run in their own processes, so each passes its config's value here when it starts.
     """
+    if deterministic is not None:
+        set_deterministic(deterministic)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+#: cuBLAS's deterministic workspace setting (one of the two its documentation names). cuBLAS
+#: reads it when a process creates its first handle, so it must be set before the first CUDA
+#: matrix product of the process; :func:`set_deterministic` sets it when it is unset.
+CUBLAS_DETERMINISTIC_WORKSPACE = ":4096:8"
+
+
+@dataclass(frozen=True)
+class NumericsFlags:
+    """The process-wide torch settings that decide whether CUDA results repeat bit for bit."""
+
+    cudnn_deterministic: bool
+    cudnn_benchmark: bool
+    deterministic_algorithms: bool
+    deterministic_warn_only: bool
+    cudnn_allow_tf32: bool
+    matmul_precision: str
+
+    @classmethod
+    def current(cls) -> NumericsFlags:
+        """This process's settings now."""
+        return cls(
+            cudnn_deterministic=torch.backends.cudnn.deterministic,
+            cudnn_benchmark=torch.backends.cudnn.benchmark,
+            deterministic_algorithms=torch.are_deterministic_algorithms_enabled(),
+            deterministic_warn_only=torch.is_deterministic_algorithms_warn_only_enabled(),
+            cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
+            matmul_precision=torch.get_float32_matmul_precision(),
+        )
+
+    @classmethod
+    def for_config(cls, deterministic: bool) -> NumericsFlags:
+        """What ``deterministic: true`` asks for, or PyTorch's defaults for ``false``."""
+        return cls(
+            cudnn_deterministic=deterministic,
+            # Benchmark mode times candidate algorithms on every new shape and keeps the
+            # fastest, which can differ from run to run.
+            cudnn_benchmark=False,
+            deterministic_algorithms=deterministic,
+            # True: an op with no deterministic CUDA kernel (e.g. AdaptiveAvgPool2d's backward,
+            # which every attack's input gradient runs through) warns instead of stopping a
+            # search that would otherwise fail on its first GPU batch.
+            deterministic_warn_only=deterministic,
+            # TF32 rounds fp32 convolution inputs to 10 mantissa bits on Ampere and newer GPUs;
+            # PyTorch allows it for cuDNN convolutions by default, not for matmuls.
+            cudnn_allow_tf32=not deterministic,
+            matmul_precision="highest",
+        )
+
+    def apply(self) -> None:
+        """Make these the process's settings (on a CPU-only machine they change nothing that
+        this project computes; the flags are still set)."""
+        torch.backends.cudnn.deterministic = self.cudnn_deterministic
+        torch.backends.cudnn.benchmark = self.cudnn_benchmark
+        torch.use_deterministic_algorithms(
+            self.deterministic_algorithms, warn_only=self.deterministic_warn_only
+        )
+        torch.backends.cudnn.allow_tf32 = self.cudnn_allow_tf32
+        torch.set_float32_matmul_precision(self.matmul_precision)
+
+
+def set_deterministic(enabled: bool) -> None:
+    """Turn bit-for-bit repeatable CUDA numerics on (``deterministic: true``) or back to
+    PyTorch's defaults, for this process.
+
+    On: deterministic cuDNN algorithms without benchmark mode,
+    ``torch.use_deterministic_algorithms(True, warn_only=True)``, TF32 off for convolutions and
+    matmuls, and ``CUBLAS_WORKSPACE_CONFIG`` set (when unset) so cuBLAS's reductions repeat.
+    A rerun on the same GPU model and software stack then gives the same numbers, except
+    through ops PyTorch has no deterministic CUDA kernel for, which emit a warning naming
+    themselves. Off: PyTorch's defaults (cuDNN may pick nondeterministic algorithms, TF32
+    convolutions on Ampere and newer). On a CPU, this project's numbers are the same either way.
+    """
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC_WORKSPACE)
+    NumericsFlags.for_config(enabled).apply()
+
+
+@contextlib.contextmanager
+def deterministic_numerics(enabled: bool) -> Iterator[None]:
+    """:func:`set_deterministic` inside the block; the caller's settings come back afterwards."""
+    previous = NumericsFlags.current()
+    set_deterministic(enabled)
+    try:
+        yield
+    finally:
+        previous.apply()
+
+
+def cuda_rng_states() -> list[torch.Tensor]:
+    """The global RNG state of every visible CUDA device (uint8 tensors), or [] when CUDA was
+    never initialised in this process.
+
+    An uninitialised process has drawn no CUDA random numbers: its devices still hold what
+    :func:`seed_everything` seeded, which a resumed run seeds again, so there is nothing to save
+    (and initialising CUDA here would cost a context on every GPU of the machine).
+    """
+    if not torch.cuda.is_initialized():
+        return []
+    return [state.clone() for state in torch.cuda.get_rng_state_all()]
+
+
+def restore_cuda_rng_states(states: list[torch.Tensor]) -> int:
+    """Restore states saved by :func:`cuda_rng_states`, device by device; return how many.
+
+    A machine with fewer CUDA devices than the saving one gets the first ones' states (Ray
+    renumbers a trial's GPUs from 0, so a one-GPU trial's device is always the first); one
+    without CUDA gets none. Devices left out keep their seeded state, so only random draws on
+    them (dropout masks) differ from an uninterrupted run. Never raises for a missing device.
+    """
+    if not states or not torch.cuda.is_available():
+        return 0
+    count = min(len(states), torch.cuda.device_count())
+    for index in range(count):
+        torch.cuda.set_rng_state(states[index], device=index)
+    return count
+
+
+def canonical_memory_format(device: torch.device) -> torch.memory_format:
+    """The layout a model trains and is evaluated in on ``device``: channels_last (NHWC) on
+    CUDA, where cuDNN's NHWC kernels are faster, contiguous (NCHW) elsewhere, where it did not
+    pay. cuDNN picks different kernels, with different rounding, for the two layouts, so every
+    evaluation of a network uses this one, whatever was done to the model before
+    (:func:`train_epoch`, :func:`predict_adversarial`, ``semirobust_ray.reevaluate``)."""
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
 
 
 def batches(
@@ -146,10 +280,11 @@ def train_epoch(
     augmented images. Offsets and flips come from ``generator``, after the epoch's permutation,
     so a run restarted from a saved generator state draws them again identically.
 
-    Speed options (they do not change what is computed, only how): ``channels_last`` stores
-    activations NHWC (default: on for CUDA, off on CPU, where it did not pay); ``bf16`` runs
-    forward passes (attack steps included) under bfloat16 autocast — faster on GPUs and CPUs
-    with bf16 units, but it does change the arithmetic, hence off by default.
+    Speed options: ``channels_last`` stores activations NHWC (default:
+    :func:`canonical_memory_format`, on for CUDA, off on CPU, where it did not pay); it changes
+    how the same function is computed, so only the rounding. ``bf16`` runs forward passes
+    (attack steps included) under bfloat16 autocast — faster on GPUs and CPUs with bf16 units,
+    but it does change the arithmetic, hence off by default.
     """
     if method not in TRAIN_METHODS:
         raise ValueError(f"unknown train method {method!r}; valid: {', '.join(TRAIN_METHODS)}")
@@ -159,19 +294,21 @@ def train_epoch(
         isinstance(replays, bool) or not isinstance(replays, int) or replays < 1
     ):
         raise ValueError(f"replays must be an integer >= 1, got {replays!r}")
-    if channels_last is None:
-        channels_last = device.type == "cuda"
-    if channels_last:
-        # In place, so the attack (which holds the same module) runs NHWC as well; values and
-        # the optimizer's Parameter objects are unchanged.
-        model.to(memory_format=torch.channels_last)
+    fmt = (
+        canonical_memory_format(device)
+        if channels_last is None
+        else (torch.channels_last if channels_last else torch.contiguous_format)
+    )
+    # In place, so the attack (which holds the same module) runs in the same layout; values and
+    # the optimizer's Parameter objects are unchanged. Both ways, so ``channels_last=False``
+    # trains NCHW even after an evaluation left the model NHWC.
+    model.to(memory_format=fmt)
 
     model.train()
     # One host-to-device copy of the uint8 images per epoch; batches are gathered on the device.
     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     n = len(y)
     order = torch.randperm(n, generator=generator).to(device)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     step: _Step
     if method == "standard":
@@ -331,8 +468,12 @@ def predict_adversarial(
 
     With ``keep_inputs=False`` the inputs are not kept (None is returned for them): an accuracy
     needs only the predictions, and a large test set's float images would cost gigabytes.
-    The model is evaluated in eval mode and its previous mode is restored afterwards.
+    The model is evaluated in eval mode and its previous mode is restored afterwards, and in
+    :func:`canonical_memory_format` (converted in place): a network evaluated before any
+    training epoch (Acc_sr, a resumed trial that had already reached) is then computed with the
+    same kernels as after one, and as ``reevaluate`` computes it.
     """
+    model.to(memory_format=canonical_memory_format(device))
     inputs, preds = [], []
     with eval_mode(model):
         x, y = x.to(device), y.to(device)

@@ -1,4 +1,7 @@
-"""Shared test settings."""
+"""Shared test settings, and the skip of ``gpu``-marked tests on machines without CUDA."""
+
+import pytest
+import torch
 
 #: A CI-sized search on the bundled digits data: the small CNN, a short PGD, a 3 + 3 epoch
 #: baseline. Test modules add their own depths, k, MI and retry settings on top; modules that
@@ -17,3 +20,39 @@ DIGITS_SEARCH = dict(
     epochs=2,
     seeds=1,
 )
+
+
+#: Why a ``gpu`` test did not run, as pytest's summary (``-ra``) prints it.
+NO_CUDA_REASON = "needs a CUDA GPU: torch.cuda.is_available() is False on this machine"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip ``@pytest.mark.gpu`` tests, with the reason, where CUDA is unavailable.
+
+    A hook rather than a skipif in each module, so that any test marked ``gpu`` anywhere is
+    covered, and CI (``-m 'not slow'``) reports them as skipped instead of failing on a CPU.
+    """
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason=NO_CUDA_REASON)
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def restore_numerics(monkeypatch: pytest.MonkeyPatch):
+    """Put torch's process-wide numerics flags and ``CUBLAS_WORKSPACE_CONFIG`` back afterwards.
+
+    ``deterministic: true`` changes global state; a test that turns it on must not leave the
+    rest of the session running with it. Yields the flags as they were, with the variable unset.
+    """
+    from semirobust_ray.training import NumericsFlags
+
+    # setenv first, so that monkeypatch records the variable's original state (possibly unset)
+    # and restores it even though set_deterministic sets it outside monkeypatch.
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    before = NumericsFlags.current()
+    yield before
+    before.apply()

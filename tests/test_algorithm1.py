@@ -16,6 +16,7 @@ from semirobust_ray.baseline import get_baseline
 from semirobust_ray.config import ConfigError, ExperimentConfig
 from semirobust_ray.experiment import prepare
 from semirobust_ray.runner import main as runner_main
+from semirobust_ray.storage import load_state, save_state
 from semirobust_ray.training import make_optimizer, seed_everything, train_epoch
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10_subset.npz"
@@ -159,8 +160,14 @@ def test_k_stop_ends_trial_as_soon_as_within_k(digits):
     assert result.epochs_run == 2 or gaps[-1] <= 0.0
 
 
-def test_trial_resumed_from_checkpoint_matches_uninterrupted(digits):
-    """With augmentation on, so the checkpointed data generator must also replay the crops."""
+def test_trial_resumed_from_checkpoint_matches_uninterrupted(digits, tmp_path):
+    """With augmentation on, so the checkpointed data generator must also replay the crops.
+
+    The state goes through the checkpoint file (``save_state`` / ``load_state``, which loads
+    with ``weights_only=True``) with the CUDA RNG states of more GPUs than this machine has,
+    as a checkpoint from a bigger machine would: they round-trip as uint8 tensors and the
+    resume restores what applies here without failing.
+    """
     exp, baseline = digits
     exp = prepare(exp.config.replace(k=0.0, epochs=2, augment=True))
     full = run_trial(exp, baseline, 6, 0, log=quiet)
@@ -175,7 +182,21 @@ def test_trial_resumed_from_checkpoint_matches_uninterrupted(digits):
 
     with pytest.raises(Interrupt):
         run_trial(exp, baseline, 6, 0, on_epoch=on_epoch, log=quiet)
-    resumed = run_trial(exp, baseline, 6, 0, state=TrialState.from_dict(saved[0]), log=quiet)
+    ckpt = saved[0]
+    # Captured only where this process initialised CUDA; one uint8 state per visible device.
+    assert len(ckpt["cuda_rng"]) == (
+        torch.cuda.device_count() if torch.cuda.is_initialized() else 0
+    )
+    # One state (16 bytes: seed and offset) per GPU of the bigger machine that wrote it.
+    extra = [torch.zeros(16, dtype=torch.uint8) for _ in range(2)]
+    ckpt["cuda_rng"] = ckpt["cuda_rng"] + extra
+    save_state(tmp_path / "trial_state.pt", ckpt)
+    loaded = TrialState.from_dict(load_state(tmp_path / "trial_state.pt"))
+    assert len(loaded.cuda_rng) == len(ckpt["cuda_rng"])
+    for got, want in zip(loaded.cuda_rng, ckpt["cuda_rng"], strict=True):
+        assert got.dtype == torch.uint8 and torch.equal(got, want)
+    assert torch.equal(loaded.torch_rng, ckpt["torch_rng"])
+    resumed = run_trial(exp, baseline, 6, 0, state=loaded, log=quiet)
     assert full.epochs_run == 2, "the test needs a trial that does not stop after one epoch"
 
     assert _numbers(resumed.history) == _numbers(full.history)
@@ -275,6 +296,45 @@ def test_bf16_precision_trains_fb_and_changes_the_cache_key(digits):
     assert baseline_key(bf16) != baseline.key  # a bf16 baseline is a different baseline
     result = run_trial(bf16, baseline, 2, 0, log=quiet)
     assert result.epochs_run == 1 and result.acc > result.acc_sr
+
+
+def test_checkpoint_without_cuda_rng_still_loads():
+    """Checkpoints written before the CUDA RNG was saved resume with seeded CUDA RNGs."""
+    old = {
+        "epoch": 1,
+        "acc_sr": 0.5,
+        "history": [],
+        "fb_state": {},
+        "optimizer_state": {},
+        "best_epoch": 1,
+        "best_val": 0.5,
+        "best_fb_state": {},
+        "data_rng": torch.Generator().get_state(),
+        "torch_rng": torch.get_rng_state(),
+    }
+    assert TrialState.from_dict(old).cuda_rng == []
+
+
+def test_deterministic_option_is_a_no_op_on_cpu_but_keys_the_baseline(digits, restore_numerics):
+    """README: ``deterministic: true`` changes no number on a CPU; it is a different baseline
+    (on a GPU it changes the numerics), and the trial sets the flags in its own process."""
+    from semirobust_ray.baseline import baseline_key
+    from semirobust_ray.training import NumericsFlags
+
+    exp, baseline = digits
+    cpu = prepare(exp.config.replace(device="cpu", epochs=1, k=0.0))
+    det = prepare(cpu.config.replace(deterministic=True))
+    assert baseline_key(det) != baseline_key(cpu)
+    plain = run_trial(cpu, baseline, 2, 0, log=quiet)
+    assert NumericsFlags.current() == NumericsFlags.for_config(False)
+    strict = run_trial(det, baseline, 2, 0, log=quiet)
+    assert NumericsFlags.current() == NumericsFlags.for_config(True)
+    assert _numbers(strict.history) == _numbers(plain.history)
+    assert (strict.acc, strict.acc_sr, strict.clean_acc) == (
+        plain.acc,
+        plain.acc_sr,
+        plain.clean_acc,
+    )
 
 
 def test_acc_sr_is_measured_once_per_depth_and_shared(digits):

@@ -40,6 +40,8 @@ def test_defaults_are_the_authors_settings():
         ({"lr": "fast"}, r"lr: expected a number, got 'fast'"),
         ({"seeds": 1.5}, r"seeds: expected an integer"),
         ({"mi": "yes"}, r"mi: expected true or false"),
+        ({"deterministic": "on"}, r"deterministic: expected true or false, got 'on'"),
+        ({"deterministic": 1}, r"deterministic: expected true or false, got 1"),
         ({"augment": "yes"}, r"augment: expected true, false or null .*got 'yes'"),
         ({"dataset": "npz"}, r"dataset 'npz' needs data_path"),
         ({"epoch": 3}, r"unknown config key 'epoch' \(did you mean 'epochs'\?\)"),
@@ -97,3 +99,12 @@ def test_autoattack_evaluation_is_checked_with_apgd_ce_by_default():
     assert ExperimentConfig(eval_attack="autoattack", stop_attack="pgd").stop_attack_name == "pgd"
     assert ExperimentConfig(eval_attack="pgd").stop_attack_name == "pgd"
     assert ExperimentConfig().stop_attack_name == "pgd"  # the training attack, as before
+
+
+def test_deterministic_is_off_by_default_and_set_from_yaml_or_override(tmp_path):
+    assert ExperimentConfig().deterministic is False  # PyTorch's fast GPU defaults
+    path = tmp_path / "space.yaml"
+    path.write_text("deterministic: true\n")
+    assert load_config(path).deterministic is True
+    assert load_config(path, ["deterministic=false"]).deterministic is False
+    assert ExperimentConfig.from_dict({"deterministic": True}).to_dict()["deterministic"] is True

@@ -6,6 +6,8 @@ asserted here (benchmarks/bench_training.py measures speed).
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,10 +16,15 @@ from semirobust_ray.attacks import create_attack
 from semirobust_ray.data import load_dataset, to_unit
 from semirobust_ray.models import create_model, split
 from semirobust_ray.training import (
+    CUBLAS_DETERMINISTIC_WORKSPACE,
     TRAIN_METHODS,
     DivergenceError,
+    NumericsFlags,
+    canonical_memory_format,
+    deterministic_numerics,
     evaluate,
     make_optimizer,
+    restore_cuda_rng_states,
     seed_everything,
     train_epoch,
 )
@@ -214,3 +221,82 @@ def test_fast_without_eps_or_attack_says_what_is_missing(digits):
             model, digits.x_train, digits.y_train, opt, batch_size=64, device=CPU,
             generator=seed_everything(0), method="fast",
         )  # fmt: skip
+
+
+def _conv_weight(model: torch.nn.Module) -> torch.Tensor:
+    """A conv weight whose NCHW and NHWC layouts differ (the first conv has one channel)."""
+    return next(
+        m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1
+    )
+
+
+def test_evaluation_uses_the_devices_canonical_memory_format(digits):
+    """Evaluated networks are in one layout per device whatever was done to them before, so
+    an evaluation before any training epoch (Acc_sr) runs the same kernels as one after."""
+    assert canonical_memory_format(torch.device("cuda")) == torch.channels_last
+    assert canonical_memory_format(CPU) == torch.contiguous_format
+    model = fresh_model()
+    run(model, digits, "regular", channels_last=True)
+    assert _conv_weight(model).is_contiguous(memory_format=torch.channels_last)
+    assert not _conv_weight(model).is_contiguous()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    evaluate(model, digits.x_test[:32], digits.y_test[:32], batch_size=32, device=CPU)
+    assert _conv_weight(model).is_contiguous()  # back to CPU's NCHW, values unchanged
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    # An explicit channels_last=False trains NCHW even after the model was NHWC.
+    model.to(memory_format=torch.channels_last)
+    run(model, digits, "regular", channels_last=False)
+    assert _conv_weight(model).is_contiguous()
+
+
+def test_seed_everything_applies_the_deterministic_option(restore_numerics):
+    assert restore_numerics.cudnn_allow_tf32  # the session runs with PyTorch's defaults
+    seed_everything(0, deterministic=True)
+    on = NumericsFlags.current()
+    assert on == NumericsFlags(
+        cudnn_deterministic=True,
+        cudnn_benchmark=False,
+        deterministic_algorithms=True,
+        deterministic_warn_only=True,
+        cudnn_allow_tf32=False,
+        matmul_precision="highest",
+    )
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == CUBLAS_DETERMINISTIC_WORKSPACE
+    seed_everything(1)  # None: the process's settings stay as they are
+    assert NumericsFlags.current() == on
+    seed_everything(2, deterministic=False)
+    off = NumericsFlags.current()
+    assert not off.cudnn_deterministic and not off.deterministic_algorithms
+    assert off.cudnn_allow_tf32 and not off.cudnn_benchmark  # PyTorch's defaults
+    assert off == NumericsFlags.for_config(False)
+
+
+def test_deterministic_numerics_restores_the_callers_flags(restore_numerics):
+    torch.backends.cudnn.benchmark = True  # a caller's own choice, not the default
+    os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":16:8"
+    mine = NumericsFlags.current()
+    with deterministic_numerics(True):
+        assert torch.are_deterministic_algorithms_enabled()
+        assert not torch.backends.cudnn.benchmark and not torch.backends.cudnn.allow_tf32
+        # A workspace setting the user chose is kept (":16:8" is the other deterministic one).
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+    assert NumericsFlags.current() == mine
+
+
+def test_cuda_rng_restore_takes_what_this_machine_has(monkeypatch):
+    """A checkpoint from a 2-GPU machine restores device 0 on a 1-GPU machine and nothing on a
+    CPU-only one, without raising (the real CUDA path runs in tests/test_gpu.py)."""
+    states = [torch.full((16,), i, dtype=torch.uint8) for i in range(2)]
+    calls: list[tuple[torch.Tensor, int]] = []
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device: calls.append((s, device)))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert restore_cuda_rng_states(states) == 0 and calls == []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert restore_cuda_rng_states(states) == 1
+    assert len(calls) == 1 and calls[0][1] == 0 and torch.equal(calls[0][0], states[0])
+    assert restore_cuda_rng_states([]) == 0  # an older or CPU-written checkpoint: nothing
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    calls.clear()
+    assert restore_cuda_rng_states(states) == 2 and [d for _, d in calls] == [0, 1]
