@@ -559,7 +559,9 @@ def _init_ray(address: str | None, log: Log) -> None:
     if ray.is_initialized():
         return
     if address == "local":
-        ray.init(include_dashboard=False)
+        # "local", not None: ray.init() without an address joins a cluster that `ray start`
+        # left on this machine (its /tmp/ray/ray_current_cluster) instead of starting one.
+        ray.init(address="local", include_dashboard=False)
         return
     if address:
         ray.init(address=address, log_to_driver=True)
@@ -568,7 +570,7 @@ def _init_ray(address: str | None, log: Log) -> None:
         ray.init(address="auto", log_to_driver=True)
         log("[search] joined the running Ray cluster")
     except (ConnectionError, RuntimeError):
-        ray.init(include_dashboard=False)
+        ray.init(address="local", include_dashboard=False)  # no cluster running: start one
 
 
 def _check_gpus(c: ExperimentConfig) -> None:
