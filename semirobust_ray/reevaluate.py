@@ -37,7 +37,6 @@ from semirobust_ray.models import split
 from semirobust_ray.results import SEARCH_META_FILE, ReportError, load_results
 from semirobust_ray.search import BASELINE_DIR
 from semirobust_ray.storage import CorruptFileError, atomic_write_bytes, load_state
-from semirobust_ray.training import resolve_device
 from semirobust_ray.trial import FINAL_FB_FILE
 
 OUTPUT_FILE = "reevaluation.csv"
@@ -184,9 +183,11 @@ def reevaluate(
     if resume and out.is_file():
         for row in pd.read_csv(out).to_dict("records"):
             done[(row["network"], int(row["seed"]), float(row["reported_acc"]))] = row
-    exp = prepare(config)
+    # The device is this command's --device, not the search's: a search whose trials ran on
+    # CUDA is re-evaluated on a CPU-only machine just as well.
+    exp = prepare(config, device=device)
     x, y = exp.eval_split("test")
-    target = resolve_device(device)
+    target = exp.device
     cpu_threads = (threads or config.cpus_per_trial) if target.type == "cpu" else None
     rows = []
     with _intra_op_threads(cpu_threads):

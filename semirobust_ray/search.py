@@ -44,7 +44,7 @@ from semirobust_ray.experiment import Experiment, prepare
 from semirobust_ray.report import minimal_split, write_report
 from semirobust_ray.results import SEARCH_META_FILE, depth_summaries, load_results
 from semirobust_ray.storage import CorruptFileError, read_json, write_json
-from semirobust_ray.training import resolve_device
+from semirobust_ray.training import DeviceError, resolve_device
 from semirobust_ray.trial import TRIAL_RESULT_KEY, AccSrBoard, algorithm1_trainable
 
 BASELINE_DIR = "baseline"
@@ -327,11 +327,21 @@ def _baseline_on_cluster(exp: Experiment, log: Log) -> Baseline:
     c = exp.config
 
     def task(e: Experiment) -> Baseline:
-        return get_baseline(dataclasses.replace(e, device=resolve_device(e.config.device)))
+        try:
+            device = resolve_device(e.config.device)  # here, on the worker with the GPU
+        except DeviceError as err:
+            # Say which node lacks CUDA: the driver may well have none, and that is fine.
+            context = ray.get_runtime_context()
+            raise DeviceError(f"on node {context.get_node_id()}: {err}") from None
+        return get_baseline(dataclasses.replace(e, device=device))
 
     remote = ray.remote(num_cpus=c.cpus_per_trial, num_gpus=c.gpus_per_trial)(task)
     log("[search] baseline: regular + adversarial training of the full network (once)")
-    return ray.get(remote.remote(exp))
+    try:
+        return ray.get(remote.remote(exp))
+    except DeviceError as err:  # Ray's task error is also an instance of its cause's class
+        cause = getattr(err, "cause", err)
+        raise SearchError(f"the baseline task failed {cause}") from None
 
 
 def _resources(c: ExperimentConfig) -> tune.PlacementGroupFactory:
@@ -456,7 +466,8 @@ def run_search(
             f"'{exp_dir}' already holds a search: pass --resume to continue it, "
             f"or --name to start a new one"
         )
-    exp = prepare(config)
+    _check_device(config)
+    exp = prepare(config, device="cpu")  # the driver only schedules; workers resolve the device
     _init_ray(address, log)
     _check_gpus(config)
     baseline = None
@@ -573,6 +584,16 @@ def _init_ray(address: str | None, log: Log) -> None:
         ray.init(address="local", include_dashboard=False)  # no cluster running: start one
 
 
+def _check_device(c: ExperimentConfig) -> None:
+    """Refuse ``device: cuda`` without a GPU per trial: Ray would reserve no GPU for the trials,
+    so they would land on CPU-only nodes (and fail there) or share GPUs nobody scheduled."""
+    if c.device == "cuda" and c.gpus_per_trial <= 0:
+        raise SearchError(
+            "device: cuda but gpus_per_trial is 0, so Ray would reserve no GPU for the trials; "
+            "pass --gpus-per-trial 1 (or a fraction such as 0.5), or use device: auto or cpu"
+        )
+
+
 def _check_gpus(c: ExperimentConfig) -> None:
     """Refuse a GPU request no node can satisfy, instead of waiting for it forever."""
     if c.gpus_per_trial <= 0:
@@ -580,6 +601,12 @@ def _check_gpus(c: ExperimentConfig) -> None:
     per_node = [n.get("Resources", {}).get("GPU", 0) for n in ray.nodes() if n.get("Alive")]
     best = max(per_node, default=0)
     if best < c.gpus_per_trial and not _autoscaling():
+        if c.device == "cuda" and best == 0:
+            raise SearchError(
+                f"device: cuda with gpus_per_trial={c.gpus_per_trial:g}, but no node of this "
+                "Ray cluster has a GPU and no autoscaler can add one; join a cluster with GPU "
+                "nodes (--address), or run on the CPU with device: cpu --gpus-per-trial 0"
+            )
         raise SearchError(
             f"gpus_per_trial={c.gpus_per_trial} but the largest node has {best:g} GPUs "
             f"(cluster total {ray.cluster_resources().get('GPU', 0):g}); "
