@@ -566,7 +566,11 @@ def _stored_config(path: Path) -> ExperimentConfig:
 
 
 def _init_ray(address: str | None, log: Log) -> None:
-    """Join ``address`` (or a running cluster when none is given), else start Ray locally."""
+    """Join ``address`` (or a running cluster when none is given), else start Ray locally.
+
+    A cluster that refuses this driver's token (token authentication, on by default since Ray
+    2.59) is a :class:`SearchError` saying how to get the token, not a start-up of a local Ray.
+    """
     if ray.is_initialized():
         return
     if address == "local":
@@ -574,14 +578,60 @@ def _init_ray(address: str | None, log: Log) -> None:
         # left on this machine (its /tmp/ray/ray_current_cluster) instead of starting one.
         ray.init(address="local", include_dashboard=False)
         return
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        return
     try:
-        ray.init(address="auto", log_to_driver=True)
-        log("[search] joined the running Ray cluster")
-    except (ConnectionError, RuntimeError):
+        ray.init(address=address or "auto", log_to_driver=True)
+    except Exception as err:
+        problem = _join_problem(address, err)
+        if problem:
+            raise SearchError(problem) from None
+        if address or not isinstance(err, (ConnectionError, RuntimeError)):
+            raise
         ray.init(address="local", include_dashboard=False)  # no cluster running: start one
+        return
+    if not address:
+        log("[search] joined the running Ray cluster")
+
+
+def _join_problem(address: str | None, err: Exception) -> str | None:
+    """The one-line error for a failed join; None where the launcher may start Ray locally
+    (no ``--address`` and no cluster found) or the error is not about joining."""
+    target = address or "auto"
+    mode = os.environ.get("RAY_AUTH_MODE", "unset")
+    get_token = (
+        "print the cluster's token on the head with `ray get-auth-token`, then run with "
+        "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN=<token> or RAY_AUTH_TOKEN_PATH=<file holding "
+        "it> (docs/cluster.md, 'Token authentication')"
+    )
+    if _token_refused(err):
+        here = "" if mode == "token" else f" (RAY_AUTH_MODE is {mode!r} here)"
+        return (
+            f"the Ray cluster at {target} requires its authentication token and this driver "
+            f"has none or another one{here}; {get_token}"
+        )
+    if address and isinstance(err, ConnectionError):
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        # A Ray Client (ray://) without RAY_AUTH_MODE=token is not refused, it times out: the
+        # refusal cannot be seen from here, so name the likely cause.
+        client = target.startswith("ray://") and mode != "token"
+        maybe = f"; if it uses token authentication, {get_token}" if client else ""
+        return f"cannot join the Ray cluster at {target}: {first}{maybe}"
+    return None
+
+
+def _token_refused(err: BaseException) -> bool:
+    """Whether ``ray.init`` failed on token authentication: an ``AuthenticationError`` (no token
+    here while RAY_AUTH_MODE=token), or a ``ConnectionError`` whose chain holds the cluster's
+    rejection (Ray 2.60 retries, then wraps it as text in a RuntimeError)."""
+    from ray.exceptions import AuthenticationError
+
+    seen: BaseException | None = err
+    for _ in range(8):  # a chain is a few links long; the bound only guards against a cycle
+        if seen is None:
+            break
+        if isinstance(seen, AuthenticationError) or "InvalidAuthToken" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _check_device(c: ExperimentConfig) -> None:
