@@ -28,6 +28,8 @@ class Experiment:
 
     config: ExperimentConfig
     data: DataSplits
+    # Where this process computes. A Ray driver's is the CPU; trials and tasks replace it
+    # with config.device resolved on their worker.
     device: torch.device
     num_layers: int
     _eval_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(
@@ -109,8 +111,14 @@ class Experiment:
         return h.hexdigest()[:16]
 
 
-def prepare(config: ExperimentConfig) -> Experiment:
-    """Load the data and check the model and split depths; fails fast with a one-line error."""
+def prepare(config: ExperimentConfig, device: str | None = None) -> Experiment:
+    """Load the data and check the model and split depths; fails fast with a one-line error.
+
+    ``device`` is where this process will compute: None resolves the config's ``device`` here
+    (a run in one process, which fails at once when ``cuda`` is missing). A Ray driver passes
+    ``"cpu"``: it only schedules, possibly from a CPU-only head node, and every trial and task
+    resolves ``config.device`` on the worker it lands on.
+    """
     c = config
     data = load_dataset(
         c.dataset,
@@ -123,7 +131,7 @@ def prepare(config: ExperimentConfig) -> Experiment:
         max_train=c.max_train,
         max_test=c.max_test,
     )
-    device = resolve_device(c.device)
+    target = resolve_device(c.device if device is None else device)
     model = create_model(
         c.model, data.num_classes, data.image_size, data.in_channels, width=c.width
     )
@@ -134,4 +142,4 @@ def prepare(config: ExperimentConfig) -> Experiment:
             f"split_depths {bad} out of range for {c.model}: it has {n} trainable layers, "
             f"valid |f_b| is 1..{n}"
         )
-    return Experiment(c, data, device, n)
+    return Experiment(c, data, target, n)

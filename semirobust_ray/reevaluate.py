@@ -50,7 +50,7 @@ from semirobust_ray.models import split
 from semirobust_ray.results import SEARCH_META_FILE, ReportError, load_results, search_meta_file
 from semirobust_ray.searchdir import BASELINE_DIR
 from semirobust_ray.storage import CorruptFileError, Store
-from semirobust_ray.training import canonical_memory_format, deterministic_numerics, resolve_device
+from semirobust_ray.training import canonical_memory_format, deterministic_numerics
 from semirobust_ray.trial import FINAL_FB_FILE
 
 OUTPUT_FILE = "reevaluation.csv"
@@ -209,9 +209,11 @@ def reevaluate(
     if resume and search.is_file(OUTPUT_FILE):
         for row in pd.read_csv(io.BytesIO(search.read_bytes(OUTPUT_FILE))).to_dict("records"):
             done[(row["network"], int(row["seed"]), float(row["reported_acc"]))] = row
-    exp = prepare(config)
+    # The device is this command's --device, not the search's: a search whose trials ran on
+    # CUDA is re-evaluated on a CPU-only machine just as well.
+    exp = prepare(config, device=device)
     x, y = exp.eval_split("test")
-    target = resolve_device(device)
+    target = exp.device
     cpu_threads = (threads or config.cpus_per_trial) if target.type == "cpu" else None
     rows = []
     with _intra_op_threads(cpu_threads), deterministic_numerics(config.deterministic):

@@ -49,7 +49,7 @@ from semirobust_ray.searchdir import (
     stored_config,
 )
 from semirobust_ray.storage import CorruptFileError, Store, is_uri
-from semirobust_ray.training import resolve_device
+from semirobust_ray.training import DeviceError, resolve_device
 from semirobust_ray.trial import algorithm1_trainable, start_acc_sr_board
 
 Log = Callable[[str], None]
@@ -266,11 +266,21 @@ def _baseline_on_cluster(exp: Experiment, log: Log) -> Baseline:
     c = exp.config
 
     def task(e: Experiment) -> Baseline:
-        return get_baseline(dataclasses.replace(e, device=resolve_device(e.config.device)))
+        try:
+            device = resolve_device(e.config.device)  # here, on the worker with the GPU
+        except DeviceError as err:
+            # Say which node lacks CUDA: the driver may well have none, and that is fine.
+            context = ray.get_runtime_context()
+            raise DeviceError(f"on node {context.get_node_id()}: {err}") from None
+        return get_baseline(dataclasses.replace(e, device=device))
 
     remote = ray.remote(num_cpus=c.cpus_per_trial, num_gpus=c.gpus_per_trial)(task)
     log("[search] baseline: regular + adversarial training of the full network (once)")
-    return ray.get(remote.remote(exp))
+    try:
+        return ray.get(remote.remote(exp))
+    except DeviceError as err:  # Ray's task error is also an instance of its cause's class
+        cause = getattr(err, "cause", err)
+        raise SearchError(f"the baseline task failed {cause}") from None
 
 
 def _resources(c: ExperimentConfig) -> tune.PlacementGroupFactory:
@@ -386,7 +396,8 @@ def run_search(
             f"'{exp_dir}' already holds a search: pass --resume to continue it, "
             "or --name to start a new one"
         )
-    exp = prepare(config)
+    _check_device(config)
+    exp = prepare(config, device="cpu")  # the driver only schedules; workers resolve the device
     _init_ray(address, log)
     _check_gpus(config)
     _check_storage_visible(storage)
@@ -516,20 +527,82 @@ def _marker_seen(marker: str, nodes: list[str]) -> list[bool]:
 
 
 def _init_ray(address: str | None, log: Log) -> None:
-    """Join ``address`` (or a running cluster when none is given), else start Ray locally."""
+    """Join ``address`` (or a running cluster when none is given), else start Ray locally.
+
+    A cluster that refuses this driver's token (token authentication, on by default since Ray
+    2.59) is a :class:`SearchError` saying how to get the token, not a start-up of a local Ray.
+    """
     if ray.is_initialized():
         return
     if address == "local":
-        ray.init(include_dashboard=False)
-        return
-    if address:
-        ray.init(address=address, log_to_driver=True)
+        # "local", not None: ray.init() without an address joins a cluster that `ray start`
+        # left on this machine (its /tmp/ray/ray_current_cluster) instead of starting one.
+        ray.init(address="local", include_dashboard=False)
         return
     try:
-        ray.init(address="auto", log_to_driver=True)
+        ray.init(address=address or "auto", log_to_driver=True)
+    except Exception as err:
+        problem = _join_problem(address, err)
+        if problem:
+            raise SearchError(problem) from None
+        if address or not isinstance(err, (ConnectionError, RuntimeError)):
+            raise
+        ray.init(address="local", include_dashboard=False)  # no cluster running: start one
+        return
+    if not address:
         log("[search] joined the running Ray cluster")
-    except (ConnectionError, RuntimeError):
-        ray.init(include_dashboard=False)
+
+
+def _join_problem(address: str | None, err: Exception) -> str | None:
+    """The one-line error for a failed join; None where the launcher may start Ray locally
+    (no ``--address`` and no cluster found) or the error is not about joining."""
+    target = address or "auto"
+    mode = os.environ.get("RAY_AUTH_MODE", "unset")
+    get_token = (
+        "print the cluster's token on the head with `ray get-auth-token`, then run with "
+        "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN=<token> or RAY_AUTH_TOKEN_PATH=<file holding "
+        "it> (docs/cluster.md, 'Token authentication')"
+    )
+    if _token_refused(err):
+        here = "" if mode == "token" else f" (RAY_AUTH_MODE is {mode!r} here)"
+        return (
+            f"the Ray cluster at {target} requires its authentication token and this driver "
+            f"has none or another one{here}; {get_token}"
+        )
+    if address and isinstance(err, ConnectionError):
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        # A Ray Client (ray://) without RAY_AUTH_MODE=token is not refused, it times out: the
+        # refusal cannot be seen from here, so name the likely cause.
+        client = target.startswith("ray://") and mode != "token"
+        maybe = f"; if it uses token authentication, {get_token}" if client else ""
+        return f"cannot join the Ray cluster at {target}: {first}{maybe}"
+    return None
+
+
+def _token_refused(err: BaseException) -> bool:
+    """Whether ``ray.init`` failed on token authentication: an ``AuthenticationError`` (no token
+    here while RAY_AUTH_MODE=token), or a ``ConnectionError`` whose chain holds the cluster's
+    rejection (Ray 2.60 retries, then wraps it as text in a RuntimeError)."""
+    from ray.exceptions import AuthenticationError
+
+    seen: BaseException | None = err
+    for _ in range(8):  # a chain is a few links long; the bound only guards against a cycle
+        if seen is None:
+            break
+        if isinstance(seen, AuthenticationError) or "InvalidAuthToken" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _check_device(c: ExperimentConfig) -> None:
+    """Refuse ``device: cuda`` without a GPU per trial: Ray would reserve no GPU for the trials,
+    so they would land on CPU-only nodes (and fail there) or share GPUs nobody scheduled."""
+    if c.device == "cuda" and c.gpus_per_trial <= 0:
+        raise SearchError(
+            "device: cuda but gpus_per_trial is 0, so Ray would reserve no GPU for the trials; "
+            "pass --gpus-per-trial 1 (or a fraction such as 0.5), or use device: auto or cpu"
+        )
 
 
 def _check_gpus(c: ExperimentConfig) -> None:
@@ -539,6 +612,12 @@ def _check_gpus(c: ExperimentConfig) -> None:
     per_node = [n.get("Resources", {}).get("GPU", 0) for n in ray.nodes() if n.get("Alive")]
     best = max(per_node, default=0)
     if best < c.gpus_per_trial and not _autoscaling():
+        if c.device == "cuda" and best == 0:
+            raise SearchError(
+                f"device: cuda with gpus_per_trial={c.gpus_per_trial:g}, but no node of this "
+                "Ray cluster has a GPU and no autoscaler can add one; join a cluster with GPU "
+                "nodes (--address), or run on the CPU with device: cpu --gpus-per-trial 0"
+            )
         raise SearchError(
             f"gpus_per_trial={c.gpus_per_trial} but the largest node has {best:g} GPUs "
             f"(cluster total {ray.cluster_resources().get('GPU', 0):g}); "

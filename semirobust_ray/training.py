@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from semirobust_ray.config import ConfigError
 from semirobust_ray.data import augment_batch, to_unit
 from semirobust_ray.models import eval_mode
 
@@ -30,6 +31,13 @@ AttackFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 class DivergenceError(RuntimeError):
     """Training produced a NaN or infinite loss; the run cannot go on meaningfully."""
+
+
+class DeviceError(ConfigError):
+    """The configured device does not exist in this process (``cuda`` without a visible GPU).
+
+    A :class:`ConfigError` (so a ``ValueError``): the launchers print it as one line.
+    """
 
 
 @dataclass(frozen=True)
@@ -42,11 +50,18 @@ class EpochStats:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` is CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    """``auto`` is CUDA when available, else CPU; ``cuda`` without a GPU is a :class:`DeviceError`.
+
+    Call it where the computation runs: on a cluster that is the trial's or task's worker, not
+    the driver (a CPU-only head node schedules GPU trials).
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but no CUDA GPU is visible; use device: cpu")
+        raise DeviceError(
+            "device: cuda but torch sees no CUDA GPU here (torch.cuda.is_available() is False); "
+            "use device: cpu or auto, or run where a GPU is visible to torch"
+        )
     return torch.device(name)
 
 

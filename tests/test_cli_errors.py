@@ -14,10 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ray
+import torch
 
 from semirobust_ray.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
+# Ray is imported above, before any test captures stderr: its log handler keeps the stderr of
+# import time, so the lines Ray logs when --address local starts a local instance (Ray 2.60:
+# "Token authentication is enabled ...", "Started a local Ray instance.") stay out of the
+# captured output whichever test imports Ray first, as they do when other test modules have.
 
 # A config that would be valid and fast: each case breaks one thing.
 BASE = ["--set", "mi=false", "--set", "epochs=1", "--set", "seeds=1", "--address", "local"]
@@ -196,6 +202,12 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
         "without pickle",
     ),
     (
+        "device cuda without a GPU per trial",
+        lambda t: ["--set", "device=cuda"],
+        "device: cuda but gpus_per_trial is 0, so Ray would reserve no GPU for the trials; pass "
+        "--gpus-per-trial 1",
+    ),
+    (
         "dataset absent offline (cifar10, download false)",
         lambda t: ["--set", "dataset=cifar10", "--set", f"data_root={t / 'empty'}"],
         "pass download: true (needs internet) or place",
@@ -282,20 +294,39 @@ def test_resume_with_damaged_search_meta(tmp_path, capsys):
     shutil.rmtree(exp)
 
 
-def test_more_gpus_per_trial_than_the_cluster_has(tmp_path, capsys, monkeypatch):
-    """Said at once instead of waiting forever for a GPU no node has."""
-    import ray
-
+def test_gpu_requests_the_cluster_cannot_meet(tmp_path, capsys, monkeypatch):
+    """Said at once instead of waiting forever for a GPU no node has. With device: cuda on
+    this machine (no CUDA, like a CPU-only head node) the driver gets past prepare(), which
+    no longer resolves the device itself, and stops at the same check."""
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    argv = [*BASE, "--storage-path", str(tmp_path), "--gpus-per-trial", "4"]
+    base = [*BASE, "--storage-path", str(tmp_path)]
     try:
-        code, _, err = run_cli(argv, capsys)
+        code, _, err = run_cli([*base, "--gpus-per-trial", "4"], capsys)
+        assert_one_line_error(
+            code, err, "gpus_per_trial=4.0 but the largest node has 0 GPUs (cluster total 0); "
+        )
+        if not torch.cuda.is_available():  # the same local Ray: started by the first run
+            code, _, err = run_cli([*base, "--set", "device=cuda", "--gpus-per-trial", "1"], capsys)
+            assert_one_line_error(
+                code,
+                err,
+                "device: cuda with gpus_per_trial=1, but no node of this Ray cluster has a GPU",
+            )
     finally:
         ray.shutdown()
-    assert_one_line_error(
-        code, err, "gpus_per_trial=4.0 but the largest node has 0 GPUs (cluster total 0); "
-    )
     assert not list(tmp_path.glob("**/search_meta.json"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_runner_device_cuda_without_cuda_is_one_line(tmp_path, capsys):
+    """Without Ray the device is resolved in this process, at once: one line, not a traceback."""
+    from semirobust_ray.runner import main as runner_main
+
+    out = tmp_path / "out"
+    code = runner_main(["--set", "device=cuda", "--set", "mi=false", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert_one_line_error(code, captured.err, "device: cuda but torch sees no CUDA GPU here")
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(

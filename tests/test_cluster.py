@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import ray
+import torch
 from conftest import DIGITS_SEARCH
 from ray.cluster_utils import Cluster
 
@@ -137,6 +138,33 @@ def test_more_gpus_per_trial_than_any_node_is_refused_not_waited_for(cluster, ca
             log=quiet,
             verbose=0,
         )
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="needs a machine without CUDA (the fake GPU node lacks it)"
+)
+def test_device_cuda_is_resolved_on_the_gpu_node_not_the_cpu_only_driver(
+    cluster, cache_dir, tmp_path
+):
+    """This process has no CUDA, like a cluster.yaml head node. A device: cuda search launched
+    from it gets past prepare() and the GPU check (a node has a GPU), and its baseline task
+    resolves the device on the GPU node it was scheduled on. That node's GPU is fake, so it is
+    there, on that node, that CUDA is missing: the one-line error names it."""
+    from semirobust_ray.search import SearchError
+
+    _, _, gpu_node = cluster
+    with pytest.raises(SearchError) as raised:
+        run_search(
+            _config(cache_dir, split_depths=[1], device="cuda", gpus_per_trial=1),
+            storage_path=str(tmp_path),
+            name="cuda",
+            log=quiet,
+            verbose=0,
+        )
+    message = str(raised.value)
+    assert message.startswith(f"the baseline task failed on node {gpu_node.node_id}: ")
+    assert "device: cuda but torch sees no CUDA GPU here" in message
+    assert "\n" not in message
 
 
 def make_stalling_trainable(node_id: str, marker: Path):

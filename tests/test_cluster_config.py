@@ -10,8 +10,10 @@ AWS call because every node type names its own group.
 from __future__ import annotations
 
 import copy
+import os
 import re
 import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,10 @@ util = pytest.importorskip("ray.autoscaler._private.util")
 pytest.importorskip("jsonschema")  # validate_config needs it (ray[default])
 
 REPO = Path(__file__).resolve().parents[1]
+#: Where the nodes get the cluster's token: the directory of Ray's default token file.
+TOKEN_MOUNT = "~/.ray"
+#: Where docs/cluster.md has the user create it (outside the repository).
+TOKEN_DIR = "~/.semirobust/ray-auth"
 AWS_FILE = REPO / "cluster.yaml"
 LOCAL_FILE = REPO / "cluster.local.yaml"
 DOCS = REPO / "docs" / "cluster.md"
@@ -76,7 +82,8 @@ def test_aws_nodes() -> None:
 @pytest.mark.parametrize("path", [AWS_FILE, LOCAL_FILE], ids=lambda p: p.name)
 def test_installs_the_project(path: Path) -> None:
     config = load(path)
-    assert config["file_mounts"] == {"~/semirobust_ray": "."}
+    assert config["file_mounts"]["~/semirobust_ray"] == "."
+    assert set(config["file_mounts"]) == {"~/semirobust_ray", TOKEN_MOUNT}
     setup = " ".join(config["setup_commands"])
     assert "pip install" in setup and "-e" in setup and "semirobust_ray[cluster]" in setup
     assert ".git" in config["rsync_exclude"]
@@ -176,3 +183,92 @@ def test_local_placeholders() -> None:
     assert provider["worker_ips"] and all("REPLACE_ME" in ip for ip in provider["worker_ips"])
     node_type = config["available_node_types"][config["head_node_type"]]
     assert node_type["max_workers"] == len(provider["worker_ips"])
+
+
+# --- token authentication -------------------------------------------------------------------
+
+
+def _start_commands(config: dict[str, Any]) -> list[str]:
+    keys = ("head_start_ray_commands", "worker_start_ray_commands")
+    return [cmd for key in keys for cmd in config[key] if "ray start" in cmd]
+
+
+@pytest.mark.parametrize("path", [AWS_FILE, LOCAL_FILE], ids=lambda p: p.name)
+def test_every_ray_start_is_in_token_mode(path: Path) -> None:
+    starts = _start_commands(prepared(path))
+    assert len(starts) == 2  # the head's and the workers'
+    for cmd in starts:
+        # In the same shell command as `ray start`: each list entry runs in its own shell.
+        assert re.search(r"(^|[;&|]\s*|\s)RAY_AUTH_MODE=token ray start ", cmd), cmd
+
+
+def test_aws_containers_are_in_token_mode() -> None:
+    """Every process in the containers, drivers started by `ray exec` included."""
+    docker = prepared(AWS_FILE)["docker"]
+    # run_options apply to the head's and the workers' containers alike.
+    assert "--env RAY_AUTH_MODE=token" in docker["run_options"]
+
+
+def test_local_shells_are_in_token_mode(tmp_path: Path) -> None:
+    """cluster.local.yaml's setup command puts token mode in ~/.bashrc (which `ray exec`
+    sources) once, however often `ray up` runs it."""
+    (cmd,) = [c for c in load(LOCAL_FILE)["setup_commands"] if "RAY_AUTH_MODE" in c]
+    bashrc = tmp_path / ".bashrc"
+    bashrc.write_text("# the user's own settings\n")
+    for _ in range(2):
+        subprocess.run(["bash", "-c", cmd], env={**os.environ, "HOME": str(tmp_path)}, check=True)
+    assert bashrc.read_text() == "# the user's own settings\nexport RAY_AUTH_MODE=token\n"
+
+
+@pytest.mark.parametrize("path", [AWS_FILE, LOCAL_FILE], ids=lambda p: p.name)
+def test_token_comes_from_outside_the_repository(path: Path, tmp_path: Path, monkeypatch) -> None:
+    from ray._private.authentication.authentication_token_setup import _get_default_token_path
+
+    mounts = prepared(path)["file_mounts"]
+    assert mounts[TOKEN_MOUNT] == TOKEN_DIR
+    # A directory of the user's home, never a file of the checkout `ray up` runs in.
+    assert TOKEN_DIR.startswith("~/") and not TOKEN_DIR.endswith("auth_token")
+    # The mount lands where every Ray process on a node looks for the token.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert _get_default_token_path() == Path(os.path.expanduser(TOKEN_MOUNT)) / "auth_token"
+    # `ray up` reads every mount source before it touches any machine: without the token it
+    # stops there (FileNotFoundError); with it, it goes on. (A fresh process's empty cache.)
+    monkeypatch.setattr(util, "_hash_cache", {})
+    with pytest.raises(FileNotFoundError, match="ray-auth"):
+        util.hash_runtime_conf({TOKEN_MOUNT: TOKEN_DIR}, None, {})
+    token_dir = Path(os.path.expanduser(TOKEN_DIR))
+    token_dir.mkdir(parents=True)
+    (token_dir / "auth_token").write_text("0" * 64)
+    util.hash_runtime_conf({TOKEN_MOUNT: TOKEN_DIR}, None, {})
+
+
+@pytest.mark.parametrize("path", [AWS_FILE, LOCAL_FILE], ids=lambda p: p.name)
+def test_no_token_in_the_files(path: Path) -> None:
+    text = path.read_text()
+    assert not re.search(r"RAY_AUTH_TOKEN\s*=", text)  # no token in an environment setting
+    assert not re.search(r"[0-9a-fA-F]{32,}", text)  # nothing like `ray get-auth-token` prints
+    assert "RAY_AUTH_TOKEN_PATH" not in text  # the nodes use Ray's default file
+
+
+def test_documented_token_commands(tmp_path: Path) -> None:
+    """The generation command in docs/cluster.md makes a token Ray reads, readable only by
+    its owner, in the directory the cluster files mount."""
+    docs = DOCS.read_text()
+    generate = [line for line in docs.splitlines() if "secrets.token_hex(32)" in line]
+    assert generate and len(set(generate)) == 1, "one generation command, the same everywhere"
+    setup = [line for line in docs.splitlines() if line.startswith(f"mkdir -p {TOKEN_DIR}")]
+    script = "\n".join([setup[0], generate[0]])
+    env = {**os.environ, "HOME": str(tmp_path)}
+    subprocess.run(["bash", "-ec", script], env=env, check=True)
+    token_file = Path(str(tmp_path) + TOKEN_DIR[1:]) / "auth_token"
+    token = token_file.read_text()
+    assert re.fullmatch(r"[0-9a-f]{64}", token)
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    assert token_file.parent.stat().st_mode & 0o777 == 0o700
+    for needle in (
+        "RAY_AUTH_MODE=token",
+        "RAY_AUTH_TOKEN_PATH=~/.semirobust/ray-auth/auth_token",
+        "ray get-auth-token",
+        "ray down cluster.yaml -y && ray up cluster.yaml -y",
+    ):
+        assert needle in docs, needle
