@@ -74,6 +74,7 @@ def search_epoch_ratio(root: Path, quick: bool) -> dict[str, Any]:
             name=f"ratio-{algo}",
             log=_quiet,
             verbose=0,
+            address="local",  # never join a cluster someone else started on this machine
         )
         outcomes[algo].seconds = time.perf_counter() - t0
     grid, bis = outcomes["grid"], outcomes["bisection"]
