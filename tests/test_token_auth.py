@@ -234,7 +234,7 @@ def test_driver_without_the_token_gets_one_line(cluster, tmp_path, auth_env, add
     assert f"the Ray cluster at {target} requires its authentication token" in line
     assert "`ray get-auth-token`" in line and "RAY_AUTH_TOKEN=<token>" in line
     assert ("RAY_AUTH_MODE is" in line) == bool(mode_note) and mode_note in line
-    assert not (tmp_path / "results" / "auth" / "search_meta.json").exists()  # nothing trained
+    assert not list((tmp_path / "results").rglob("search_meta.json"))  # nothing trained
 
 
 def test_join_errors_name_the_token_only_where_it_may_be_the_cause(monkeypatch):
@@ -257,3 +257,53 @@ def test_join_errors_name_the_token_only_where_it_may_be_the_cause(monkeypatch):
     assert _join_problem(None, none_running) is None  # no --address: the launcher starts Ray
     monkeypatch.setenv("RAY_AUTH_MODE", "token")  # then the token is not what is missing
     assert "token" not in _join_problem("ray://localhost:10001", timeout)
+
+
+def _can_hide_a_directory() -> bool:
+    """Whether this machine lets a process mount a tmpfs in a mount namespace of its own."""
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(
+        ["unshare", "-m", "sh", "-c", "mount -t tmpfs none /mnt"], capture_output=True
+    )
+    return probe.returncode == 0
+
+
+def test_local_storage_a_node_cannot_see_is_refused_before_training(cluster, tmp_path):
+    """A third node whose view of the storage path is an empty directory (a tmpfs mounted over
+    it in the node's own mount namespace: a machine without the NFS mount) makes a search with
+    that local storage path a one-line error before the baseline is trained."""
+    if not _can_hide_a_directory():
+        pytest.skip("needs `unshare -m` and mount (root in a Linux container or VM)")
+    local = tmp_path / "on-this-machine-only"
+    (local / "results").mkdir(parents=True)
+    node_env = {**cluster.base_env, "RAY_AUTH_MODE": "token"}
+    ray_start = [RAY, "start", f"--address={cluster.address}", "--num-cpus=1",
+                 f"--dashboard-agent-listen-port={_free_port()}", "--disable-usage-stats", "--block"]  # fmt: skip
+    hidden = f"mount -t tmpfs none {local} && exec {' '.join(ray_start)}"
+    log = tmp_path / "blind-node.log"
+    with log.open("w") as out:
+        blind = subprocess.Popen(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c", hidden],
+            env=node_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while "Ray runtime started" not in log.read_text(errors="replace"):
+            assert blind.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        env = {**cluster.base_env, "RAY_AUTH_MODE": "token"}
+        env["RAY_AUTH_TOKEN_PATH"] = str(cluster.token_file)
+        proc = _launch(env, cluster.address, local, timeout=180)
+    finally:
+        _stop(blind)
+    assert proc.returncode == 2, proc.stderr[-4000:]
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(ours) == 1, proc.stderr[-4000:]
+    assert ours[0] == (
+        f"error: storage path '{local / 'results'}' is local to this machine: 1 of 3 nodes "
+        "cannot see it; use shared storage every node mounts (NFS) or a bucket "
+        "(--storage-path s3://bucket/runs; docs/cluster.md)"
+    )
+    assert not (local / "cache").exists()  # the baseline was never trained
+    assert list((local / "results").iterdir()) == []  # and the marker is gone again
