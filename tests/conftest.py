@@ -56,3 +56,22 @@ def restore_numerics(monkeypatch: pytest.MonkeyPatch):
     before = NumericsFlags.current()
     yield before
     before.apply()
+
+
+def first_epoch_state(exp, baseline, fb_layers: int, trial: int) -> dict:
+    """The checkpoint ``run_trial`` hands over after its first epoch (``TrialState.to_dict()``),
+    as a trial killed right after that epoch leaves it."""
+    from semirobust_ray.algorithm1 import run_trial
+
+    saved: list[dict] = []
+
+    class Interrupt(Exception):
+        pass
+
+    def on_epoch(record, state):
+        saved.append(state.to_dict())
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_trial(exp, baseline, fb_layers, trial, on_epoch=on_epoch, log=lambda _m: None)
+    return saved[0]

@@ -111,6 +111,16 @@ def snapshot(search: Store) -> tuple[dict[str, bytes], list[str]]:
     return finished, in_flight
 
 
+@contextlib.contextmanager
+def _start(cmd: list[str], log: Path, cwd: Path):
+    """The launcher as a child in its own process group, stdout to ``log``, stderr piped."""
+    with log.open("w") as out:
+        yield subprocess.Popen(
+            cmd, cwd=cwd, env=child_env(), stdout=out, stderr=subprocess.PIPE, text=True,
+            start_new_session=True,
+        )  # fmt: skip
+
+
 def kill_group(proc: subprocess.Popen) -> None:
     """Kill what the child left behind (its Ray processes share its process group)."""
     with contextlib.suppress(ProcessLookupError):
@@ -135,11 +145,7 @@ def run_until_signal(
     keep a checkpoint per epoch and spend seconds on their final evaluation and MI after the
     last one, so the trial seen in flight is normally still in flight when the signal lands.
     """
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            cmd, cwd=cwd, env=child_env(), stdout=out, stderr=subprocess.PIPE, text=True,
-            start_new_session=True,
-        )  # fmt: skip
+    with _start(cmd, log, cwd) as proc:
         try:
             deadline = time.monotonic() + timeout
             while True:
@@ -164,11 +170,7 @@ def run_until_signal(
 
 def run_to_end(cmd: list[str], log: Path, *, cwd: Path = ROOT, timeout: float = 400):
     """Run the launcher to its end: a CompletedProcess with its stderr (stdout goes to ``log``)."""
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            cmd, cwd=cwd, env=child_env(), stdout=out, stderr=subprocess.PIPE, text=True,
-            start_new_session=True,
-        )  # fmt: skip
+    with _start(cmd, log, cwd) as proc:
         try:
             _, err = proc.communicate(timeout=timeout)
         finally:

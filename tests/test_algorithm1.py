@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import first_epoch_state
 
 from semirobust_ray.algorithm1 import (
     TrialState,
@@ -171,18 +172,7 @@ def test_trial_resumed_from_checkpoint_matches_uninterrupted(digits, tmp_path):
     exp, baseline = digits
     exp = prepare(exp.config.replace(k=0.0, epochs=2, augment=True))
     full = run_trial(exp, baseline, 6, 0, log=quiet)
-    saved: list[dict] = []
-
-    class Interrupt(Exception):
-        pass
-
-    def on_epoch(record, state):
-        saved.append(state.to_dict())
-        raise Interrupt
-
-    with pytest.raises(Interrupt):
-        run_trial(exp, baseline, 6, 0, on_epoch=on_epoch, log=quiet)
-    ckpt = saved[0]
+    ckpt = first_epoch_state(exp, baseline, 6, 0)
     # Captured only where this process initialised CUDA; one uint8 state per visible device.
     assert len(ckpt["cuda_rng"]) == (
         torch.cuda.device_count() if torch.cuda.is_initialized() else 0

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DIGITS_SEARCH
+from conftest import DIGITS_SEARCH, first_epoch_state
 
 from semirobust_ray.algorithm1 import TrialState, run_trial
 from semirobust_ray.baseline import get_baseline
@@ -104,19 +104,8 @@ def test_resumed_cuda_trial_matches_uninterrupted(cuda_dropout, tmp_path, restor
     again = run_trial(exp, baseline, DROPOUT_FB_LAYERS, 0, log=quiet)
     assert _numbers(again.history) == _numbers(full.history)  # deterministic: true repeats
 
-    saved: list[dict] = []
-
-    class Interrupt(Exception):
-        pass
-
-    def on_epoch(record, state):
-        saved.append(state.to_dict())
-        raise Interrupt
-
-    with pytest.raises(Interrupt):
-        run_trial(exp, baseline, DROPOUT_FB_LAYERS, 0, on_epoch=on_epoch, log=quiet)
     path = tmp_path / "trial_state.pt"
-    save_state(path, saved[0])
+    save_state(path, first_epoch_state(exp, baseline, DROPOUT_FB_LAYERS, 0))
     loaded = TrialState.from_dict(load_state(path))
     assert len(loaded.cuda_rng) == torch.cuda.device_count()
     resumed = run_trial(exp, baseline, DROPOUT_FB_LAYERS, 0, state=loaded, log=quiet)

@@ -37,6 +37,7 @@ from launcher import (
     run_until_signal,
 )
 
+from semirobust_ray.report import REPORT_FILES
 from semirobust_ray.storage import Store
 
 pytest.importorskip("moto", reason="the S3 tests need moto[server] (pip install -e '.[test]')")
@@ -60,12 +61,7 @@ SEARCH_FILES = (
     "baseline/baseline.json",
     "baseline/regular.pt",
     "baseline/robust.pt",
-    "table1.csv",
-    "table1.md",
-    "rho_vs_depth.png",
-    "frontier.csv",
-    "frontier.png",
-    "minimal_split.json",
+    *REPORT_FILES.values(),
 )
 
 
