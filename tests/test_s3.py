@@ -218,7 +218,7 @@ def test_report_and_reevaluate_read_and_write_the_bucket(resumed, tmp_path):
     assert reevaluate.returncode == 0, reevaluate.stderr[-2000:]
     rows = search.read_bytes("reevaluation.csv").decode().splitlines()
     assert len(rows) == 1 + 2  # a header, Acc* and the trial at |f_b| = 6
-    assert rows[2].split(",")[1] == "6"
+    assert float(rows[2].split(",")[1]) == 6
     assert list(tmp_path.iterdir()) == []
 
 
