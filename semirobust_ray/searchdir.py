@@ -57,15 +57,21 @@ class SearchDirError(ValueError):
 
 def resolve_storage_path(storage_path: str) -> str:
     """An absolute local directory (``~`` expanded, created, checked writable) or a URI whose
-    storage answers; anything else is a one-line :class:`SearchDirError`."""
+    storage takes a write; anything else is a one-line :class:`SearchDirError`."""
     if is_uri(storage_path):
         try:
-            Store(storage_path).exists()
+            # A write, not a listing: a bucket that does not exist, or credentials that may
+            # read but not write, would otherwise fail only when the trained baseline is saved.
+            store = Store(storage_path)
+            probe = f".write_test-{os.getpid()}"
+            store.write_bytes(probe, b"")
+            store.delete(probe)
         except (ValueError, OSError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise SearchDirError(
-                f"storage path '{storage_path}' is not reachable ({first}); check the URI and "
-                "the credentials (docs/cluster.md: S3 and S3-compatible stores)"
+                f"storage path '{storage_path}' is not writable ({first}); check the URI, that "
+                "the bucket exists and the credentials (docs/cluster.md: S3 and S3-compatible "
+                "stores)"
             ) from None
         return storage_path.rstrip("/")
     path = Path(storage_path).expanduser().resolve()

@@ -247,3 +247,14 @@ def test_resume_refuses_a_change_to_what_the_trials_measured(resumed, tmp_path):
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("error: --resume: the finished trials were measured with other")
     assert "eps (0.1 -> 0.2)" in lines[0] and "max_concurrent" not in lines[0].split(";")[0]
+
+
+def test_a_bucket_that_does_not_exist_is_refused_before_any_compute(s3, tmp_path):
+    from semirobust_ray.searchdir import SearchDirError, resolve_storage_path
+
+    assert resolve_storage_path(f"{s3}/") == s3  # the test bucket takes a write
+    with pytest.raises(SearchDirError) as err:
+        resolve_storage_path("s3://no-such-bucket-here/runs")
+    message = str(err.value)
+    assert message.startswith("storage path 's3://no-such-bucket-here/runs' is not writable (")
+    assert "bucket does not exist" in message and "\n" not in message
