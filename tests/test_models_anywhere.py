@@ -167,6 +167,9 @@ def test_bad_factory_is_one_line_error_before_ray_starts(
     model, fragment, tmp_path, capsys, monkeypatch
 ):
     started = []
+    # Ray may be up already (this module's searches): pretend it is not, so that starting or
+    # joining it would go through ray.init and be seen.
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda *a, **kw: started.append(kw))
     storage = tmp_path / "results"
     args = ["--set", f"model={model}", "--set", "mi=false", "--address", "local"]
