@@ -237,7 +237,7 @@ def _external_net(
     return net
 
 
-def _channels(name: str, what: str, value: object, in_channels: int) -> list[float] | None:
+def _channels(name: str, what: str, value: object, in_channels: int) -> list[float]:
     """A declared per-channel mean or std as a list of ``in_channels`` floats."""
     try:
         values = torch.as_tensor(value, dtype=torch.float32).flatten().tolist()
