@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from semirobust_ray.experiment import Experiment
+from semirobust_ray.models import external_code_fingerprint, model_slug
 from semirobust_ray.storage import CorruptFileError, Store
 from semirobust_ray.training import evaluate, make_optimizer, seed_everything, train_epoch
 
@@ -34,6 +35,7 @@ BASELINE_MODULES = ("data", "models", "attacks", "training", "experiment", "base
 #: resources) leaves it unchanged.
 BASELINE_FIELDS = (
     "model",
+    "model_kwargs",  # a timm or factory model's size and options: another network
     "width",
     "dataset",
     "image_size",
@@ -116,11 +118,17 @@ def baseline_key(exp: Experiment) -> str:
         augment=exp.config.augment_enabled,
         eval_attack=exp.config.eval_attack_name,
         stop_attack=exp.config.stop_attack_name,
+        # {} and null are the same (no keyword arguments).
+        model_kwargs=exp.config.model_kwargs or None,
         data=exp.data_fingerprint,
         code=code_fingerprint(),
     )
+    model_code = external_code_fingerprint(exp.config.model)
+    if model_code is not None:  # a registry model's code is in code_fingerprint() already
+        fields["model_code"] = model_code
     blob = json.dumps(fields, sort_keys=True).encode()
-    return f"{exp.config.model}-{exp.config.dataset}-{hashlib.sha256(blob).hexdigest()[:16]}"
+    model = model_slug(exp.config.model)
+    return f"{model}-{exp.config.dataset}-{hashlib.sha256(blob).hexdigest()[:16]}"
 
 
 BASELINE_FILE = "baseline.json"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import os
 from collections.abc import Iterable, Mapping
@@ -55,7 +56,10 @@ class ExperimentConfig:
     """
 
     # what is searched
+    # a registry name, timm:NAME or package.module:factory (see semirobust_ray.models)
     model: str = "smallcnn"
+    # keyword arguments for a timm:NAME or package.module:factory model (registry models: none)
+    model_kwargs: dict[str, Any] | None = None
     width: float = 1.0  # width multiplier for every hidden layer (<1: a narrower network)
     dataset: str = "digits"
     data_path: str | None = None  # npz file or imagefolder directory
@@ -269,16 +273,52 @@ def _number(
         raise ConfigError(f"{name}={value} is out of range: valid {rng}")
 
 
+def _validate_model_kwargs(kwargs: Any, *, external: bool, model: str) -> None:
+    if kwargs is None:
+        return
+    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+        raise ConfigError(f"model_kwargs: expected a mapping of name: value, got {kwargs!r}")
+    if kwargs and not external:
+        raise ConfigError(
+            f"model_kwargs {sorted(kwargs)}: registry model '{model}' takes none; they are for "
+            "timm:NAME and package.module:factory models"
+        )
+    reserved = sorted({"num_classes", "image_size", "in_channels", "in_chans"} & set(kwargs))
+    if reserved:
+        raise ConfigError(
+            f"model_kwargs {reserved}: set by the dataset, not by model_kwargs (use image_size "
+            "or the dataset's own classes and channels)"
+        )
+    try:
+        # The kwargs go into the baseline cache key and the stored config, both JSON.
+        json.dumps(dict(kwargs), sort_keys=True)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"model_kwargs: values must be plain YAML (numbers, strings, lists), got {kwargs!r}"
+        ) from None
+
+
 def _validate(c: ExperimentConfig) -> None:
     # Registries are imported here, not at module level, so that reading a config stays cheap.
     from semirobust_ray.attacks import ATTACKS
     from semirobust_ray.data import DATASETS
-    from semirobust_ray.models import MODELS
+    from semirobust_ray.models import is_external, model_spec_problem
 
     for name in ("model", "dataset", "attack"):
         if not isinstance(getattr(c, name), str):
             raise ConfigError(f"{name}: expected a name, got {getattr(c, name)!r}")
-    _choice("model", c.model, MODELS)
+    # The form only: a user's module is imported where the model is built (Experiment
+    # preparation on the driver reports an import error), so that every Ray worker, which
+    # re-validates the config, accepts it before it has imported anything.
+    problem = model_spec_problem(c.model, "value")
+    if problem is not None:
+        raise ConfigError(f"model: {problem}")
+    _validate_model_kwargs(c.model_kwargs, external=is_external(c.model), model=c.model)
+    if c.width != 1 and is_external(c.model):
+        raise ConfigError(
+            f"width={c.width}: only registry models can be narrowed, not '{c.model}' "
+            "(pass its size through model_kwargs instead)"
+        )
     _choice("dataset", c.dataset, DATASETS)
     _choice("attack", c.attack, ATTACKS)
     for name in ("eval_attack", "stop_attack"):

@@ -52,6 +52,7 @@ class Experiment:
             mean=self._channel_stats[0],
             std=self._channel_stats[1],
             width=self.config.width,
+            model_kwargs=self.config.model_kwargs,
         ).to(self.device)
 
     @cached_property
@@ -132,8 +133,16 @@ def prepare(config: ExperimentConfig, device: str | None = None) -> Experiment:
         max_test=c.max_test,
     )
     target = resolve_device(c.device if device is None else device)
+    # Here, on the driver and before Ray starts, a timm:NAME or package.module:factory model is
+    # imported and built once: a missing module or a failing factory is one line now, not a
+    # traceback in every trial.
     model = create_model(
-        c.model, data.num_classes, data.image_size, data.in_channels, width=c.width
+        c.model,
+        data.num_classes,
+        data.image_size,
+        data.in_channels,
+        width=c.width,
+        model_kwargs=c.model_kwargs,
     )
     n = len(trainable_layers(model))
     bad = [d for d in (c.split_depths or ()) if not 1 <= d <= n]

@@ -3,6 +3,20 @@
 Every model created here takes images in [0, 1]: input normalisation is the first module of the
 model, so attacks work in pixel space and eps means what the paper says.
 
+Models from anywhere
+--------------------
+Besides the registry names (:data:`MODELS`), a model spec may be an import path
+``package.module:factory``, called as ``factory(num_classes=, image_size=, in_channels=,
+**model_kwargs)``, or ``timm:NAME``, built with ``timm.create_model(NAME, pretrained=False,
+num_classes=, in_chans=, img_size=, **model_kwargs)`` (``img_size`` only where the model takes
+it). Either is imported in the process that builds the model, so on a Ray cluster the module
+must be importable on every worker. The returned network goes through the same
+:class:`ImageClassifier` wrapper as a registry model. A factory declares its input
+normalisation by giving the returned module ``mean`` and ``std`` attributes (per channel, in
+[0, 1] pixel units); a timm model's ``pretrained_cfg`` mean/std count as declared. A model that
+declares none is normalised with the statistics it is given (the training images') and a
+one-line warning is logged once per process.
+
 Where a network is cut
 ----------------------
 ``split(model, fb_layers)`` makes f_b the last ``fb_layers`` trainable (Conv/Linear) layers in
@@ -18,8 +32,13 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-from collections.abc import Callable, Iterator
+import hashlib
+import importlib
+import logging
+import re
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torchvision
@@ -30,6 +49,16 @@ TRAINABLE_TYPES = (nn.Conv2d, nn.Linear)
 
 #: Image size at and below which the 32x32 (CIFAR) variant of a torchvision model is built.
 SMALL_IMAGE_MAX = 64
+
+#: Prefix of a model spec built by timm (``timm:resnet18``).
+TIMM_PREFIX = "timm:"
+
+# ``package.module:factory`` (the factory may be a dotted attribute path, ``mod:Class.build``).
+_IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+_log = logging.getLogger(__name__)
+# Specs already warned about in this process: every trial builds its model several times.
+_warned_normalisation: set[str] = set()
 
 
 class ModelError(ValueError):
@@ -73,6 +102,181 @@ def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
         return builder
 
     return decorate
+
+
+def is_external(name: str) -> bool:
+    """Whether ``name`` is a ``timm:NAME`` or ``package.module:factory`` spec, not a registry name."""
+    return name.startswith(TIMM_PREFIX) or bool(_IMPORT_PATH.match(name))
+
+
+def model_spec_problem(name: str, what: str = "model") -> str | None:
+    """Why ``name`` is not a valid model spec, or None; checks the form only, imports nothing.
+
+    Config validation uses this, so a config naming a user's module validates in any process
+    (a Ray worker re-validates it) whether or not the module has been imported there yet.
+    ``what`` words the message: ``"value"`` after a config key, ``"model"`` on its own.
+    """
+    if name in MODELS:
+        return None
+    if name.startswith(TIMM_PREFIX):
+        return (
+            None if name[len(TIMM_PREFIX) :] else "'timm:' needs a model name, e.g. timm:resnet18"
+        )
+    if _IMPORT_PATH.match(name):
+        return None
+    close = difflib.get_close_matches(name, MODELS, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    valid = ", ".join([*sorted(MODELS), "timm:NAME", "package.module:factory"])
+    return f"unknown {what} '{name}'{hint}; valid{' models' if what == 'model' else ''}: {valid}"
+
+
+def model_slug(name: str) -> str:
+    """``name`` with every character but letters, digits, ``_ . -`` replaced by ``_``: a spec
+    such as ``timm:resnet18`` names directories (search and baseline-cache names)."""
+    return re.sub(r"[^\w.-]", "_", name)
+
+
+def _resolve_factory(name: str) -> Callable[..., object]:
+    """Import the factory of a ``package.module:factory`` spec; one-line ModelError otherwise."""
+    module_name, _, attr = name.partition(":")
+    try:
+        obj: object = importlib.import_module(module_name)
+    except Exception as err:  # an ImportError, or whatever the module raises on import
+        raise ModelError(
+            f"model '{name}': cannot import module '{module_name}' "
+            f"({type(err).__name__}: {_first_line(err)}); it must be importable in every "
+            "process that builds the model (see README, 'Your own model')"
+        ) from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ModelError(f"model '{name}': module '{module_name}' has no attribute '{attr}'")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ModelError(f"model '{name}': '{attr}' in '{module_name}' is not callable")
+    return obj
+
+
+def external_code_fingerprint(name: str) -> str | None:
+    """What identifies the code of a non-registry model, for the baseline cache key: timm's
+    version for ``timm:``, a hash of the factory module's source file for an import path (so
+    editing the factory invalidates cached baselines); None for a registry model, whose code is
+    part of :mod:`semirobust_ray.models` and fingerprinted with it."""
+    if not is_external(name):
+        return None
+    if name.startswith(TIMM_PREFIX):
+        import timm
+
+        return f"timm-{timm.__version__}"
+    module = importlib.import_module(name.partition(":")[0])
+    source = getattr(module, "__file__", None)
+    if source is None:
+        return None  # a namespace or built-in module: nothing on disk to hash
+    return hashlib.sha256(Path(source).read_bytes()).hexdigest()[:16]
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def _timm_net(
+    arch: str, num_classes: int, image_size: int, in_channels: int, kwargs: dict
+) -> nn.Module:
+    try:
+        import timm
+    except ImportError:
+        raise ModelError(
+            f"model 'timm:{arch}' needs timm: pip install \"semirobust_ray[timm]\""
+        ) from None
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=1)
+        hint = f" (did you mean 'timm:{close[0]}'?)" if close else ""
+        raise ModelError(f"model 'timm:{arch}': timm has no model '{arch}'{hint}")
+    args = {"pretrained": False, "num_classes": num_classes, "in_chans": in_channels, **kwargs}
+    try:
+        # Size-dependent models (ViTs: position embeddings) need img_size; the others (CNNs)
+        # refuse the keyword, and timm offers no way to ask which a model is but trying.
+        try:
+            return timm.create_model(arch, **{"img_size": image_size, **args})
+        except TypeError as err:
+            if "img_size" not in str(err) or "img_size" in kwargs:
+                raise
+            return timm.create_model(arch, **args)
+    except Exception as err:
+        raise ModelError(
+            f"model 'timm:{arch}': timm.create_model failed ({type(err).__name__}: "
+            f"{_first_line(err)})"
+        ) from None
+
+
+def _external_net(
+    name: str, num_classes: int, image_size: int, in_channels: int, kwargs: dict
+) -> nn.Module:
+    """The bare network of a ``timm:`` or import-path spec, checked to be a usable module."""
+    if name.startswith(TIMM_PREFIX):
+        net = _timm_net(name[len(TIMM_PREFIX) :], num_classes, image_size, in_channels, kwargs)
+    else:
+        factory = _resolve_factory(name)
+        try:
+            net = factory(
+                num_classes=num_classes, image_size=image_size, in_channels=in_channels, **kwargs
+            )
+        except Exception as err:
+            raise ModelError(
+                f"model '{name}': the factory raised {type(err).__name__}: {_first_line(err)}"
+            ) from None
+    if not isinstance(net, nn.Module):
+        raise ModelError(
+            f"model '{name}': the factory returned {type(net).__name__}, not a torch.nn.Module"
+        )
+    if not any(isinstance(m, TRAINABLE_TYPES) for m in net.modules()):
+        raise ModelError(
+            f"model '{name}' has no Conv2d or Linear layer: there is nothing to split "
+            "into f_a and f_b"
+        )
+    return net
+
+
+def _channels(name: str, what: str, value: object, in_channels: int) -> list[float]:
+    """A declared per-channel mean or std as a list of ``in_channels`` floats."""
+    try:
+        values = torch.as_tensor(value, dtype=torch.float32).flatten().tolist()
+    except (TypeError, ValueError, RuntimeError):
+        raise ModelError(
+            f"model '{name}': its {what} must be a list of per-channel numbers, got {value!r}"
+        ) from None
+    if len(values) == 1:
+        values = values * in_channels
+    if len(values) != in_channels:
+        raise ModelError(
+            f"model '{name}': its {what} has {len(values)} entries for {in_channels}-channel images"
+        )
+    return values
+
+
+def declared_normalisation(
+    name: str, net: nn.Module, in_channels: int
+) -> tuple[list[float], list[float]] | None:
+    """The (mean, std) a network declares for [0, 1] inputs, or None.
+
+    The convention: ``mean`` and ``std`` attributes of the module the factory returns (per
+    channel or one number, in [0, 1] pixel units), else the ``mean``/``std`` of a timm model's
+    ``pretrained_cfg``. timm's values are for the architecture's 3-channel default; on images
+    with another channel count they are ignored rather than guessed at.
+    """
+    mean, std = getattr(net, "mean", None), getattr(net, "std", None)
+    if mean is not None and std is not None and not callable(mean) and not callable(std):
+        return _channels(name, "mean", mean, in_channels), _channels(name, "std", std, in_channels)
+    cfg = getattr(net, "pretrained_cfg", None)
+    cfg = cfg if isinstance(cfg, Mapping) else {}
+    cfg_mean, cfg_std = cfg.get("mean"), cfg.get("std")
+    fits = cfg_mean is not None and cfg_std is not None
+    if fits and len(cfg_mean) in (1, in_channels) and len(cfg_std) in (1, in_channels):
+        return (
+            _channels(name, "mean", cfg_mean, in_channels),
+            _channels(name, "std", cfg_std, in_channels),
+        )
+    return None
 
 
 def _first_conv(in_channels: int, out_channels: int, **kwargs) -> nn.Conv2d:
@@ -232,35 +436,61 @@ def create_model(
     mean: list[float] | None = None,
     std: list[float] | None = None,
     width: float = 1.0,
+    model_kwargs: Mapping[str, object] | None = None,
 ) -> ImageClassifier:
-    """Build registered model ``name`` for ``image_size``x``image_size`` inputs in [0, 1].
+    """Build model ``name`` for ``image_size``x``image_size`` inputs in [0, 1].
 
-    ``mean``/``std`` (per channel, in [0, 1] pixel units) become the model's first module;
-    they default to 0.5 / 0.5. ``width`` < 1 narrows every hidden layer (see :func:`narrow`),
-    for running the paper's architectures at reduced cost. Raises :class:`ModelError` for an
-    unknown name, a bad width or an image too small for the architecture.
+    ``name`` is a registry name, ``timm:NAME`` or ``package.module:factory`` (see the module
+    docstring); ``model_kwargs`` go to the timm model or the factory. ``mean``/``std`` (per
+    channel, in [0, 1] pixel units) become the model's first module; they default to 0.5 / 0.5.
+    A timm or factory model's declared normalisation (:func:`declared_normalisation`) takes
+    their place. ``width`` < 1 narrows every hidden layer of a registry model (see
+    :func:`narrow`), for running the paper's architectures at reduced cost. Raises
+    :class:`ModelError` for an unknown name, a module that cannot be imported, a factory that
+    fails or returns no usable network, a bad width or an image too small for the architecture.
     """
-    if name not in MODELS:
-        close = difflib.get_close_matches(name, MODELS, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ModelError(f"unknown model '{name}'{hint}; valid models: {', '.join(sorted(MODELS))}")
+    problem = model_spec_problem(name)
+    if problem is not None:
+        raise ModelError(problem)
     if num_classes < 2:
         raise ModelError(f"num_classes must be at least 2, got {num_classes}")
-    mean = list(mean) if mean is not None else [0.5] * in_channels
-    std = list(std) if std is not None else [0.5] * in_channels
     if not 0 < width <= 1:
         raise ModelError(f"width must be in (0, 1], got {width}")
-    net = MODELS[name](num_classes, image_size, in_channels)
-    if width != 1:
-        net = narrow(net, width)
+    kwargs = dict(model_kwargs or {})
+    if is_external(name):
+        if width != 1:
+            raise ModelError(f"width={width}: only registry models can be narrowed, not '{name}'")
+        net = _external_net(name, num_classes, image_size, in_channels, kwargs)
+        declared = declared_normalisation(name, net, in_channels)
+        if declared is not None:
+            mean, std = declared
+        elif name not in _warned_normalisation:
+            _warned_normalisation.add(name)
+            _log.warning(
+                "model '%s' declares no input normalisation (mean/std attributes); "
+                "normalising with the training images' per-channel statistics",
+                name,
+            )
+    else:
+        if kwargs:
+            raise ModelError(
+                f"model_kwargs {sorted(kwargs)}: registry model '{name}' takes none; they are "
+                "for timm:NAME and package.module:factory models"
+            )
+        net = MODELS[name](num_classes, image_size, in_channels)
+        if width != 1:
+            net = narrow(net, width)
+    mean = list(mean) if mean is not None else [0.5] * in_channels
+    std = list(std) if std is not None else [0.5] * in_channels
     model = ImageClassifier(net, Normalize(mean, std), (in_channels, image_size, image_size))
     try:
         _trace(model)
-    except RuntimeError as err:
+    # Any exception: a user's network may refuse a size with a ValueError or an assert.
+    except Exception as err:
         at = f" at width {width}" if width != 1 else ""
         raise ModelError(
             f"model '{name}'{at} cannot run on {in_channels}x{image_size}x{image_size} images "
-            f"({str(err).splitlines()[0]})"
+            f"({type(err).__name__}: {_first_line(err)})"
         ) from None
     return model
 

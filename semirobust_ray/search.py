@@ -34,6 +34,7 @@ from semirobust_ray.answer import premise, premise_order, premise_violations
 from semirobust_ray.baseline import Baseline, baseline_key, get_baseline
 from semirobust_ray.config import ExperimentConfig
 from semirobust_ray.experiment import Experiment, prepare
+from semirobust_ray.models import model_slug
 from semirobust_ray.report import minimal_split, write_report
 from semirobust_ray.results import load_results
 from semirobust_ray.searchdir import (
@@ -382,7 +383,8 @@ def run_search(
     """
     start = time.perf_counter()
     storage = resolve_storage_path(storage_path)
-    name = name or f"{config.model}-{config.dataset}-{config.search}"
+    # The slug: a timm:NAME or package.module:factory spec would put ':' in a directory name.
+    name = name or f"{model_slug(config.model)}-{config.dataset}-{config.search}"
     exp_dir = experiment_dir(storage, name)
     search = Store(exp_dir)
     if resume:
