@@ -190,12 +190,13 @@ def driver_lines(err: str) -> str:
     return "\n".join(line for line in err.splitlines() if not _WORKER_PREFIX.match(line))
 
 
-def assert_kept_and_continued(search: Store, *snapshots) -> None:
-    """Finished trials were not re-run; trials in flight continued from their checkpoint."""
+def assert_kept_and_continued(search: Store, *snapshots, continued: bool = True) -> None:
+    """Finished trials were not re-run; trials in flight continued from their checkpoint (with
+    ``continued=False`` they must only have finished, from their checkpoint or afresh)."""
     for finished, in_flight in snapshots:
         for rel, data in finished.items():
             assert search.read_bytes(rel) == data, f"finished trial was re-run: {rel}"
-        for trial_dir in in_flight:
+        for trial_dir in in_flight if continued else ():
             last = lines(search.read_bytes(f"{trial_dir}/result.json"))[-1]
             assert FINAL_KEY in last, f"{trial_dir} never finished"
             assert last["resumed"] == 1, f"{trial_dir} restarted instead of continuing"
