@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import re
 import signal
 import subprocess
@@ -66,9 +67,9 @@ def lines(data: bytes) -> list[dict]:
     return rows
 
 
-def persisted_trials(search: Store) -> dict[str, tuple[str, dict]]:
-    """Each trial's (status, last result) in Tune's newest experiment state in storage: what a
-    resume restores. Empty until the first state is stored (or while it is half-copied)."""
+def persisted_trials(search: Store) -> dict[str, tuple[str, dict, bool]]:
+    """Each trial's (status, last result, whether it has a checkpoint to restore from) in Tune's
+    newest experiment state in storage: what a resume restores. Empty until the first state is stored (or while it is half-copied)."""
     states = [f for f in search.files() if "/" not in f and f.startswith("experiment_state-")]
     if not states:
         return {}
@@ -83,21 +84,37 @@ def persisted_trials(search: Store) -> dict[str, tuple[str, dict]]:
         out[trial["trial_id"]] = (
             trial["status"],
             json.loads(last) if isinstance(last, str) else last,
+            _has_checkpoint(runtime.get("checkpoint_manager")),
         )
     return out
+
+
+def _has_checkpoint(stored) -> bool:
+    """Whether a trial's stored checkpoint manager holds a checkpoint it would restore from.
+
+    Tune records a result (``last_result``) one step before it registers the checkpoint that came
+    with it, and a state stored in between names the checkpoint in the result only. The manager
+    is stored pickled (Tune's own file from this test's own search, so unpickling it is safe).
+    """
+    if isinstance(stored, str):
+        stored = json.loads(stored)
+    if not isinstance(stored, dict) or "value" not in stored:
+        return False
+    manager = pickle.loads(bytes.fromhex(stored["value"]))
+    return getattr(manager, "latest_checkpoint_result", None) is not None
 
 
 def snapshot(search: Store) -> tuple[dict[str, bytes], list[str]]:
     """What a resume would start from, by Tune's stored experiment state: (the result.json bytes
     of the trials it holds as finished, the directories of those it holds in flight: running,
-    with a checkpoint reported). Read from the state, not from the trial files, because Tune
+    with a checkpoint Tune has registered). Read from the state, not from the trial files, because Tune
     stores the two one after the other: a trial file can be ahead of the state."""
     finished, in_flight = {}, []
     trials = persisted_trials(search)
     if not trials:
         return finished, in_flight
     dirs = {f.split("/")[0] for f in search.files() if "/" in f}
-    for trial_id, (status, last) in trials.items():
+    for trial_id, (status, last, restorable) in trials.items():
         trial_dir = next((d for d in dirs if f"_{trial_id}_" in d), None)
         if trial_dir is None:
             continue
@@ -106,7 +123,7 @@ def snapshot(search: Store) -> tuple[dict[str, bytes], list[str]]:
             data = search.read_bytes(rel)
             if FINAL_KEY.encode() in data:
                 finished[rel] = data
-        elif status == "RUNNING" and last.get("checkpoint_dir_name"):
+        elif status == "RUNNING" and restorable:
             in_flight.append(trial_dir)
     return finished, in_flight
 
