@@ -45,6 +45,8 @@ import torchvision
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from semirobust_ray.storage import first_line
+
 TRAINABLE_TYPES = (nn.Conv2d, nn.Linear)
 
 #: Image size at and below which the 32x32 (CIFAR) variant of a torchvision model is built.
@@ -144,7 +146,7 @@ def _resolve_factory(name: str) -> Callable[..., object]:
     except Exception as err:  # an ImportError, or whatever the module raises on import
         raise ModelError(
             f"model '{name}': cannot import module '{module_name}' "
-            f"({type(err).__name__}: {_first_line(err)}); it must be importable in every "
+            f"({type(err).__name__}: {first_line(err)}); it must be importable in every "
             "process that builds the model (see README, 'Your own model')"
         ) from None
     for part in attr.split("."):
@@ -174,11 +176,6 @@ def external_code_fingerprint(name: str) -> str | None:
     return hashlib.sha256(Path(source).read_bytes()).hexdigest()[:16]
 
 
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
-
-
 def _timm_net(
     arch: str, num_classes: int, image_size: int, in_channels: int, kwargs: dict
 ) -> nn.Module:
@@ -205,7 +202,7 @@ def _timm_net(
     except Exception as err:
         raise ModelError(
             f"model 'timm:{arch}': timm.create_model failed ({type(err).__name__}: "
-            f"{_first_line(err)})"
+            f"{first_line(err)})"
         ) from None
 
 
@@ -223,7 +220,7 @@ def _external_net(
             )
         except Exception as err:
             raise ModelError(
-                f"model '{name}': the factory raised {type(err).__name__}: {_first_line(err)}"
+                f"model '{name}': the factory raised {type(err).__name__}: {first_line(err)}"
             ) from None
     if not isinstance(net, nn.Module):
         raise ModelError(
@@ -490,7 +487,7 @@ def create_model(
         at = f" at width {width}" if width != 1 else ""
         raise ModelError(
             f"model '{name}'{at} cannot run on {in_channels}x{image_size}x{image_size} images "
-            f"({type(err).__name__}: {_first_line(err)})"
+            f"({type(err).__name__}: {first_line(err)})"
         ) from None
     return model
 

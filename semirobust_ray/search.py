@@ -49,7 +49,7 @@ from semirobust_ray.searchdir import (
     save_search_files,
     stored_config,
 )
-from semirobust_ray.storage import CorruptFileError, Store, is_uri
+from semirobust_ray.storage import CorruptFileError, Store, first_line, is_uri
 from semirobust_ray.training import DeviceError, resolve_device
 from semirobust_ray.trial import algorithm1_trainable, start_acc_sr_board
 
@@ -572,7 +572,7 @@ def _join_problem(address: str | None, err: Exception) -> str | None:
             f"has none or another one{here}; {get_token}"
         )
     if address and isinstance(err, ConnectionError):
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         # A Ray Client (ray://) without RAY_AUTH_MODE=token is not refused, it times out: the
         # refusal cannot be seen from here, so name the likely cause.
         client = target.startswith("ray://") and mode != "token"

@@ -32,7 +32,7 @@ from semirobust_ray.results import (
     load_results,
     search_meta_file,
 )
-from semirobust_ray.storage import CorruptFileError, Store, is_uri
+from semirobust_ray.storage import CorruptFileError, Store, first_line, is_uri
 
 BASELINE_DIR = "baseline"
 
@@ -56,35 +56,31 @@ class SearchDirError(ValueError):
 
 
 def resolve_storage_path(storage_path: str) -> str:
-    """An absolute local directory (``~`` expanded, created, checked writable) or a URI whose
-    storage takes a write; anything else is a one-line :class:`SearchDirError`."""
-    if is_uri(storage_path):
-        try:
-            # A write, not a listing: a bucket that does not exist, or credentials that may
-            # read but not write, would otherwise fail only when the trained baseline is saved.
-            store = Store(storage_path)
-            probe = f".write_test-{os.getpid()}"
-            store.write_bytes(probe, b"")
-            store.delete(probe)
-        except (ValueError, OSError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise SearchDirError(
-                f"storage path '{storage_path}' is not writable ({first}); check the URI, that "
-                "the bucket exists and the credentials (docs/cluster.md: S3 and S3-compatible "
-                "stores)"
-            ) from None
-        return storage_path.rstrip("/")
-    path = Path(storage_path).expanduser().resolve()
+    """An absolute local directory (``~`` expanded, created) or a URI, checked by writing (and
+    removing) a probe file; anything else is a one-line :class:`SearchDirError`.
+
+    A write, not a listing: a bucket that does not exist, or credentials that may read but not
+    write, would otherwise fail only when the trained baseline is saved.
+    """
+    uri = is_uri(storage_path)
+    location = storage_path.rstrip("/") if uri else str(Path(storage_path).expanduser().resolve())
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write_test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
+        store = Store(location)
+        probe = f".write_test-{os.getpid()}"
+        store.write_bytes(probe, b"")
+        store.delete(probe)
+    except (ValueError, OSError) as err:
+        reason = getattr(err, "strerror", None) or first_line(err)
+        hint = (
+            "; check the URI, that the bucket exists and the credentials (docs/cluster.md: S3 "
+            "and S3-compatible stores)"
+            if uri
+            else ""
+        )
         raise SearchDirError(
-            f"storage path '{storage_path}' is not writable ({err.strerror or err})"
+            f"storage path '{storage_path}' is not writable ({reason}){hint}"
         ) from None
-    return str(path)
+    return location
 
 
 def experiment_dir(storage_path: str, name: str) -> str:

@@ -24,6 +24,13 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): what a
+    one-line user-facing error quotes of a library's multi-line one."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
 class CorruptFileError(RuntimeError):
     """A stored file is truncated, fails its checksum, or holds something other than weights."""
 
@@ -83,8 +90,7 @@ def state_from_bytes(data: bytes, where: str, sha256: str | None = None) -> Any:
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CorruptFileError(f"{where} cannot be loaded safely: {first}") from None
+        raise CorruptFileError(f"{where} cannot be loaded safely: {first_line(err)}") from None
 
 
 def save_state(path: str | os.PathLike, state: Any) -> str:
