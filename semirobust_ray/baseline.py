@@ -5,6 +5,10 @@ f*_a and the target robust accuracy Acc*. Both are expensive, so they are stored
 key made of everything that determines them (config fields, the exact data, a hash of the code)
 and a second search with the same settings reuses them. Each cache entry carries SHA-256 sums of
 its weight files; an entry that fails them is rebuilt, never silently used.
+
+With a ``baseline:`` section (:mod:`semirobust_ray.pretrained`) the two networks are loaded
+instead of trained and only measured here; the cache then keeps the measurements of exactly
+those files (their SHA-256 sums are part of the record).
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from semirobust_ray.experiment import Experiment
 from semirobust_ray.models import external_code_fingerprint, model_slug
+from semirobust_ray.pretrained import load_networks
 from semirobust_ray.storage import CorruptFileError, Store
 from semirobust_ray.training import evaluate, make_optimizer, seed_everything, train_epoch
 
@@ -62,6 +68,7 @@ BASELINE_FIELDS = (
     "precision",
     # GPU numerics (TF32, cuDNN's algorithm choice) differ with it, so the weights do too.
     "deterministic",
+    "baseline",  # given networks (their robust: and regular: references)
 )
 
 Log = Callable[[str], None]
@@ -81,6 +88,8 @@ class BaselineMetrics:
     # frontier's cost columns). None in baselines stored before they were recorded.
     regular_train_seconds: float | None = None
     adv_train_seconds: float | None = None
+    # Where given networks came from (a baseline: section): spec, location, SHA-256 per role.
+    source: dict[str, Any] | None = None
 
 
 @dataclass
@@ -120,6 +129,12 @@ def baseline_key(exp: Experiment) -> str:
         stop_attack=exp.config.stop_attack_name,
         # {} and null are the same (no keyword arguments).
         model_kwargs=exp.config.model_kwargs or None,
+        # Which networks, not where RobustBench keeps them or whether it may download.
+        baseline=(
+            {role: exp.config.baseline[role] for role in ("robust", "regular")}
+            if exp.config.baseline
+            else None
+        ),
         data=exp.data_fingerprint,
         code=code_fingerprint(),
     )
@@ -158,6 +173,8 @@ def get_baseline(exp: Experiment, *, log: Log = print, cache_dir: str | None = N
     """
     key = baseline_key(exp)
     cache = Store(Path(cache_dir or exp.config.cache_dir).expanduser() / key)
+    if exp.sources is not None:
+        return _given_baseline(exp, key, cache, log)
     if cache.is_file(BASELINE_FILE):
         try:
             baseline = load_baseline(cache)
@@ -185,6 +202,78 @@ def save_baseline(baseline: Baseline, where: Store | str | os.PathLike | None = 
     store.write_json(BASELINE_FILE, meta)
 
 
+def _given_baseline(exp: Experiment, key: str, cache: Store, log: Log) -> Baseline:
+    """Load the ``baseline:`` section's networks and measure them (or reuse the measurements
+    of the very same files)."""
+    start = time.perf_counter()
+    regular, robust, source = load_networks(exp.sources, exp.build_model)
+    if cache.is_file(BASELINE_FILE):
+        try:
+            cached = load_baseline(cache)
+            if cached.metrics.source == source:
+                log(f"[baseline] reusing the measurements in {cache.uri()} (Acc* = "
+                    f"{cached.acc_star:.4f})")  # fmt: skip
+                return cached
+        except CorruptFileError as err:
+            log(f"[baseline] cache entry is damaged, measuring again: {err}")
+    log(
+        f"[baseline] given networks: robust {source['robust']['spec']}, regular "
+        f"{source['regular']['spec']} (not trained); measuring Acc*"
+    )
+    models = {}
+    for role, state in (("regular", regular), ("robust", robust)):
+        models[role] = exp.build_model()
+        models[role].load_state_dict(state)
+    regular_acc = measure_regular(exp, models["regular"], log)
+    metrics = measure_robust(exp, models["robust"], regular_acc, start, log, source=source)
+    baseline = Baseline(key, cache.uri(), regular, robust, metrics)
+    save_baseline(baseline, cache)
+    return baseline
+
+
+def measure_regular(exp: Experiment, regular: torch.nn.Module, log: Log) -> tuple[float, float]:
+    """The regular network's clean and robust (``eval_attack``) test accuracy."""
+    c = exp.config
+    kw = {"batch_size": c.eval_batch, "device": exp.device}
+    x_test, y_test = exp.eval_split("test")
+    clean = evaluate(regular, exp.data.x_test, exp.data.y_test, **kw)
+    robust = evaluate(regular, x_test, y_test, attack=exp.eval_attack(regular, c.seed), **kw)
+    log(f"[baseline] regular: clean {clean:.4f}, robust {robust:.4f}")
+    return clean, robust
+
+
+def measure_robust(
+    exp: Experiment,
+    robust: torch.nn.Module,
+    regular_acc: tuple[float, float],
+    start: float,
+    log: Log,
+    **extra: Any,
+) -> BaselineMetrics:
+    """Acc* (test, ``eval_attack``), Acc*_val (validation, ``stop_attack``) and the robust
+    network's clean accuracy, beside ``regular_acc`` (:func:`measure_regular`); ``extra``
+    fills the remaining metric fields."""
+    c = exp.config
+    kw = {"batch_size": c.eval_batch, "device": exp.device}
+    d = exp.data
+    x_test, y_test = exp.eval_split("test")
+    x_val, y_val = exp.eval_split("val")
+    metrics = BaselineMetrics(
+        acc_star=evaluate(robust, x_test, y_test, attack=exp.eval_attack(robust, c.seed), **kw),
+        acc_star_val=evaluate(robust, x_val, y_val, attack=exp.stop_attack(robust, c.seed), **kw),
+        clean_acc_robust=evaluate(robust, d.x_test, d.y_test, **kw),
+        clean_acc_regular=regular_acc[0],
+        robust_acc_regular=regular_acc[1],
+        seconds=time.perf_counter() - start,
+        **extra,
+    )
+    log(
+        f"[baseline] Acc* = {metrics.acc_star:.4f} (val {metrics.acc_star_val:.4f}), "
+        f"clean {metrics.clean_acc_robust:.4f}, {metrics.seconds:.1f} s"
+    )
+    return metrics
+
+
 def train_baseline(exp: Experiment, *, key: str, path: str, log: Log = print) -> Baseline:
     """Regular training of the full network, then adversarial training; measure Acc*."""
     c = exp.config
@@ -192,7 +281,6 @@ def train_baseline(exp: Experiment, *, key: str, path: str, log: Log = print) ->
     gen = seed_everything(c.seed, deterministic=c.deterministic)
     model = exp.build_model()
     opt = make_optimizer(list(model.parameters()), c.lr, c.momentum, c.weight_decay)
-    kw = {"batch_size": c.eval_batch, "device": exp.device}
     train_kw = {
         "batch_size": c.batch_size,
         "device": exp.device,
@@ -206,10 +294,7 @@ def train_baseline(exp: Experiment, *, key: str, path: str, log: Log = print) ->
         log(f"[baseline] regular epoch {epoch}/{c.baseline_epochs}: loss {stats.loss:.4f}")
     regular_train_seconds = time.perf_counter() - t0
     regular_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    x_test, y_test = exp.eval_split("test")
-    clean_regular = evaluate(model, d.x_test, d.y_test, **kw)
-    robust_regular = evaluate(model, x_test, y_test, attack=exp.eval_attack(model, c.seed), **kw)
-    log(f"[baseline] regular: clean {clean_regular:.4f}, robust {robust_regular:.4f}")
+    regular_acc = measure_regular(exp, model, log)
 
     if c.baseline_init == "scratch":
         seed_everything(c.seed + 1)
@@ -224,19 +309,13 @@ def train_baseline(exp: Experiment, *, key: str, path: str, log: Log = print) ->
         log(f"[baseline] adversarial epoch {epoch}/{c.baseline_adv_epochs}: loss {stats.loss:.4f}")
     adv_train_seconds = time.perf_counter() - t0
     robust_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    x_val, y_val = exp.eval_split("val")
-    metrics = BaselineMetrics(
-        acc_star=evaluate(model, x_test, y_test, attack=exp.eval_attack(model, c.seed), **kw),
-        acc_star_val=evaluate(model, x_val, y_val, attack=exp.stop_attack(model, c.seed), **kw),
-        clean_acc_robust=evaluate(model, d.x_test, d.y_test, **kw),
-        clean_acc_regular=clean_regular,
-        robust_acc_regular=robust_regular,
-        seconds=time.perf_counter() - start,
+    metrics = measure_robust(
+        exp,
+        model,
+        regular_acc,
+        start,
+        log,
         regular_train_seconds=regular_train_seconds,
         adv_train_seconds=adv_train_seconds,
-    )
-    log(
-        f"[baseline] Acc* = {metrics.acc_star:.4f} (val {metrics.acc_star_val:.4f}), "
-        f"clean {metrics.clean_acc_robust:.4f}, {metrics.seconds:.1f} s"
     )
     return Baseline(key, path, regular_state, robust_state, metrics)

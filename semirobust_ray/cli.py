@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override one config key; the value is YAML, e.g. --set split_depths=[2,4,8] "
+        help="override one config key; the value is YAML, e.g. --set split_depths=[2,4,8]; "
+        "SECTION.KEY sets one entry of a mapping, e.g. --set baseline.regular=std.pt "
         "(repeatable)",
     )
     p.add_argument(

@@ -102,6 +102,9 @@ class ExperimentConfig:
     baseline_epochs: int = 10
     baseline_adv_epochs: int = 10
     baseline_init: str = "scratch"
+    # networks you already have instead of training them: robust:, regular: (robustbench:NAME,
+    # a state-dict path or URI), model_dir:, download: (see semirobust_ray.pretrained)
+    baseline: dict[str, Any] | None = None
     cache_dir: str = field(default_factory=default_cache_dir)
     # mutual information (the rho values)
     mi: bool = True
@@ -227,7 +230,16 @@ def config_values(path: str | os.PathLike | None, overrides: Iterable[str] = ())
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file '{path}' must hold a mapping of key: value")
         values.update(loaded)
-    values.update(parse_overrides(overrides))
+    for key, value in parse_overrides(overrides).items():
+        section, dot, sub = key.partition(".")
+        if not dot:
+            values[key] = value
+            continue
+        # baseline.robust=..., model_kwargs.depth=...: one entry of a mapping-valued key.
+        current = values.get(section)
+        if current is not None and not isinstance(current, Mapping):
+            raise ConfigError(f"--set {key}: '{section}' is not a mapping in this config")
+        values[section] = {**(current or {}), sub: value}
     return values
 
 
@@ -386,5 +398,13 @@ def _validate(c: ExperimentConfig) -> None:
             _number("split_depths entry", d, integer=True, low=1)
         if len(set(depths)) != len(depths):
             raise ConfigError(f"split_depths: {list(depths)} lists a depth twice")
+    if c.baseline is not None:
+        from semirobust_ray.pretrained import normalised_section, section_problem
+
+        problem = section_problem(c.baseline)
+        if problem is not None:
+            raise ConfigError(f"baseline: {problem}")
+        # Defaults filled in, so the stored config says which networks were used.
+        object.__setattr__(c, "baseline", normalised_section(c.baseline))
     if not isinstance(c.cache_dir, str) or not c.cache_dir:
         raise ConfigError(f"cache_dir: expected a directory path, got {c.cache_dir!r}")

@@ -16,6 +16,7 @@ from semirobust_ray.attacks import create_attack
 from semirobust_ray.config import ConfigError, ExperimentConfig
 from semirobust_ray.data import TEST_SEED, DataSplits, load_dataset, stratified_subset
 from semirobust_ray.models import ImageClassifier, create_model, trainable_layers
+from semirobust_ray.pretrained import Sources, resolve_sources
 from semirobust_ray.training import AttackFn, resolve_device
 
 #: Splits :meth:`Experiment.eval_split` serves.
@@ -32,6 +33,8 @@ class Experiment:
     # with config.device resolved on their worker.
     device: torch.device
     num_layers: int
+    # The networks a baseline: section names, resolved on the driver (None: train them).
+    sources: Sources | None = None
     _eval_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(
         default_factory=dict, init=False, repr=False
     )
@@ -151,4 +154,7 @@ def prepare(config: ExperimentConfig, device: str | None = None) -> Experiment:
             f"split_depths {bad} out of range for {c.model}: it has {n} trainable layers, "
             f"valid |f_b| is 1..{n}"
         )
-    return Experiment(c, data, target, n)
+    exp = Experiment(c, data, target, n)
+    if c.baseline:
+        exp.sources = resolve_sources(c.baseline, exp.build_model)
+    return exp

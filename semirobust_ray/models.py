@@ -15,7 +15,10 @@ must be importable on every worker. The returned network goes through the same
 normalisation by giving the returned module ``mean`` and ``std`` attributes (per channel, in
 [0, 1] pixel units); a timm model's ``pretrained_cfg`` mean/std count as declared. A model that
 declares none is normalised with the statistics it is given (the training images') and a
-one-line warning is logged once per process.
+one-line warning is logged once per process. ``robustbench:NAME`` (see :mod:`semirobust_ray.zoo`)
+builds RobustBench's own definition of a published network, random weights; RobustBench's
+networks take [0, 1] images and normalise inside, so no normalisation is added, and modules
+its definitions keep only for loading checkpoints (never run in forward) are dropped.
 
 Where a network is cut
 ----------------------
@@ -45,6 +48,7 @@ import torchvision
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from semirobust_ray import zoo
 from semirobust_ray.storage import first_line
 
 TRAINABLE_TYPES = (nn.Conv2d, nn.Linear)
@@ -87,6 +91,8 @@ class ImageClassifier(nn.Module):
         self.normalize = normalize
         self.net = net
         self.input_shape = input_shape
+        # Submodules removed because no forward pass runs them (see create_model).
+        self.dropped: tuple[str, ...] = ()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalize(x))
@@ -107,8 +113,8 @@ def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
 
 
 def is_external(name: str) -> bool:
-    """Whether ``name`` is a ``timm:NAME`` or ``package.module:factory`` spec, not a registry name."""
-    return name.startswith(TIMM_PREFIX) or bool(_IMPORT_PATH.match(name))
+    """Whether ``name`` is a ``timm:``, ``robustbench:`` or import-path spec, not a registry name."""
+    return name.startswith(TIMM_PREFIX) or zoo.is_zoo_ref(name) or bool(_IMPORT_PATH.match(name))
 
 
 def model_spec_problem(name: str, what: str = "model") -> str | None:
@@ -124,11 +130,17 @@ def model_spec_problem(name: str, what: str = "model") -> str | None:
         return (
             None if name[len(TIMM_PREFIX) :] else "'timm:' needs a model name, e.g. timm:resnet18"
         )
+    if zoo.is_zoo_ref(name):
+        try:
+            zoo.parse_ref(name)
+        except zoo.ZooError as err:
+            return str(err)
+        return None
     if _IMPORT_PATH.match(name):
         return None
     close = difflib.get_close_matches(name, MODELS, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
-    valid = ", ".join([*sorted(MODELS), "timm:NAME", "package.module:factory"])
+    valid = ", ".join([*sorted(MODELS), "timm:NAME", "robustbench:NAME", "package.module:factory"])
     return f"unknown {what} '{name}'{hint}; valid{' models' if what == 'model' else ''}: {valid}"
 
 
@@ -169,6 +181,8 @@ def external_code_fingerprint(name: str) -> str | None:
         import timm
 
         return f"timm-{timm.__version__}"
+    if zoo.is_zoo_ref(name):
+        return f"robustbench-{zoo.version()}"
     module = importlib.import_module(name.partition(":")[0])
     source = getattr(module, "__file__", None)
     if source is None:
@@ -212,6 +226,8 @@ def _external_net(
     """The bare network of a ``timm:`` or import-path spec, checked to be a usable module."""
     if name.startswith(TIMM_PREFIX):
         net = _timm_net(name[len(TIMM_PREFIX) :], num_classes, image_size, in_channels, kwargs)
+    elif zoo.is_zoo_ref(name):
+        net = _zoo_net(name, num_classes, kwargs)
     else:
         factory = _resolve_factory(name)
         try:
@@ -232,6 +248,41 @@ def _external_net(
             "into f_a and f_b"
         )
     return net
+
+
+def _zoo_net(name: str, num_classes: int, kwargs: dict) -> nn.Module:
+    if kwargs:
+        raise ModelError(f"model_kwargs {sorted(kwargs)}: '{name}' is RobustBench's fixed network")
+    try:
+        net = zoo.architecture(zoo.parse_ref(name))
+    except zoo.ZooError as err:
+        raise ModelError(f"model {err}") from None
+    out = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    classes = out[-1].out_features if out else None
+    if classes is not None and classes != num_classes:
+        raise ModelError(
+            f"model '{name}' classifies {classes} classes, the dataset has {num_classes}"
+        )
+    return net
+
+
+def _drop_unused_modules(model: nn.Module, order: list[str]) -> tuple[str, ...]:
+    """Remove submodules with state that a forward pass never runs (RobustBench's WRN
+    definitions keep an unused ``sub_block1`` so that old checkpoints load); returns their
+    names, whose checkpoint entries a loader may then skip."""
+    ran = set(order)
+    dropped: list[str] = []
+    for name, module in list(model.named_modules()):
+        if not name or not any(True for _ in module.parameters()):
+            continue
+        if any(child in ran for child, _ in module.named_modules(prefix=name)):
+            continue
+        if any(name.startswith(f"{gone}.") for gone in dropped):
+            continue  # went with an unused parent
+        parent_name, _, attr = name.rpartition(".")
+        delattr(model.get_submodule(parent_name), attr)
+        dropped.append(name)
+    return tuple(dropped)
 
 
 def _channels(name: str, what: str, value: object, in_channels: int) -> list[float]:
@@ -459,7 +510,9 @@ def create_model(
             raise ModelError(f"width={width}: only registry models can be narrowed, not '{name}'")
         net = _external_net(name, num_classes, image_size, in_channels, kwargs)
         declared = declared_normalisation(name, net, in_channels)
-        if declared is not None:
+        if zoo.is_zoo_ref(name):  # RobustBench networks normalise [0, 1] inputs themselves
+            mean, std = [0.0] * in_channels, [1.0] * in_channels
+        elif declared is not None:
             mean, std = declared
         elif name not in _warned_normalisation:
             _warned_normalisation.add(name)
@@ -481,7 +534,7 @@ def create_model(
     std = list(std) if std is not None else [0.5] * in_channels
     model = ImageClassifier(net, Normalize(mean, std), (in_channels, image_size, image_size))
     try:
-        _trace(model)
+        order = _trace(model)
     # Any exception: a user's network may refuse a size with a ValueError or an assert.
     except Exception as err:
         at = f" at width {width}" if width != 1 else ""
@@ -489,6 +542,8 @@ def create_model(
             f"model '{name}'{at} cannot run on {in_channels}x{image_size}x{image_size} images "
             f"({type(err).__name__}: {first_line(err)})"
         ) from None
+    if zoo.is_zoo_ref(name):
+        model.dropped = _drop_unused_modules(model, order)
     return model
 
 

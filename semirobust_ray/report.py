@@ -241,6 +241,8 @@ def minimal_split(results: dict[str, Any]) -> dict[str, Any]:
         "epochs": config.get("epochs"),
         "k": k,
         "acc_star": _num(acc_star),
+        # Given networks (a baseline: section): which, with their files' SHA-256; None: trained.
+        "baseline_source": baseline.get("source"),
         **summary,
         "warning": warning,
         "cost": {
@@ -286,6 +288,12 @@ def answer_lines(answer: dict[str, Any]) -> list[str]:
         lines.append(
             f"Premise contradicted ({answer['premise']}): |f_b| = {v['reached']} reached although "
             f"|f_b| = {missed} did not."
+        )
+    source = answer.get("baseline_source")
+    if source:
+        lines.append(
+            f"Acc* is that of the given robust network {source['robust']['spec']}; f_b starts "
+            f"from the given regular network {source['regular']['spec']} (neither was trained)."
         )
     cost = answer["cost"]
     if cost["trials"]:

@@ -35,6 +35,7 @@ from semirobust_ray.baseline import Baseline, baseline_key, get_baseline
 from semirobust_ray.config import ExperimentConfig
 from semirobust_ray.experiment import Experiment, prepare
 from semirobust_ray.models import model_slug
+from semirobust_ray.pretrained import BaselineSourceError
 from semirobust_ray.report import minimal_split, write_report
 from semirobust_ray.results import load_results
 from semirobust_ray.searchdir import (
@@ -276,12 +277,17 @@ def _baseline_on_cluster(exp: Experiment, log: Log) -> Baseline:
         return get_baseline(dataclasses.replace(e, device=device))
 
     remote = ray.remote(num_cpus=c.cpus_per_trial, num_gpus=c.gpus_per_trial)(task)
-    log("[search] baseline: regular + adversarial training of the full network (once)")
+    if exp.sources is None:
+        log("[search] baseline: regular + adversarial training of the full network (once)")
+    else:
+        log("[search] baseline: the given robust and regular networks, measured (once)")
     try:
         return ray.get(remote.remote(exp))
-    except DeviceError as err:  # Ray's task error is also an instance of its cause's class
+    # Ray's task error is also an instance of its cause's class.
+    except (DeviceError, BaselineSourceError) as err:
         cause = getattr(err, "cause", err)
-        raise SearchError(f"the baseline task failed {cause}") from None
+        sep = " " if isinstance(cause, DeviceError) else ": "  # DeviceError: "on node N: ..."
+        raise SearchError(f"the baseline task failed{sep}{cause}") from None
 
 
 def _resources(c: ExperimentConfig) -> tune.PlacementGroupFactory:

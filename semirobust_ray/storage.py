@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -89,8 +90,15 @@ def state_from_bytes(data: bytes, where: str, sha256: str | None = None) -> Any:
         raise CorruptFileError(f"{where} fails its checksum (truncated or modified)")
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-        raise CorruptFileError(f"{where} cannot be loaded safely: {first_line(err)}") from None
+    except pickle.UnpicklingError as err:
+        raise CorruptFileError(
+            f"{where} cannot be loaded safely: it holds pickled objects beyond tensors, which "
+            f"weights-only loading refuses ({first_line(err)})"
+        ) from None
+    except Exception as err:  # RuntimeError (not a zip archive), EOFError, ...
+        raise CorruptFileError(
+            f"{where} cannot be loaded safely: damaged or not a torch file ({first_line(err)})"
+        ) from None
 
 
 def save_state(path: str | os.PathLike, state: Any) -> str:
@@ -112,6 +120,15 @@ def load_state(path: str | os.PathLike, sha256: str | None = None) -> Any:
 def is_uri(location: str | os.PathLike) -> bool:
     """Whether ``location`` names storage by URI (``s3://``, ``gs://``, ...) rather than a path."""
     return "://" in str(location)
+
+
+def read_location(location: str | os.PathLike) -> bytes:
+    """The bytes of one file named by a path (``~`` expanded here) or a storage URI."""
+    if not is_uri(location):
+        path = Path(location).expanduser()
+        return Store(path.parent).read_bytes(path.name)
+    parent, _, name = str(location).rpartition("/")
+    return Store(parent).read_bytes(name)
 
 
 class Store:
