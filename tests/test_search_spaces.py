@@ -34,3 +34,16 @@ def test_search_space_is_valid(path):
         size = c.image_size or 32
         n = layer_count(c.model, size)
         assert set(c.split_depths) == {d for d in (4, 12, 16) if d <= n}
+
+
+def test_the_robustbench_space_names_a_published_pair_of_one_architecture():
+    from semirobust_ray import zoo
+
+    c = load_config(Path(SPACES[0]).parent / "robustbench_cifar10.yaml")
+    robust, regular = (zoo.parse_ref(c.baseline[role]) for role in ("robust", "regular"))
+    for ref in (robust, regular):
+        zoo.check_ref(ref)  # both listed in RobustBench's zoo
+    assert zoo.parse_ref(c.model) == robust and regular.name == "Standard"
+    assert type(zoo.architecture(robust)) is type(zoo.architecture(regular))
+    assert layer_count(c.model, 32) == 29  # WRN-28-10: 25 convolutions, 3 shortcuts, classifier
+    assert c.eval_attack == "autoattack" and c.eps == pytest.approx(8 / 255)
