@@ -27,7 +27,6 @@ the official implementation (``pyautoattack``), AutoAttack in its standard versi
 from __future__ import annotations
 
 import contextlib
-import difflib
 import inspect
 import math
 from collections.abc import Callable, Iterator
@@ -36,6 +35,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from semirobust_ray.names import did_you_mean
 
 __all__ = [
     "APGDCE",
@@ -202,9 +203,7 @@ def create_attack(
     if name not in ATTACKS:
         names = sorted(ATTACKS)
         msg = f"unknown attack {name!r}; valid: {', '.join(names)}"
-        close = difflib.get_close_matches(str(name).lower(), names, n=1, cutoff=0.5)
-        if close:
-            msg += f" (did you mean {close[0]!r}?)"
+        msg += did_you_mean(str(name).lower(), names, cutoff=0.5)
         raise AttackError(msg)
     cls = ATTACKS[name]
     accepted = {

@@ -9,7 +9,6 @@ and what would be valid.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import math
 import os
@@ -21,6 +20,7 @@ from typing import Any
 import yaml
 
 from semirobust_ray.answer import TARGETS
+from semirobust_ray.names import did_you_mean, unknown_keys
 
 SEARCH_ALGORITHMS = ("grid", "bisection", "optuna")
 SCHEDULERS = ("none", "asha")
@@ -135,12 +135,9 @@ class ExperimentConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            hints = []
-            for key in unknown:
-                close = difflib.get_close_matches(str(key), known, n=1)
-                hints.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
             raise ConfigError(
-                f"unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(hints)}; "
+                f"unknown config key{'s' if len(unknown) > 1 else ''} "
+                f"{unknown_keys(unknown, known)}; "
                 f"valid keys: {', '.join(sorted(known))}"
             )
         values = dict(values)
@@ -254,8 +251,7 @@ def load_config(path: str | os.PathLike | None, overrides: Iterable[str] = ()) -
 def _choice(name: str, value: Any, valid: Iterable[str]) -> None:
     valid = sorted(valid)
     if value not in valid:
-        close = difflib.get_close_matches(str(value), valid, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        hint = did_you_mean(value, valid)
         raise ConfigError(f"{name}: unknown value '{value}'{hint}; valid: {', '.join(valid)}")
 
 

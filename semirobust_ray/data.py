@@ -25,7 +25,6 @@ registered with ``augment=False`` or the config's ``augment`` key says otherwise
 
 from __future__ import annotations
 
-import difflib
 import functools
 import os
 from collections.abc import Callable, Sequence
@@ -36,6 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from semirobust_ray.names import did_you_mean
 
 __all__ = [
     "AUGMENT_PADDING",
@@ -334,10 +335,7 @@ def _unknown_name_message(kind: str, name: object, valid: Sequence[str]) -> str:
     """One-line 'unknown X' message with the valid names and the closest match."""
     names = sorted(valid)
     msg = f"unknown {kind} {name!r}; valid: {', '.join(names)}"
-    close = difflib.get_close_matches(str(name).lower(), names, n=1, cutoff=0.5)
-    if close:
-        msg += f" (did you mean {close[0]!r}?)"
-    return msg
+    return msg + did_you_mean(str(name).lower(), names, cutoff=0.5)
 
 
 def _stratified_split(

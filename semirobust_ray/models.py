@@ -34,7 +34,6 @@ the cut on which it runs.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import hashlib
 import importlib
 import logging
@@ -49,6 +48,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from semirobust_ray import zoo
+from semirobust_ray.names import did_you_mean
 from semirobust_ray.storage import first_line
 
 TRAINABLE_TYPES = (nn.Conv2d, nn.Linear)
@@ -138,8 +138,7 @@ def model_spec_problem(name: str, what: str = "model") -> str | None:
         return None
     if _IMPORT_PATH.match(name):
         return None
-    close = difflib.get_close_matches(name, MODELS, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    hint = did_you_mean(name, MODELS)
     valid = ", ".join([*sorted(MODELS), "timm:NAME", "robustbench:NAME", "package.module:factory"])
     return f"unknown {what} '{name}'{hint}; valid{' models' if what == 'model' else ''}: {valid}"
 
@@ -200,8 +199,7 @@ def _timm_net(
             f"model 'timm:{arch}' needs timm: pip install \"semirobust_ray[timm]\""
         ) from None
     if not timm.is_model(arch):
-        close = difflib.get_close_matches(arch, timm.list_models(), n=1)
-        hint = f" (did you mean 'timm:{close[0]}'?)" if close else ""
+        hint = did_you_mean(arch, timm.list_models(), prefix="timm:")
         raise ModelError(f"model 'timm:{arch}': timm has no model '{arch}'{hint}")
     args = {"pretrained": False, "num_classes": num_classes, "in_chans": in_channels, **kwargs}
     try:

@@ -27,7 +27,6 @@ loads the weights (:func:`load_networks`), downloading RobustBench checkpoints i
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ import torch
 from torch import nn
 
 from semirobust_ray import zoo
+from semirobust_ray.names import unknown_keys
 from semirobust_ray.storage import (
     CorruptFileError,
     first_line,
@@ -95,11 +95,8 @@ def section_problem(section: Any) -> str | None:
         return f"expected a mapping with robust: and regular:, got {section!r}"
     unknown = sorted(set(section) - set(SECTION_DEFAULTS))
     if unknown:
-        hints = []
-        for key in unknown:
-            close = difflib.get_close_matches(str(key), SECTION_DEFAULTS, n=1)
-            hints.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
-        return f"unknown key {', '.join(hints)}; valid: {', '.join(SECTION_DEFAULTS)}"
+        hints = unknown_keys(unknown, SECTION_DEFAULTS)
+        return f"unknown key {hints}; valid: {', '.join(SECTION_DEFAULTS)}"
     robust = section.get("robust")
     if not isinstance(robust, str) or not robust:
         return "robust: needs the robust network: robustbench:NAME or a state-dict path or URI"

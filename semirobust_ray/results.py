@@ -34,6 +34,7 @@ RESULTS_FILE = "results.json"
 SEARCH_META_FILE = "search/search_meta.json"
 LEGACY_SEARCH_META_FILE = "search_meta.json"
 TUNE_RESULT_FILE = "result.json"
+#: The key of a trial's final Tune report that holds ``TrialResult.to_dict()`` as JSON.
 TRIAL_RESULT_KEY = "trial_result_json"
 
 _DISPLAY_NAMES = {

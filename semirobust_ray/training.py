@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from semirobust_ray.config import ConfigError
+from semirobust_ray.config import TRAIN_METHODS, ConfigError
 from semirobust_ray.data import augment_batch, to_unit
 from semirobust_ray.models import eval_mode
 
@@ -227,9 +227,6 @@ def make_optimizer(
         raise ValueError("no trainable parameters: nothing to optimise")
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
-
-#: Trial training methods of :func:`train_epoch` (``train_method`` in the config).
-TRAIN_METHODS: tuple[str, ...] = ("standard", "fast", "free")
 
 #: FGSM step of "fast" adversarial training as a multiple of ε (Wong et al., 2020).
 FAST_STEP_FACTOR = 1.25

@@ -10,14 +10,14 @@ As a ``model:`` it builds RobustBench's own architecture definition with random 
 RobustBench 1.1.1 imports two modules this environment may lack: ``autoattack`` (the official
 AutoAttack code is packaged as ``pyautoattack``) and ``pkg_resources`` (gone from setuptools
 81 and later, used for one ``resource_filename`` call). :func:`import_robustbench` puts
-stand-ins for exactly these in ``sys.modules`` before importing it; nothing else here patches
-anything.
+stand-ins for exactly these in ``sys.modules`` while it imports RobustBench and takes them out
+again afterwards (RobustBench's modules keep their references), so no other code ever sees
+them; nothing else here patches anything.
 """
 
 from __future__ import annotations
 
 import contextlib
-import difflib
 import importlib
 import importlib.metadata
 import importlib.resources
@@ -31,6 +31,7 @@ from pathlib import Path
 
 from torch import nn
 
+from semirobust_ray.names import did_you_mean
 from semirobust_ray.storage import first_line
 
 PREFIX = "robustbench:"
@@ -78,12 +79,12 @@ def parse_ref(spec: str) -> ZooRef:
     )
 
 
-def _shim_pkg_resources() -> None:
+def _shim_pkg_resources() -> list[str]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # setuptools < 81 warns that pkg_resources is deprecated
         with contextlib.suppress(ImportError):
             importlib.import_module("pkg_resources")
-            return
+            return []
     stand_in = types.ModuleType("pkg_resources")
     stand_in.__doc__ = "semirobust_ray's stand-in: the one function RobustBench 1.1.1 calls."
 
@@ -92,16 +93,20 @@ def _shim_pkg_resources() -> None:
 
     stand_in.resource_filename = resource_filename
     sys.modules["pkg_resources"] = stand_in
+    return ["pkg_resources"]
 
 
-def _shim_autoattack() -> None:
+def _shim_autoattack() -> list[str]:
     if importlib.util.find_spec("autoattack") is not None:
-        return  # the official package installed under its own name
+        return []  # the official package installed under its own name
     pyautoattack = importlib.import_module("pyautoattack")
+    added = ["autoattack"]
     sys.modules["autoattack"] = pyautoattack
     for sub in ("state", "autopgd_base", "fab_pt", "square", "checks", "other_utils"):
         with contextlib.suppress(ImportError):
             sys.modules[f"autoattack.{sub}"] = importlib.import_module(f"pyautoattack.{sub}")
+            added.append(f"autoattack.{sub}")
+    return added
 
 
 def import_robustbench() -> types.ModuleType:
@@ -112,13 +117,16 @@ def import_robustbench() -> types.ModuleType:
         raise ZooError(
             'robustbench: references need RobustBench: pip install "semirobust_ray[robustbench]"'
         )
-    _shim_autoattack()
-    _shim_pkg_resources()
-    # Its import prints torch.jit deprecation warnings and some model definitions print on
-    # construction; neither says anything to our user.
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        return importlib.import_module("robustbench.utils")
+    stand_ins = _shim_autoattack() + _shim_pkg_resources()
+    try:
+        # Its import prints torch.jit deprecation warnings and some model definitions print on
+        # construction; neither says anything to our user.
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            return importlib.import_module("robustbench.utils")
+    finally:
+        for name in stand_ins:
+            sys.modules.pop(name, None)
 
 
 def version() -> str:
@@ -151,8 +159,7 @@ def check_ref(ref: ZooRef) -> None:
     """Fail with a one-line ZooError unless ``ref`` names an entry of the model zoo."""
     entries = _entries(ref)
     if ref.name not in entries:
-        close = difflib.get_close_matches(ref.name, entries, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        hint = did_you_mean(ref.name, entries)
         raise ZooError(
             f"'{ref.spec}': RobustBench has no {ref.dataset} {ref.threat_model} model "
             f"'{ref.name}'{hint}; {len(entries)} are listed in robustbench.model_zoo"

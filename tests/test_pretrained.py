@@ -307,3 +307,22 @@ def test_a_search_on_given_networks_says_so(trained):
     assert answer["baseline_source"]["robust"]["spec"] == str(root / "rob.pt")
     lines = answer_lines(answer)
     assert any(line.startswith("Acc* is that of the given robust network") for line in lines)
+
+
+def test_the_shims_leave_nothing_behind():
+    """The stand-ins exist only while RobustBench is imported (pytest's own monkeypatch, for
+    one, breaks on a pkg_resources without its functions)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from semirobust_ray import zoo; zoo.import_robustbench(); "
+        "import robustbench.loaders as l; "
+        "print('pkg_resources' in sys.modules, 'autoattack' in sys.modules, "
+        "l.pkg_resources.resource_filename('robustbench', 'x').endswith('x'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    import importlib.util
+
+    native = importlib.util.find_spec("pkg_resources") is not None
+    assert out.stdout.split() == [str(native), "False", "True"]
