@@ -97,6 +97,11 @@ def frontier_table(results: dict[str, Any]) -> pd.DataFrame:
 
 def frontier_figure(results: dict[str, Any]) -> bytes:
     """``frontier.png`` (see the module docstring), as PNG bytes."""
+    return png_bytes(frontier_plot(results))
+
+
+def frontier_plot(results: dict[str, Any]) -> Any:
+    """The frontier (see the module docstring) as a matplotlib Figure."""
     n = int(results["num_layers"])
     config = results["config"]
     k = float(config.get("k", math.nan))
@@ -113,7 +118,7 @@ def frontier_figure(results: dict[str, Any]) -> bytes:
     )
     if df.empty:
         ax.text(0.5, 0.5, "no finished trials", ha="center", va="center", transform=ax.transAxes)
-        return png_bytes(fig)
+        return fig
 
     diffs = 100 * df["diff"]
     low = min(float(diffs.min()), 0.0) - 2.0
@@ -198,4 +203,5 @@ def frontier_figure(results: dict[str, Any]) -> bytes:
         ncol=3,
         frameon=False,
     )
-    return png_bytes(fig)
+    fig.tight_layout()
+    return fig

@@ -1,5 +1,6 @@
-"""Headless matplotlib figures rendered to PNG bytes (clusters and CI have no display); the
-caller stores them (:class:`semirobust_ray.storage.Store` writes atomically)."""
+"""Matplotlib figures without pyplot: headless on clusters and CI (no display, no backend
+switch), and displayable as they are in a notebook; :func:`png_bytes` renders one for the
+report (:class:`semirobust_ray.storage.Store` writes it atomically)."""
 
 from __future__ import annotations
 
@@ -8,21 +9,16 @@ from typing import Any
 
 
 def new_figure(**kwargs: Any) -> tuple[Any, Any]:
-    """``plt.subplots(**kwargs)`` on the non-interactive Agg backend."""
-    import matplotlib
+    """A ``matplotlib.figure.Figure`` (``figsize``, ``dpi``, ...) and its one Axes."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(**kwargs)
+    fig = Figure(**kwargs)
+    return fig, fig.subplots()
 
 
 def png_bytes(fig: Any) -> bytes:
-    """``fig`` as PNG bytes; the figure is closed."""
-    import matplotlib.pyplot as plt
-
+    """``fig`` as PNG bytes."""
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    plt.close(fig)
     return buf.getvalue()

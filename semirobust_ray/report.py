@@ -140,11 +140,16 @@ def table1_markdown(df: pd.DataFrame) -> str:
 
 
 def rho_vs_depth_figure(results: dict[str, Any]) -> bytes:
+    """``rho_vs_depth.png``: :func:`rho_vs_depth_plot` as PNG bytes."""
+    return png_bytes(rho_vs_depth_plot(results))
+
+
+def rho_vs_depth_plot(results: dict[str, Any]) -> Any:
     """The paper's Fig. 1: ρ against layer depth x (pair ending at layer n − x), per |f_b|.
 
     It shows ρ_j as Algorithm 1's pseudo-code takes it, the minimum over a depth's trials (the
-    best trial's values are in ``table1.csv``). PNG bytes; an empty figure with a note when no MI
-    was measured.
+    best trial's values are in ``table1.csv``). A matplotlib Figure; empty, with a note, when no
+    MI was measured.
     """
     n = int(results["num_layers"])
     model, dataset = labels(results["config"])
@@ -174,7 +179,8 @@ def rho_vs_depth_figure(results: dict[str, Any]) -> bytes:
             va="center",
             transform=ax.transAxes,
         )
-    return png_bytes(fig)
+    fig.tight_layout()
+    return fig
 
 
 # --------------------------------------------------------------------------------------------

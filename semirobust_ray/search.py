@@ -324,6 +324,18 @@ def trial_slots(c: ExperimentConfig) -> int:
     return max(1, min(slots, c.max_concurrent or slots))
 
 
+def trial_name(trial: Any) -> str:
+    """``fb04-t1``: a trial by its |f_b| and its index among the T trials of that depth (Tune's
+    id where the search samples no index, as optuna does); what Tune's status table shows."""
+    fb, index = trial.config.get("fb_layers"), trial.config.get("trial")
+    return f"fb{fb:02d}-" + (f"t{index}" if index is not None else trial.trial_id)
+
+
+def trial_dirname(trial: Any) -> str:
+    """``fb04-t1-<Tune's id>``: sortable by depth in TensorBoard's run list, and unique."""
+    return f"{trial_name(trial)}-{trial.trial_id}"
+
+
 def _tune_config(exp: Experiment, log: Log) -> tune.TuneConfig:
     c = exp.config
     scheduler = None
@@ -339,7 +351,12 @@ def _tune_config(exp: Experiment, log: Log) -> tune.TuneConfig:
         )
     # Reusing trial processes saves each trial a fresh Python + torch start-up (seconds);
     # every trial reseeds everything it uses, so results do not depend on the process.
-    common = {"scheduler": scheduler, "reuse_actors": True}
+    common = {
+        "scheduler": scheduler,
+        "reuse_actors": True,
+        "trial_name_creator": trial_name,
+        "trial_dirname_creator": trial_dirname,
+    }
     if c.search == "grid":
         return tune.TuneConfig(num_samples=1, max_concurrent_trials=c.max_concurrent, **common)
     if c.search == "bisection":
@@ -363,6 +380,12 @@ def _tune_config(exp: Experiment, log: Log) -> tune.TuneConfig:
     limited = ConcurrencyLimiter(searcher, max_concurrent=c.max_concurrent or 2)
     samples = c.num_samples or max(4, math.ceil(c.seeds * len(exp.split_depths) / 2))
     return tune.TuneConfig(search_alg=limited, num_samples=samples, **common)
+
+
+def default_name(config: ExperimentConfig) -> str:
+    """A search's name when none is given: MODEL-DATASET-SEARCH."""
+    # The slug: a timm:NAME or package.module:factory spec would put ':' in a directory name.
+    return f"{model_slug(config.model)}-{config.dataset}-{config.search}"
 
 
 def run_search(
@@ -389,8 +412,7 @@ def run_search(
     """
     start = time.perf_counter()
     storage = resolve_storage_path(storage_path)
-    # The slug: a timm:NAME or package.module:factory spec would put ':' in a directory name.
-    name = name or f"{model_slug(config.model)}-{config.dataset}-{config.search}"
+    name = name or default_name(config)
     exp_dir = experiment_dir(storage, name)
     search = Store(exp_dir)
     if resume:
@@ -432,7 +454,13 @@ def run_search(
 
     board = start_acc_sr_board(acc_sr_known)  # each depth's Acc_sr, measured once
     trainable = tune.with_resources(
-        tune.with_parameters(trainable_fn, experiment=exp, baseline=baseline, acc_sr_board=board),
+        tune.with_parameters(
+            trainable_fn,
+            experiment=exp,
+            baseline=baseline,
+            acc_sr_board=board,
+            checkpoint_logs=verbose >= 2,
+        ),
         _resources(config),
     )
     _FinishWatch.unfinished = 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -188,18 +189,27 @@ def diverged_metrics(
     }
 
 
+#: Ray's loggers that announce every persisted checkpoint (Train v1 and v2 storage).
+CHECKPOINT_LOGGERS = ("ray.train._internal.storage", "ray.train.v2._internal.execution.storage")
+
+
 def algorithm1_trainable(
     config: dict[str, Any],
     *,
     experiment: Experiment,
     baseline: Baseline,
     acc_sr_board: Any = None,
+    checkpoint_logs: bool = False,
 ) -> None:
     """Tune entry point: run (or resume) trial ``config["trial"]`` at depth ``config["fb_layers"]``.
 
     ``acc_sr_board`` (an :class:`AccSrBoard` handle) shares each depth's Acc_sr between its
-    trials; without one every trial measures it.
+    trials; without one every trial measures it. ``checkpoint_logs`` keeps Ray's "Checkpoint
+    successfully created at ..." line after every epoch (half of a search's output otherwise).
     """
+    level = logging.INFO if checkpoint_logs else logging.WARNING
+    for logger in CHECKPOINT_LOGGERS:
+        logging.getLogger(logger).setLevel(level)
     overrides = {k: config[k] for k in TUNABLE_KEYS if k in config}
     exp = dataclasses.replace(
         experiment,

@@ -115,7 +115,8 @@ def snapshot(search: Store) -> tuple[dict[str, bytes], list[str]]:
         return finished, in_flight
     dirs = {f.split("/")[0] for f in search.files() if "/" in f}
     for trial_id, (status, last, restorable) in trials.items():
-        trial_dir = next((d for d in dirs if f"_{trial_id}_" in d), None)
+        # Trial directories are named fb04-t1-<trial id> (search.trial_dirname).
+        trial_dir = next((d for d in dirs if d.endswith(f"-{trial_id}")), None)
         if trial_dir is None:
             continue
         rel = f"{trial_dir}/result.json"

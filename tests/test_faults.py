@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -121,6 +122,12 @@ def test_interrupted_then_killed_driver_resumes_without_losing_or_rerunning_tria
     assert "Traceback" not in driver_lines(done.stderr)
     assert_kept_and_continued(store, first, second)
     _assert_complete(exp_dir)
+    # Readable output: trials named by depth and index, no checkpoint line after every epoch.
+    output = (tmp_path / "run1.log").read_text() + done.stdout + done.stderr
+    assert "Checkpoint successfully created" not in output
+    assert re.search(r"\bfb0\d-t0\b", done.stdout + done.stderr)
+    trial_dirs = [d.name for d in exp_dir.iterdir() if d.is_dir() and d.name.startswith("fb")]
+    assert trial_dirs and all(re.fullmatch(r"fb\d\d-t\d+-\w+", d) for d in trial_dirs)
 
 
 @pytest.mark.slow
@@ -272,7 +279,7 @@ def test_worker_killed_mid_epoch_resumes_from_checkpoint_with_the_same_report(
         trainable_fn=make_dying_trainable(marker, depth=6),
     )
     assert marker.read_text() == "killed mid-epoch"
-    (trial_dir,) = Path(outcome.experiment_dir).glob("*fb_layers=6*")
+    (trial_dir,) = Path(outcome.experiment_dir).glob("fb06-*")
     last = lines((trial_dir / "result.json").read_bytes())[-1]
     assert last["resumed"] == 1  # continued from epoch 1's checkpoint, not from scratch
     assert outcome.answer_fb_layers == clean.answer_fb_layers
@@ -312,7 +319,7 @@ def test_diverged_trial_fails_with_its_reason_and_the_search_goes_on(
     )
     d = Path(outcome.experiment_dir)
     assert [t["fb_layers"] for t in outcome.results["trials"]] == [1]
-    (trial_dir,) = d.glob("*fb_layers=6*")
+    (trial_dir,) = d.glob("fb06-*")
     last = lines((trial_dir / "result.json").read_bytes())[-1]
     assert last["diverged"] == 1 and last["failure"].startswith("diverged: training loss became")
     assert not (trial_dir / "error.txt").exists()  # ended, not crashed: no pointless retries

@@ -447,7 +447,7 @@ def test_final_checkpoint_continues_the_trial_instead_of_restarting(searches):
 
     exp_dir = Path(searches["grid"].experiment_dir)
     trial = next(t for t in searches["grid"].results["trials"] if t["fb_layers"] == 3)
-    trial_dir = next(exp_dir.glob("*fb_layers=3,*"))
+    trial_dir = next(exp_dir.glob("fb03-*"))
     last = max(trial_dir.glob("checkpoint_*"), key=lambda p: p.name)
     assert (last / FINAL_FB_FILE).is_file()
     state = TrialState.from_dict(load_state(last / CHECKPOINT_FILE))
