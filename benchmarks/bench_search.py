@@ -26,7 +26,7 @@ import ray
 from semirobust_ray.baseline import get_baseline
 from semirobust_ray.config import ExperimentConfig
 from semirobust_ray.experiment import prepare
-from semirobust_ray.search import run_search
+from semirobust_ray.ray_search import run_search
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10_subset.npz"
 DIGITS = dict(

@@ -7,3 +7,27 @@ class-conditional mutual information between consecutive layers (the rho values)
 """
 
 __version__ = "0.1.0"
+
+#: The Python API (``import semirobust_ray as sr``), imported on first use so that importing a
+#: module of the package (as every Ray worker does) does not load pandas and the report first.
+_API = {
+    "search": "semirobust_ray.api",
+    "load": "semirobust_ray.api",
+    "run_algorithm1": "semirobust_ray.api",
+    "SearchResult": "semirobust_ray.api",
+    "ExperimentConfig": "semirobust_ray.config",
+    "load_config": "semirobust_ray.config",
+}
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'semirobust_ray' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -8,29 +8,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from semirobust_ray.config import ConfigError, config_values, load_config
+from semirobust_ray.config import config_path, config_values, load_config
 from semirobust_ray.storage import CorruptFileError
-
-#: The search spaces shipped inside the package (the quickstart, the paper's settings).
-SEARCH_SPACES = Path(__file__).resolve().parent / "search_spaces"
-DEFAULT_CONFIG = SEARCH_SPACES / "quickstart.yaml"
-
-
-def config_path(given: str | None) -> Path:
-    """``--config``: a YAML file, or the name of a bundled search space (``paper_vgg16_cifar10``);
-    none: the quickstart."""
-    if given is None:
-        return DEFAULT_CONFIG
-    path = Path(given).expanduser()
-    bundled = SEARCH_SPACES / f"{given.removesuffix('.yaml')}.yaml"
-    if not path.is_file() and "/" not in given and bundled.is_file():
-        return bundled
-    if not path.is_file():
-        names = ", ".join(sorted(p.stem for p in SEARCH_SPACES.glob("*.yaml")))
-        raise ConfigError(f"config file '{given}' does not exist; bundled search spaces: {names}")
-    return path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             # The stored config is the search's; only the keys given here may change it.
             given = config_path(args.config) if args.config is not None else None
             changes = config_values(given, overrides)
-        from semirobust_ray.search import run_search  # imports Ray: only for valid input
+        from semirobust_ray.ray_search import run_search  # imports Ray: only for valid input
 
         outcome = run_search(
             config,

@@ -245,6 +245,26 @@ def load_config(path: str | os.PathLike | None, overrides: Iterable[str] = ()) -
     return ExperimentConfig.from_dict(config_values(path, overrides))
 
 
+#: The search spaces shipped inside the package (the quickstart, the paper's settings).
+SEARCH_SPACES = Path(__file__).resolve().parent / "search_spaces"
+DEFAULT_CONFIG = SEARCH_SPACES / "quickstart.yaml"
+
+
+def config_path(given: str | None) -> Path:
+    """``--config``: a YAML file, or the name of a bundled search space (``paper_vgg16_cifar10``);
+    none: the quickstart."""
+    if given is None:
+        return DEFAULT_CONFIG
+    path = Path(given).expanduser()
+    bundled = SEARCH_SPACES / f"{given.removesuffix('.yaml')}.yaml"
+    if not path.is_file() and "/" not in given and bundled.is_file():
+        return bundled
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in SEARCH_SPACES.glob("*.yaml")))
+        raise ConfigError(f"config file '{given}' does not exist; bundled search spaces: {names}")
+    return path
+
+
 # --- validation ---------------------------------------------------------------------------
 
 

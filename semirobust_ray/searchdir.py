@@ -141,17 +141,24 @@ def resume_config(stored: ExperimentConfig, changes: dict[str, Any]) -> Experime
     one-line :class:`SearchDirError` that names the keys.
     """
     candidate = ExperimentConfig.from_dict({**stored.to_dict(), **changes})  # validates them
-    before, after = stored.to_dict(), candidate.to_dict()
-    changed = [f.name for f in fields(ExperimentConfig) if before[f.name] != after[f.name]]
-    refused = [k for k in changed if k not in RESUME_MAY_CHANGE]
+    refused = measured_differently(stored, candidate)
     if refused:
-        shown = ", ".join(f"{k} ({before[k]!r} -> {after[k]!r})" for k in refused)
         raise SearchDirError(
-            f"--resume: the finished trials were measured with other settings of {shown}; "
+            f"--resume: the finished trials were measured with other settings of {refused}; "
             "resume without changing them, or start a new search with another --name "
             f"(a resume may change only {', '.join(RESUME_MAY_CHANGE)})"
         )
     return candidate
+
+
+def measured_differently(stored: ExperimentConfig, other: ExperimentConfig) -> str:
+    """The keys outside :data:`RESUME_MAY_CHANGE` in which ``other`` differs from ``stored``,
+    as ``key (old -> new), ...``; empty when trials under both would be measured alike."""
+    before, after = stored.to_dict(), other.to_dict()
+    changed = [f.name for f in fields(ExperimentConfig) if before[f.name] != after[f.name]]
+    return ", ".join(
+        f"{k} ({before[k]!r} -> {after[k]!r})" for k in changed if k not in RESUME_MAY_CHANGE
+    )
 
 
 def known_acc_sr(search: Store) -> dict[int, float]:

@@ -19,7 +19,7 @@ from conftest import DIGITS_SEARCH
 from ray.cluster_utils import Cluster
 
 from semirobust_ray.config import ExperimentConfig
-from semirobust_ray.search import run_search
+from semirobust_ray.ray_search import run_search
 
 CLUSTER_SEARCH = {
     **DIGITS_SEARCH,
@@ -126,7 +126,7 @@ def test_gpu_trials_go_only_to_the_gpu_node_and_compute_on_cpu(cluster, cache_di
 
 
 def test_more_gpus_per_trial_than_any_node_is_refused_not_waited_for(cluster, cache_dir, tmp_path):
-    from semirobust_ray.search import SearchError
+    from semirobust_ray.ray_search import SearchError
 
     with pytest.raises(
         SearchError, match=r"gpus_per_trial=2 but the largest node has 1 GPUs \(cluster total 1\)"
@@ -150,7 +150,7 @@ def test_device_cuda_is_resolved_on_the_gpu_node_not_the_cpu_only_driver(
     from it gets past prepare() and the GPU check (a node has a GPU), and its baseline task
     resolves the device on the GPU node it was scheduled on. That node's GPU is fake, so it is
     there, on that node, that CUDA is missing: the one-line error names it."""
-    from semirobust_ray.search import SearchError
+    from semirobust_ray.ray_search import SearchError
 
     _, _, gpu_node = cluster
     with pytest.raises(SearchError) as raised:

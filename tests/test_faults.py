@@ -212,7 +212,7 @@ def _config(cache_dir: Path, **changes) -> ExperimentConfig:
 @pytest.fixture(scope="module")
 def clean(ray_local, cache_dir, tmp_path_factory):
     """A fault-free search at depth 6: the reference the faulty one must equal."""
-    from semirobust_ray.search import run_search
+    from semirobust_ray.ray_search import run_search
 
     root = tmp_path_factory.mktemp("clean")
     config = _config(cache_dir, split_depths=[6])
@@ -267,7 +267,7 @@ def _numbers(trial: dict) -> dict:
 def test_worker_killed_mid_epoch_resumes_from_checkpoint_with_the_same_report(
     clean, cache_dir, tmp_path
 ):
-    from semirobust_ray.search import run_search
+    from semirobust_ray.ray_search import run_search
 
     marker = tmp_path / "fault"
     outcome = run_search(
@@ -307,7 +307,7 @@ def make_diverging_trainable(depth: int, lr: float = 1e6):
 def test_diverged_trial_fails_with_its_reason_and_the_search_goes_on(
     ray_local, cache_dir, tmp_path
 ):
-    from semirobust_ray.search import run_search
+    from semirobust_ray.ray_search import run_search
 
     outcome = run_search(
         _config(cache_dir, split_depths=[1, 6]),
@@ -389,7 +389,7 @@ def test_damaged_cache_entry_is_detected_and_rebuilt_never_used(cached_entry, da
 
 def _resume_copy(clean, tmp_path: Path):
     """``--resume`` of the copy of the clean search at ``tmp_path / "clean"``: (outcome, log)."""
-    from semirobust_ray.search import run_search
+    from semirobust_ray.ray_search import run_search
 
     logs: list[str] = []
     outcome = run_search(
@@ -407,7 +407,7 @@ def _resume_copy(clean, tmp_path: Path):
 def test_resume_with_damaged_stored_baseline_recomputes_it(clean, damage, tmp_path):
     import shutil
 
-    from semirobust_ray.search import load_search_baseline
+    from semirobust_ray.ray_search import load_search_baseline
 
     exp_dir = tmp_path / "clean"
     shutil.copytree(clean.experiment_dir, exp_dir)

@@ -165,9 +165,9 @@ def test_reevaluate_on_cuda_agrees_within_its_stated_tolerance(
 ):
     """A search whose trials ran on the GPU, re-evaluated with official AutoAttack on the GPU:
     within reevaluate's GPU_TOLERANCE on 200 test images, exact under ``deterministic``."""
+    from semirobust_ray.ray_search import run_search
     from semirobust_ray.reevaluate import GPU_TOLERANCE, reevaluate
     from semirobust_ray.reevaluate import main as reevaluate_main
-    from semirobust_ray.search import run_search
 
     config = ExperimentConfig.from_dict(
         {

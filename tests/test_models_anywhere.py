@@ -17,7 +17,7 @@ import torch
 from semirobust_ray.cli import main
 from semirobust_ray.config import ConfigError, ExperimentConfig
 from semirobust_ray.models import ModelError, create_model, split, trainable_layers
-from semirobust_ray.search import run_search
+from semirobust_ray.ray_search import run_search
 
 pytest.importorskip("timm")
 

@@ -284,8 +284,8 @@ def test_a_search_on_given_networks_says_so(trained):
     report name them."""
     import ray
 
+    from semirobust_ray.ray_search import run_search
     from semirobust_ray.report import answer_lines
-    from semirobust_ray.search import run_search
     from semirobust_ray.searchdir import load_search_baseline
 
     root, config, baseline = trained

@@ -11,7 +11,7 @@ from conftest import DIGITS_SEARCH
 
 from semirobust_ray import report
 from semirobust_ray.config import ExperimentConfig
-from semirobust_ray.search import BisectionSearcher, SearchError, run_search
+from semirobust_ray.ray_search import BisectionSearcher, SearchError, run_search
 from semirobust_ray.trial import algorithm1_trainable
 
 CI_SEARCH = {
@@ -441,7 +441,7 @@ def test_final_checkpoint_continues_the_trial_instead_of_restarting(searches):
     from semirobust_ray.algorithm1 import TrialState, run_trial
     from semirobust_ray.baseline import load_baseline
     from semirobust_ray.experiment import prepare
-    from semirobust_ray.search import BASELINE_DIR
+    from semirobust_ray.ray_search import BASELINE_DIR
     from semirobust_ray.storage import load_state
     from semirobust_ray.trial import CHECKPOINT_FILE, FINAL_FB_FILE
 

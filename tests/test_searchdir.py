@@ -98,7 +98,7 @@ def test_results_of_earlier_versions_are_still_read(tmp_path):
 
 def test_bundled_search_spaces_ship_in_the_package():
     import semirobust_ray
-    from semirobust_ray.cli import DEFAULT_CONFIG, SEARCH_SPACES, config_path
+    from semirobust_ray.config import DEFAULT_CONFIG, SEARCH_SPACES, config_path
 
     package = Path(semirobust_ray.__file__).parent
     assert package / "search_spaces" / "quickstart.yaml" == DEFAULT_CONFIG

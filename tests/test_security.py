@@ -79,7 +79,7 @@ def test_trial_checkpoint_with_a_payload_is_refused_on_resume(tmp_path, monkeypa
 
 def test_baseline_with_a_payload_and_a_matching_checksum_is_refused(tmp_path):
     from semirobust_ray.baseline import load_baseline
-    from semirobust_ray.search import BASELINE_DIR, load_search_baseline
+    from semirobust_ray.ray_search import BASELINE_DIR, load_search_baseline
 
     marker = tmp_path / "pwned"
     for entry in (tmp_path / "cache" / "key", tmp_path / "search" / BASELINE_DIR):
