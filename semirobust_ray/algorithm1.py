@@ -35,7 +35,7 @@ import torch
 from semirobust_ray.answer import answer_depth
 from semirobust_ray.baseline import Baseline
 from semirobust_ray.data import TEST_SEED, stratified_subset
-from semirobust_ray.experiment import Experiment
+from semirobust_ray.experiment import Experiment, Log
 from semirobust_ray.models import Split, split, trainable_layers
 from semirobust_ray.training import (
     accuracy,
@@ -232,7 +232,7 @@ def run_trial(
     state: TrialState | None = None,
     on_epoch: Callable[[EpochRecord, TrialState], None] | None = None,
     acc_sr: AccSrShare | None = None,
-    log: Callable[[str], None] = print,
+    log: Log = print,
 ) -> TrialResult:
     """Run (or, given ``state``, continue) trial ``trial`` of split depth ``fb_layers``.
 
@@ -278,9 +278,7 @@ def run_trial(
     return result
 
 
-def _restore_cuda_rng(
-    exp: Experiment, state: TrialState, tag: str, log: Callable[[str], None]
-) -> None:
+def _restore_cuda_rng(exp: Experiment, state: TrialState, tag: str, log: Log) -> None:
     """Put back the checkpoint's CUDA RNG states; say so when the trial's own GPU gets none
     (a checkpoint from a CPU, an older one, or one from a machine with fewer GPUs), since its
     dropout masks will then differ from an uninterrupted run's."""
@@ -303,7 +301,7 @@ def _claim_acc_sr(
     trial: int,
     state: TrialState,
     tag: str,
-    log: Callable[[str], None],
+    log: Log,
 ) -> None:
     """At a trial's start: take the depth's Acc_sr, measure it for everyone, or leave it NaN
     while another trial measures it (collected at the end, see :func:`_collect_acc_sr`)."""
@@ -350,7 +348,7 @@ def _train_fb(
     state: TrialState,
     on_epoch: Callable[[EpochRecord, TrialState], None] | None,
     tag: str,
-    log: Callable[[str], None],
+    log: Log,
 ) -> bool:
     """Adversarial f_b epochs until within k of Acc*_val or E epochs; True when it reached."""
     c = exp.config

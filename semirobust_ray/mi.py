@@ -17,67 +17,19 @@ on the adversarial test set, estimated with EDGE (Noshad, Zeng & Hero, 2019). Th
   O(N*D)), per-(pair, class) estimates run sequentially or, grouped into one chunk per
   available CPU, as Ray tasks, with identical results.
 
-What differs from the reference implementation (``EDGE_4_4_1.py``) and why
-------------------------------------------------------------------------------
-Measured side by side on N = 20,000 jointly Gaussian samples (BENCHMARKS.md) the reference is
-accurate in 1-D at r = 0 and 0.99 (but 0.13-0.15 bits high at r = 0.5 and 0.9) and needs about
-4 s per estimate; in 4-D it returns 1-2 bits for independent data and the cap (10 bits) for a
-true 4.79. The causes and our changes:
+Guarantees: every estimate is in bits, in [0, min(cap, log2 N)]; it is a deterministic function
+of the samples and ``seed``, exactly invariant to
+the sample order (with ``copula=True``), and the same sequentially or as Ray tasks.
 
-1. *Bucket width that scales with dimension.* The reference takes a 1-D k-NN distance per
-   coordinate and multiplies it by a hand-tuned factor, then rescales it with its own first MI
-   estimate (``normalize_epsilon``). In d > 1 the joint (dx+dy)-dimensional buckets become almost
-   all singletons, each contributing log2(N/(N_i*M_j)) -- a log(N)-style saturation -- and the
-   rescaling shrinks the width further when the (inflated) estimate is large, a positive
-   feedback up to the cap. We instead choose epsilon from the Chebyshev distance to the k-th
-   nearest neighbour *in the joint space*: a cube of side 2*r_k holds about k+1 samples, so the
-   width targets an expected joint-bucket occupancy (``occupancy``) whatever the dimension.
-   There is no second, estimate-dependent pass.
-2. *Marginal rank (copula) transform before hashing* (``copula=True``). Mapping every
-   (projected) coordinate through its empirical CDF is a strictly monotone map per coordinate,
-   so it leaves the MI unchanged, but it makes all coordinates uniform on (0, 1): one width fits
-   every coordinate, tails do not produce near-empty buckets, and the hashing becomes
-   equal-frequency binning. It also makes the whole estimate exactly invariant to the sample
-   order (ranks, counts and k-NN distances do not depend on it; the reference reseeds the global
-   RNG and draws k-NN query points by position).
-3. *Finite-sample correction of the counts* (``bias_correction="grassberger"``). Each log
-   count is replaced by Grassberger's G(m) (digamma-based), i.e. I = H_G(X) + H_G(Y) -
-   H_G(X, Y), kept in EDGE's pointwise form so ``cap`` and ``floor`` still apply. Unlike the
-   Miller-Madow term (K_xy - K_x - K_y + 1) / (2 N ln 2) (``"miller-madow"``, the previous
-   default) it stays accurate when buckets hold only a few samples, which lets the widths stay
-   small. The reference's pointwise floor of 0.001 bits (which turns every negative pointwise
-   term positive and so biases independent data upwards) is available as ``floor=0.001`` but
-   off by default.
-4. *Ensemble extrapolated to width 0* (``combine="extrapolate"``). The L widths span
-   epsilon * [1, 2] (not EDGE's [1, 1.1]) and the ensemble is combined by the least-squares
-   intercept of estimate ~ a + b * t^p -- EDGE's weighted ensemble (weights summing to 1 that
-   cancel a bias term) with one term. The histogram underestimates MI by an amount growing with
-   the width; p = 1 + 1/(dx' + dy') is the exponent measured on jointly Gaussian data with
-   d = 1..4 coordinate pairs (best p: about 1.5, 1.25, 1.15, 1.0 for d = 1, 2, 3, 4; see
-   BENCHMARKS.md). With 3. it changes, at N = 20,000 (mean |error| over 5 data seeds, bits):
-   1-D r = 0.99 0.012 -> 0.004, r = 0.9 0.008 -> 0.003; 4-D r = 0.9 1.59 -> 0.40, r = 0.5
-   0.18 -> 0.10. It costs nothing: the same L bucketings, other weights.
-   L = 20 widths (not 10): the intercept's variance halves, which is what brings 1-D
-   independent data (0.0015 -> 0.0009 bits mean |error|, 3 draws) and r = 0.99 (0.0065 ->
-   0.0051) below the reference's error, for 1.4x the time of L = 10.
-   ``"median"`` (EDGE's default) and ``"mean"`` of a 10 % width range remain available.
-5. *Projection size.* d' = floor(log2(N/10) / 2) per variable instead of floor(log2(N/10)):
-   with the reference's rule the joint grid has at least (N/10)^2 cells, so joint buckets are
-   singletons whatever the width (see :func:`default_proj_dim`).
-6. *Speed.* Bucket ids are exact mixed-radix int64 keys counted with ``np.unique`` (sort based);
-   the reference builds Python dicts of index lists sample by sample.
-7. *Bounds.* The result is clipped to [0, min(cap, log2 N)]; a plug-in MI can never exceed
-   log2 N anyway, the clip only guards the bias correction and the extrapolation.
-
-What this cannot fix: a histogram estimator still underestimates large MI in several
-dimensions, because buckets big enough to be occupied are too coarse to resolve a joint density
-concentrated near a lower-dimensional set, and the extrapolation removes only the leading part
-of that bias (N = 20,000, 4-D: r = 0.9 gives about 4.4 bits for a true 4.79, r = 0.99 8.6
-for a true 11.3). KSG does not bucket and is less biased there (see BENCHMARKS.md), at
-O(N log N) cost with a k-d tree; use ``estimator="ksg"`` when absolute values matter. EDGE stays
-the default for fidelity to the paper.
-
-All estimates are in bits.
+Our EDGE departs from the reference ``EDGE_4_4_1.py`` (Noshad, Zeng & Hero, "Scalable Mutual
+Information Estimation using Dependence Graphs", ICASSP 2019) where the reference is wrong in
+more than one dimension: the bucket width comes from joint-space k-NN distances (``occupancy``),
+coordinates are rank-transformed first (``copula``), log counts get Grassberger's correction
+(``bias_correction``), the width ensemble is extrapolated to width 0 (``combine``), and the
+projection is smaller (:func:`default_proj_dim`). Why, and the errors measured against the
+reference on jointly Gaussian data of known MI: BENCHMARKS.md, "Mutual information (EDGE)".
+A histogram estimator still underestimates large MI in several dimensions; use
+``estimator="ksg"`` when absolute values matter. EDGE stays the default for fidelity to the paper.
 """
 
 from __future__ import annotations

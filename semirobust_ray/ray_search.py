@@ -33,7 +33,7 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 from semirobust_ray.answer import premise, premise_order, premise_violations
 from semirobust_ray.baseline import Baseline, baseline_key, get_baseline
 from semirobust_ray.config import ExperimentConfig
-from semirobust_ray.experiment import Experiment, prepare
+from semirobust_ray.experiment import Experiment, Log, prepare
 from semirobust_ray.models import model_slug
 from semirobust_ray.pretrained import BaselineSourceError
 from semirobust_ray.report import minimal_split, write_report
@@ -53,8 +53,6 @@ from semirobust_ray.searchdir import (
 from semirobust_ray.storage import CorruptFileError, Store, first_line, is_uri
 from semirobust_ray.training import DeviceError, resolve_device
 from semirobust_ray.trial import algorithm1_trainable, start_acc_sr_board
-
-Log = Callable[[str], None]
 
 
 def _print(message: str) -> None:

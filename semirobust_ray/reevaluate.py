@@ -36,7 +36,7 @@ import argparse
 import contextlib
 import io
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,19 +45,22 @@ import torch
 
 from semirobust_ray.baseline import load_baseline
 from semirobust_ray.config import ConfigError, ExperimentConfig
-from semirobust_ray.experiment import prepare
+from semirobust_ray.experiment import Log, prepare
 from semirobust_ray.models import split
-from semirobust_ray.results import SEARCH_META_FILE, ReportError, load_results, search_meta_file
+from semirobust_ray.results import (
+    FINAL_FB_FILE,
+    SEARCH_META_FILE,
+    ReportError,
+    load_results,
+    search_meta_file,
+)
 from semirobust_ray.searchdir import BASELINE_DIR
 from semirobust_ray.storage import CorruptFileError, Store
 from semirobust_ray.training import canonical_memory_format, deterministic_numerics
-from semirobust_ray.trial import FINAL_FB_FILE
 
 OUTPUT_FILE = "reevaluation.csv"
 #: Largest |reported − AutoAttack| accuracy expected on a GPU (module docstring, "Tolerance").
 GPU_TOLERANCE = 0.01
-
-Log = Callable[[str], None]
 
 
 class ReevaluationError(RuntimeError):

@@ -36,6 +36,11 @@ LEGACY_SEARCH_META_FILE = "search_meta.json"
 TUNE_RESULT_FILE = "result.json"
 #: The key of a trial's final Tune report that holds ``TrialResult.to_dict()`` as JSON.
 TRIAL_RESULT_KEY = "trial_result_json"
+#: In each of a trial's checkpoints: what the trial needs to continue (``TrialState``).
+CHECKPOINT_FILE = "trial_state.pt"
+#: In a trial's last checkpoint: the final f_b (the network Acc was measured on, with f*_a from
+#: the search's baseline/), with the trial's coordinates, seed and reported Acc.
+FINAL_FB_FILE = "final_fb.pt"
 
 _DISPLAY_NAMES = {
     "alexnet": "AlexNet",

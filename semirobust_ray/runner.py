@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -26,12 +25,12 @@ from semirobust_ray.algorithm1 import (
 from semirobust_ray.answer import answer_summary
 from semirobust_ray.baseline import get_baseline
 from semirobust_ray.config import ExperimentConfig, load_config
-from semirobust_ray.experiment import prepare
+from semirobust_ray.experiment import Log, prepare
 from semirobust_ray.storage import write_json
 
 
 def run_algorithm1(
-    config: ExperimentConfig, out_dir: str | Path | None = None, log: Callable[[str], None] = print
+    config: ExperimentConfig, out_dir: str | Path | None = None, log: Log = print
 ) -> dict[str, Any]:
     """Baseline + T trials per split depth, sequentially; returns (and writes) the results.
 

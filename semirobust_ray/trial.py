@@ -27,14 +27,10 @@ from ray import tune
 from semirobust_ray.algorithm1 import EpochRecord, TrialResult, TrialState, run_trial
 from semirobust_ray.baseline import Baseline
 from semirobust_ray.experiment import Experiment
-from semirobust_ray.results import TRIAL_RESULT_KEY
+from semirobust_ray.results import CHECKPOINT_FILE, FINAL_FB_FILE, TRIAL_RESULT_KEY
 from semirobust_ray.storage import load_state, save_state
 from semirobust_ray.training import DivergenceError, resolve_device
 
-CHECKPOINT_FILE = "trial_state.pt"
-#: In a trial's last checkpoint: the final f_b (the network Acc was measured on, with f*_a from
-#: the search's baseline/), with the trial's coordinates, seed and reported Acc.
-FINAL_FB_FILE = "final_fb.pt"
 #: Config keys a search may vary per trial; everything else comes from the experiment's config.
 TUNABLE_KEYS = ("epochs", "k", "lr", "momentum", "weight_decay", "batch_size")
 

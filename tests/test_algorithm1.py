@@ -1,6 +1,7 @@
 """Algorithm 1 without Ray on real data: baseline, frozen f*_a, the k-stop, caching, resume."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,28 @@ def test_changed_settings_miss_the_cache(digits):
     # augmentation trains another baseline; spelling out digits' default (off) does not
     assert baseline_key(prepare(exp.config.replace(augment=True))) != first.key
     assert baseline_key(prepare(exp.config.replace(augment=False))) == first.key
+
+
+def test_baseline_epochs_print_their_seconds_and_the_time_left(digits, tmp_path):
+    exp, _ = digits
+    cheap = prepare(
+        exp.config.replace(baseline_epochs=2, baseline_adv_epochs=3, cache_dir=str(tmp_path))
+    )
+    logs: list[str] = []
+    get_baseline(cheap, log=logs.append)
+    epochs = [line for line in logs if " epoch " in line]
+    assert [line.split(":")[0] for line in epochs] == [
+        "[baseline] regular epoch 1/2",
+        "[baseline] regular epoch 2/2",
+        "[baseline] adversarial epoch 1/3",
+        "[baseline] adversarial epoch 2/3",
+        "[baseline] adversarial epoch 3/3",
+    ]
+    for line in epochs:
+        assert re.search(r"loss \d+\.\d{4}, \d+\.\d s/epoch, ", line), line
+    left = [re.search(r"about (\d+) s left", line) for line in epochs]
+    assert all(m for i, m in enumerate(left) if i not in (1, 4))  # the stage's last: done
+    assert epochs[1].endswith("stage done") and epochs[4].endswith("stage done")
 
 
 def test_stop_attack_measures_acc_star_val_and_eval_attack_acc_star(digits):

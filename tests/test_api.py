@@ -204,3 +204,18 @@ def test_run_algorithm1_needs_no_ray(doc, tmp_path):
     assert loaded.finished
     # The same baseline as the Ray search's (cached): the same Acc*.
     assert loaded.acc_star == pytest.approx(ns["result"].acc_star)
+
+
+def test_the_independent_check_the_runner_and_the_report_import_no_ray():
+    """``reevaluate`` re-measures a search with nothing of the code that ran it; neither it, the
+    in-process runner nor the report needs Ray."""
+    code = (
+        "import sys\n"
+        "import semirobust_ray.reevaluate, semirobust_ray.runner, semirobust_ray.report\n"
+        "import semirobust_ray.api\n"
+        "ray = sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.'))\n"
+        "ours = {'semirobust_ray.trial', 'semirobust_ray.ray_search'} & set(sys.modules)\n"
+        "assert not ray and not ours, (ray[:5], ours)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

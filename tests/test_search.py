@@ -381,8 +381,8 @@ def test_official_autoattack_reevaluation_matches_reported_acc(ray_local, tmp_pa
     that is not the one the trial reported is caught."""
     from semirobust_ray.reevaluate import main as reevaluate_main
     from semirobust_ray.reevaluate import reevaluate
+    from semirobust_ray.results import FINAL_FB_FILE
     from semirobust_ray.storage import load_state, save_state
-    from semirobust_ray.trial import FINAL_FB_FILE
 
     config = ExperimentConfig.from_dict(
         {
@@ -442,8 +442,8 @@ def test_final_checkpoint_continues_the_trial_instead_of_restarting(searches):
     from semirobust_ray.baseline import load_baseline
     from semirobust_ray.experiment import prepare
     from semirobust_ray.ray_search import BASELINE_DIR
+    from semirobust_ray.results import CHECKPOINT_FILE, FINAL_FB_FILE
     from semirobust_ray.storage import load_state
-    from semirobust_ray.trial import CHECKPOINT_FILE, FINAL_FB_FILE
 
     exp_dir = Path(searches["grid"].experiment_dir)
     trial = next(t for t in searches["grid"].results["trials"] if t["fb_layers"] == 3)
