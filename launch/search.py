@@ -1,9 +1,9 @@
 #!/usr/bin/env python
-"""Find the minimal robust split with Ray Tune: ``python launch/search.py --help``."""
+"""Find the minimal robust split with Ray Tune (``semirobust search``): ``--help`` lists the flags."""
 
 import sys
 
-from semirobust_ray.cli import main
+from semirobust_ray.cli import search_main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(search_main())

@@ -1,4 +1,7 @@
-"""``launch/search.py`` / ``semirobust-search``: find the minimal robust split with Ray Tune.
+"""``semirobust``: the command line, one program with subcommands (``search`` is the default).
+
+``semirobust search`` (also ``launch/search.py`` and ``semirobust-search``) finds the minimal
+robust split with Ray Tune; ``run``, ``report`` and ``reevaluate`` come from their modules.
 
 Every input is validated before Ray starts; a mistake ends the program with exit code 2 and one
 line on stderr, never a traceback.
@@ -10,33 +13,23 @@ import argparse
 import sys
 
 from semirobust_ray.config import config_path, config_values, load_config
+from semirobust_ray.options import Command, add_config_options, error, standalone
 from semirobust_ray.storage import CorruptFileError
 
+#: ``semirobust search``: one line, for the command list.
+SUMMARY = "find the minimal robust subnetwork with Ray Tune (the default command)"
+DESCRIPTION = (
+    "Find the minimal robust subnetwork: the smallest leading part f*_a of a network that must "
+    "be adversarially robust so that adversarially training only the rest, f_b, for a few epochs "
+    "comes within k of the fully robust network's accuracy (Algorithm 1 of the semirobustness "
+    "paper), with Ray Tune."
+)
 
-def build_parser() -> argparse.ArgumentParser:
-    """The launcher's flags; every one is documented in README.md."""
-    p = argparse.ArgumentParser(
-        prog="launch/search.py",
-        description="Find the minimal robust subnetwork: the smallest leading part f*_a of a "
-        "network that must be adversarially robust so that adversarially training only the rest, "
-        "f_b, for a few epochs comes within k of the fully robust network's accuracy "
-        "(Algorithm 1 of the semirobustness paper), with Ray Tune.",
-    )
-    p.add_argument(
-        "--config",
-        default=None,
-        help="search-space YAML file, or the name of a bundled one (e.g. paper_vgg16_cifar10); "
-        "default: the quickstart. With --resume: only keys that may change on a resume",
-    )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config key; the value is YAML, e.g. --set split_depths=[2,4,8]; "
-        "SECTION.KEY sets one entry of a mapping, e.g. --set baseline.regular=std.pt "
-        "(repeatable)",
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The search's flags; every one is documented in README.md."""
+    add_config_options(
+        p, default="the quickstart", resume_note=". With --resume: only keys that may change"
     )
     p.add_argument(
         "--address",
@@ -64,12 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="GPUs each trial reserves (fractions share a GPU); default: the config's "
         "gpus_per_trial (0 = CPU)",
     )
-    return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse, validate, search, print where everything is."""
-    args = build_parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """Validate, search, print where everything is."""
     try:
         overrides = list(args.overrides)
         if args.gpus_per_trial is not None:
@@ -91,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             changes=changes,
         )
     except (ValueError, CorruptFileError) as err:  # user-facing errors and damaged files
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return error(err)
     except KeyboardInterrupt:
         print(
             "interrupted: finished trials are kept; continue with the same command plus --resume",
@@ -101,6 +91,46 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     _print_summary(outcome)
     return 0
+
+
+def commands() -> dict[str, tuple[str, Command]]:
+    """``semirobust``'s subcommands: name -> (one-line summary, (add_arguments, run))."""
+    from semirobust_ray import reevaluate, report, runner
+
+    return {
+        "search": (SUMMARY, (add_arguments, run)),
+        "run": (runner.SUMMARY, (runner.add_arguments, runner.run)),
+        "report": (report.SUMMARY, (report.add_arguments, report.run)),
+        "reevaluate": (reevaluate.SUMMARY, (reevaluate.add_arguments, reevaluate.run)),
+    }
+
+
+def build_parser(prog: str = "semirobust") -> argparse.ArgumentParser:
+    """``semirobust COMMAND ...``; every command's flags are documented in README.md."""
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=DESCRIPTION + " Without a command: search.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (summary, (add, run_command)) in commands().items():
+        child = sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:])
+        add(child)
+        child.set_defaults(run=run_command)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``semirobust [COMMAND] ...``; without a command, ``semirobust ...`` is a search."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0] not in commands() and argv[0] not in ("-h", "--help")):
+        argv = ["search", *argv]
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+def search_main(argv: list[str] | None = None) -> int:
+    """``launch/search.py ...`` and ``semirobust-search ...``: ``semirobust search ...``."""
+    return standalone("launch/search.py", DESCRIPTION, (add_arguments, run), argv)
 
 
 def _print_summary(outcome) -> None:

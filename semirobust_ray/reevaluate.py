@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +46,7 @@ from semirobust_ray.baseline import load_baseline
 from semirobust_ray.config import ConfigError, ExperimentConfig
 from semirobust_ray.experiment import Log, prepare
 from semirobust_ray.models import split
+from semirobust_ray.options import add_search_dir, error, standalone
 from semirobust_ray.results import (
     FINAL_FB_FILE,
     SEARCH_META_FILE,
@@ -270,55 +270,55 @@ def _depth_list(text: str) -> list[int]:
     return depths
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``launch/reevaluate.py``: exit 0 when every |reported − AutoAttack| ≤ ``--tolerance``."""
-    parser = argparse.ArgumentParser(
-        description="Re-evaluate a finished search's networks (Acc* and every trial's final "
-        "f*_a + f_b) with the official AutoAttack, from the stored checkpoints alone."
-    )
-    parser.add_argument(
-        "search_dir",
-        help="the search's directory or storage URI, e.g. results/NAME or s3://b/runs/NAME",
-    )
-    parser.add_argument(
+#: ``semirobust reevaluate``: one line, for the command list.
+SUMMARY = "re-measure a finished search's Acc* and Acc with the official AutoAttack"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """``DIR``, ``--seed-offset``, ``--tolerance``, ``--device``, ``--resume``, ``--threads``,
+    ``--fb-layers``."""
+    add_search_dir(p)
+    p.add_argument(
         "--seed-offset",
         type=int,
         default=0,
         help="add this to every AutoAttack seed (0: the trials' own seeds, an exact re-run)",
     )
-    parser.add_argument(
+    p.add_argument(
         "--tolerance",
         type=float,
         default=0.0,
         help="largest |reported Acc - AutoAttack Acc| accepted, as a fraction (default 0, "
         f"exact, as on a CPU; on a GPU expect agreement within {GPU_TOLERANCE})",
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    parser.add_argument(
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument(
         "--resume",
         action="store_true",
         help="keep the networks already in reevaluation.csv; attack only the others",
     )
-    parser.add_argument(
+    p.add_argument(
         "--threads",
         type=int,
         default=None,
         help="PyTorch threads on a CPU (default: the search's cpus_per_trial, as its trials ran)",
     )
-    parser.add_argument(
+    p.add_argument(
         "--fb-layers",
         type=_depth_list,
         default=None,
         metavar="D1,D2",
         help="only the trials at these |f_b| (e.g. the answer's), beside Acc*; default: all",
     )
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Exit 0 when every |reported − AutoAttack| ≤ ``--tolerance``, 1 when not, 2 on bad input."""
     if args.threads is not None and args.threads < 1:
-        print(f"error: --threads must be at least 1, got {args.threads}", file=sys.stderr)
-        return 2
+        return error(f"--threads must be at least 1, got {args.threads}")
     try:
         table = reevaluate(
-            args.search_dir,
+            args.dir,
             seed_offset=args.seed_offset,
             device=args.device,
             resume=args.resume,
@@ -326,10 +326,18 @@ def main(argv: list[str] | None = None) -> int:
             fb_layers=args.fb_layers,
         )
     except (ReevaluationError, CorruptFileError, OSError, ValueError) as err:  # one line each
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return error(err)
     print(table.to_string(index=False))
     worst = float(table["abs_diff"].max())
     print(f"largest |reported - AutoAttack| = {worst:.4f} (tolerance {args.tolerance})")
     # Reported accuracies went through float32 (a mean of 0/1 values): allow that rounding.
     return 0 if worst <= args.tolerance + 1e-6 else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``launch/reevaluate.py DIR`` (the same as ``semirobust reevaluate DIR``)."""
+    description = (
+        "Re-evaluate a finished search's networks (Acc* and every trial's final f*_a + f_b) "
+        "with the official AutoAttack, from the stored checkpoints alone."
+    )
+    return standalone("launch/reevaluate.py", description, (add_arguments, run), argv)

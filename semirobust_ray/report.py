@@ -33,6 +33,7 @@ import pandas as pd
 from semirobust_ray.algorithm1 import DepthSummary, reached_by_depth
 from semirobust_ray.answer import answer_summary
 from semirobust_ray.frontier import frontier_figure, frontier_table
+from semirobust_ray.options import add_search_dir, error, standalone
 from semirobust_ray.plots import new_figure, png_bytes
 from semirobust_ray.results import (
     candidate_depths,
@@ -370,33 +371,40 @@ def _summary_lines(results: dict[str, Any], paths: dict[str, str]) -> Iterable[s
         yield f"wrote {p}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m semirobust_ray.report DIR [--out OUT]``: rebuild the report from DIR."""
-    parser = argparse.ArgumentParser(
-        prog="python -m semirobust_ray.report",
-        description="Rebuild Table 1, the ρ-vs-depth figure, the frontier and minimal_split.json "
-        "from stored results (a runner results.json or a Tune search directory).",
-    )
-    parser.add_argument(
-        "dir", help="search directory or storage URI (s3://bucket/runs/NAME), or a results.json"
-    )
-    parser.add_argument("--out", default=None, help="where to write (default: DIR itself)")
-    args = parser.parse_args(argv)
+#: ``semirobust report``: one line, for the command list.
+SUMMARY = "rebuild Table 1, the figures, the frontier and the answer from stored results"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """``DIR`` and ``--out``."""
+    add_search_dir(p, runner_results=True)
+    p.add_argument("--out", default=None, help="where to write (default: DIR itself)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Rebuild the report of ``args.dir``; print Table 1 and where the files are."""
     try:
         results = load_results(args.dir)
         is_file = not is_uri(args.dir) and Path(args.dir).is_file()
         out = args.out or (str(Path(args.dir).parent) if is_file else args.dir)
         paths = write_report(results, out)
     except (ValueError, CorruptFileError) as err:  # ReportError and config errors alike
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return error(err)
     except OSError as err:
-        print(f"error: cannot write the report: {err}", file=sys.stderr)
-        return 2
+        return error(f"cannot write the report: {err}")
     print(table1_markdown(table1(results)), end="")
     for line in _summary_lines(results, paths):
         print(line)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m semirobust_ray.report DIR [--out OUT]`` (the same as ``semirobust report``)."""
+    description = (
+        "Rebuild Table 1, the ρ-vs-depth figure, the frontier and minimal_split.json from "
+        "stored results (a runner results.json or a Tune search directory)."
+    )
+    return standalone("python -m semirobust_ray.report", description, (add_arguments, run), argv)
 
 
 if __name__ == "__main__":

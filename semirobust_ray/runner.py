@@ -24,8 +24,9 @@ from semirobust_ray.algorithm1 import (
 )
 from semirobust_ray.answer import answer_summary
 from semirobust_ray.baseline import get_baseline
-from semirobust_ray.config import ExperimentConfig, load_config
+from semirobust_ray.config import ExperimentConfig, config_path, load_config
 from semirobust_ray.experiment import Log, prepare
+from semirobust_ray.options import add_config_options, error, standalone
 from semirobust_ray.storage import write_json
 
 
@@ -77,31 +78,33 @@ def run_algorithm1(
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command line: ``--config FILE``, ``--set key=value`` (repeatable), ``--out DIR``."""
-    parser = argparse.ArgumentParser(prog="python -m semirobust_ray.runner", description=__doc__)
-    parser.add_argument("--config", default=None, help="search-space YAML file")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key; the value is YAML (e.g. --set split_depths=[2,4])",
-    )
-    parser.add_argument("--out", default="results/runner", help="directory for results.json")
-    args = parser.parse_args(argv)
+#: ``semirobust run``: one line, for the command list.
+SUMMARY = "run Algorithm 1 in this process, without Ray (every depth, T trials each)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """``--config``, ``--set``, ``--out``."""
+    add_config_options(p, default="the built-in defaults (smallcnn on digits)")
+    p.add_argument("--out", default="results/runner", help="directory for results.json")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run Algorithm 1 from parsed options; print both readings of the answer."""
     try:
-        config = load_config(args.config, args.overrides)
-        results = run_algorithm1(config, args.out)
+        path = None if args.config is None else config_path(args.config)
+        results = run_algorithm1(load_config(path, args.overrides), args.out)
     except ValueError as err:  # every user-facing error class derives from ValueError
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return error(err)
     answer = results["answer"]
     for reading in ("smallest_robust_fa", "smallest_fb"):
         print(answer[reading]["statement"])
     print(f"results: {Path(args.out) / 'results.json'}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m semirobust_ray.runner`` (the same as ``semirobust run``)."""
+    return standalone("python -m semirobust_ray.runner", __doc__, (add_arguments, run), argv)
 
 
 if __name__ == "__main__":

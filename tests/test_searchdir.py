@@ -7,6 +7,7 @@ server); here the local case, the rules of ``--resume`` and the bundled search s
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -108,16 +109,49 @@ def test_bundled_search_spaces_ship_in_the_package():
         config_path("nope")
 
 
-def test_console_script_help_outside_a_checkout(tmp_path):
-    """``semirobust-search`` from a directory that is not a checkout finds its quickstart."""
-    script = Path(sys.executable).parent / "semirobust-search"
-    if not script.exists():
-        pytest.skip("the package is not installed with its console script in this environment")
-    done = subprocess.run(
-        [str(script), "--set", "model=nope"], cwd=tmp_path, capture_output=True, text=True
-    )
-    # The quickstart loaded from the package (else: "config file ... does not exist"), then
-    # the bad override refused before anything ran.
-    assert done.returncode == 2
-    assert done.stderr.startswith("error: model: unknown value 'nope'"), done.stderr
+def test_one_program_with_a_subcommand_per_job(tmp_path, capsys):
+    """``semirobust COMMAND``: the search (also the default), the runner, the report and the
+    re-evaluation, each with its own --help and the same one-line errors as its module."""
+    from semirobust_ray.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    listing = capsys.readouterr().out
+    for command in ("search", "run", "report", "reevaluate"):
+        assert re.search(rf"^\s+{command}\s", listing, flags=re.M), command
+        with pytest.raises(SystemExit) as done:
+            main([command, "--help"])
+        assert done.value.code == 0
+        assert capsys.readouterr().out.startswith(f"usage: semirobust {command} ")
+    # Every command refuses bad input in one line, before any compute, as its module does.
+    for argv, message in [
+        (["--set", "model=nope"], "error: model: unknown value 'nope'"),
+        (["search", "--set", "model=nope"], "error: model: unknown value 'nope'"),
+        (["run", "--set", "model=nope"], "error: model: unknown value 'nope'"),
+        (["report", str(tmp_path)], f"error: {tmp_path} holds neither results.json"),
+        (["reevaluate", str(tmp_path)], f"error: {tmp_path} has no search/search_meta.json"),
+    ]:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(message) and err.count("\n") == 1, (argv, err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_console_scripts_run_outside_a_checkout(tmp_path):
+    """The installed ``semirobust`` (with and without ``search``) and ``semirobust-search``."""
+    bin_dir = Path(sys.executable).parent
+    if not (bin_dir / "semirobust").exists():
+        pytest.skip("the package is not installed with its console scripts in this environment")
+    for argv in (["semirobust"], ["semirobust", "search"], ["semirobust-search"]):
+        done = subprocess.run(
+            [str(bin_dir / argv[0]), *argv[1:], "--set", "model=nope"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 2, argv
+        # The quickstart loaded from the package (else: "config file ... does not exist"),
+        # then the bad override refused before anything ran.
+        assert done.stderr.startswith("error: model: unknown value 'nope'"), (argv, done.stderr)
     assert list(tmp_path.iterdir()) == []
