@@ -1,9 +1,12 @@
-"""semirobust_ray: find the minimal trailing subnetwork f_b that needs adversarial training.
+"""semirobust_ray: find the minimal robust subnetwork f*_a of a network (``import semirobust_ray as sr``).
 
 Implements Algorithm 1 of Craig, Andle, Nowak & Yasaei Sekeh ("Does the half adversarial
 robustness represent the whole?"): adversarially train the whole network once (Acc*), freeze its
 first part f*_a, adversarially train only the last |f_b| trainable layers, and measure the
-class-conditional mutual information between consecutive layers (the rho values).
+class-conditional mutual information between consecutive layers (the rho values). The answer is
+the smallest f*_a that must be robust for that to come within k of Acc*.
+
+``sr.search``, ``sr.load`` and ``sr.run_algorithm1`` are the Python API (docs/python-api.md).
 """
 
 __version__ = "0.1.0"

@@ -413,50 +413,24 @@ def run_search(
     name = name or default_name(config)
     exp_dir = experiment_dir(storage, name)
     search = Store(exp_dir)
-    if resume:
-        if not tune.Tuner.can_restore(exp_dir):
-            raise SearchError(f"--resume: '{exp_dir}' holds no search to resume")
-        # The search resumes with the settings it started with, not today's config file.
-        given = config.to_dict() if changes is None else changes
-        config = resume_config(stored_config(search), given)
-    elif holds_search(search):
-        raise SearchError(
-            f"'{exp_dir}' already holds a search: pass --resume to continue it, "
-            "or --name to start a new one"
-        )
+    config = _search_config(config, exp_dir, search, resume, changes)
     _check_device(config)
     exp = prepare(config, device="cpu")  # the driver only schedules; workers resolve the device
     _init_ray(address, log)
     _check_gpus(config)
     _check_storage_visible(storage)
-    baseline = None
-    acc_sr_known: dict[int, float] = {}
-    if resume:
-        acc_sr_known = known_acc_sr(search)
-        try:
-            baseline = load_search_baseline(search)
-        except CorruptFileError as err:
-            log(f"[search] stored baseline unusable, recomputing it: {err}")
-        current_key = baseline_key(exp)
-        if baseline is not None and baseline.key != current_key:
-            log(
-                f"[search] keeping the search's stored baseline {baseline.key} (this version of "
-                f"the code would key it {current_key}): its finished trials used this Acc*"
-            )
-        if baseline is not None:
-            log(f"[search] baseline from {search.uri(BASELINE_DIR)} (not retrained)")
+    baseline, acc_sr_known = _stored_baseline(exp, search, log) if resume else (None, {})
     if baseline is None:
         baseline = _baseline_on_cluster(exp, log)
         save_search_files(search, exp.config, exp.num_layers, baseline)
     log(f"[search] Acc* = {baseline.acc_star:.4f}; candidate |f_b|: {exp.split_depths}")
 
-    board = start_acc_sr_board(acc_sr_known)  # each depth's Acc_sr, measured once
     trainable = tune.with_resources(
         tune.with_parameters(
             trainable_fn,
             experiment=exp,
             baseline=baseline,
-            acc_sr_board=board,
+            acc_sr_board=start_acc_sr_board(acc_sr_known),  # each depth's Acc_sr, measured once
             checkpoint_logs=verbose >= 2,
         ),
         _resources(config),
@@ -466,39 +440,95 @@ def run_search(
         tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_errored=True)
         _apply_resume_settings(tuner, config, log)
     else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space=_param_space(exp),
-            tune_config=_tune_config(exp, log),
-            run_config=tune.RunConfig(
-                name=name,
-                storage_path=storage,
-                failure_config=tune.FailureConfig(max_failures=config.max_failures),
-                # Tune snapshots the experiment state whenever a trial has written
-                # num_to_keep checkpoints since the last snapshot: 1 would force a snapshot
-                # every epoch. f_b checkpoints are small, so keeping 3 costs little.
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
-                callbacks=[_FinishWatch()],
-                verbose=verbose,
-            ),
-        )
+        tuner = _new_tuner(exp, trainable, name, storage, verbose, log)
     tuner.fit()
     if _FinishWatch.unfinished:
         # Tune handles the first SIGINT itself: fit() returns normally, with the trials it
         # stopped or never started marked TERMINATED. That search is not finished, and a report
         # written now would look final.
         raise SearchInterrupted(f"{_FinishWatch.unfinished} trial(s) unfinished")
+    return _report(search, exp_dir, start)
 
-    results = load_results(search)  # every finished trial, this run's and earlier runs'
+
+def _search_config(
+    config: ExperimentConfig,
+    exp_dir: str,
+    search: Store,
+    resume: bool,
+    changes: dict[str, Any] | None,
+) -> ExperimentConfig:
+    """The config the search runs with: ``config`` for a new search (refused where a search
+    already is), the stored one with ``changes`` for a resume."""
+    if resume:
+        if not tune.Tuner.can_restore(exp_dir):
+            raise SearchError(f"--resume: '{exp_dir}' holds no search to resume")
+        # The search resumes with the settings it started with, not today's config file.
+        given = config.to_dict() if changes is None else changes
+        return resume_config(stored_config(search), given)
+    if holds_search(search):
+        raise SearchError(
+            f"'{exp_dir}' already holds a search: pass --resume to continue it, "
+            "or --name to start a new one"
+        )
+    return config
+
+
+def _stored_baseline(
+    exp: Experiment, search: Store, log: Log
+) -> tuple[Baseline | None, dict[int, float]]:
+    """A resumed search's baseline (None when it must be recomputed) and the Acc_sr its finished
+    trials measured."""
+    acc_sr_known = known_acc_sr(search)
+    try:
+        baseline = load_search_baseline(search)
+    except CorruptFileError as err:
+        log(f"[search] stored baseline unusable, recomputing it: {err}")
+        return None, acc_sr_known
+    if baseline is None:
+        return None, acc_sr_known
+    current_key = baseline_key(exp)
+    if baseline.key != current_key:
+        log(
+            f"[search] keeping the search's stored baseline {baseline.key} (this version of "
+            f"the code would key it {current_key}): its finished trials used this Acc*"
+        )
+    log(f"[search] baseline from {search.uri(BASELINE_DIR)} (not retrained)")
+    return baseline, acc_sr_known
+
+
+def _new_tuner(
+    exp: Experiment, trainable: Any, name: str, storage: str, verbose: int, log: Log
+) -> tune.Tuner:
+    config = exp.config
+    return tune.Tuner(
+        trainable,
+        param_space=_param_space(exp),
+        tune_config=_tune_config(exp, log),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage,
+            failure_config=tune.FailureConfig(max_failures=config.max_failures),
+            # Tune snapshots the experiment state whenever a trial has written num_to_keep
+            # checkpoints since the last snapshot: 1 would force a snapshot every epoch. f_b
+            # checkpoints are small, so keeping 3 costs little.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
+            callbacks=[_FinishWatch()],
+            verbose=verbose,
+        ),
+    )
+
+
+def _report(search: Store, exp_dir: str, start: float) -> SearchOutcome:
+    """Read every finished trial (this run's and earlier runs') and write the report."""
+    results = load_results(search)
     paths = write_report(results, search)
-    trial_seconds = sum(t.get("seconds", 0.0) for t in results["trials"])
     return SearchOutcome(
         experiment_dir=exp_dir,
         answer=minimal_split(results),
         results=results,
         report_paths=paths,
         seconds=time.perf_counter() - start,
-        trial_seconds=trial_seconds,
+        trial_seconds=sum(t.get("seconds", 0.0) for t in results["trials"]),
     )
 
 

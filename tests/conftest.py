@@ -40,6 +40,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray instance of 2 CPUs for one test module, quiet about its workers' output."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture
 def restore_numerics(monkeypatch: pytest.MonkeyPatch):
     """Put torch's process-wide numerics flags and ``CUBLAS_WORKSPACE_CONFIG`` back afterwards.

@@ -196,15 +196,6 @@ def test_same_config_and_seed_give_the_same_numbers_twice(tmp_path):
 # --- in-process searches on one shared Ray instance ----------------------------------------
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def _config(cache_dir: Path, **changes) -> ExperimentConfig:
     return ExperimentConfig.from_dict({**FAULT_SEARCH, "cache_dir": str(cache_dir), **changes})
 

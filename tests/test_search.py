@@ -28,13 +28,6 @@ def quiet(_msg: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def searches(ray_local, tmp_path_factory):
     """One grid and one bisection search over the same problem (shared baseline cache)."""
     root = tmp_path_factory.mktemp("searches")
