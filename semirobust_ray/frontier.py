@@ -104,8 +104,6 @@ def frontier_plot(results: dict[str, Any]) -> Any:
     """The frontier (see the module docstring) as a matplotlib Figure."""
     n = int(results["num_layers"])
     config = results["config"]
-    k = float(config.get("k", math.nan))
-    target = config.get("minimise", "robust_fa")
     model, dataset = labels(config)
     df = frontier_table(results)
     summaries = depth_summaries(results)
@@ -119,45 +117,9 @@ def frontier_plot(results: dict[str, Any]) -> Any:
     if df.empty:
         ax.text(0.5, 0.5, "no finished trials", ha="center", va="center", transform=ax.transAxes)
         return fig
-
-    diffs = 100 * df["diff"]
-    low = min(float(diffs.min()), 0.0) - 2.0
-    high = max(float(diffs.max()), 100 * k) + 2.0
-    ax.axhspan(low - 100, 100 * k, color="tab:green", alpha=0.08, lw=0)
-    ax.axhline(100 * k, color="tab:green", ls="--", lw=1, label=f"k = {100 * k:g} points")
-    ax.axhline(0.0, color="0.6", lw=0.6)
-    trials_per_depth = df.groupby("fb_layers")["trial"].rank(method="first") - 1
-    width = max(df.groupby("fb_layers").size().max() - 1, 1)
-    jitter = 0.18 * (trials_per_depth / width - 0.5) if width > 0 else 0.0
-    x = df["fb_layers"] + jitter
-    reached = df["reached"].astype(bool)
-    ax.scatter(x[reached], diffs[reached], color="tab:blue", s=22, zorder=3, label="trial, reached")
-    ax.scatter(
-        x[~reached],
-        diffs[~reached],
-        facecolors="none",
-        edgecolors="tab:blue",
-        s=22,
-        zorder=3,
-        label="trial, missed",
-    )
     depths = [s.fb_layers for s in summaries]
-    ax.plot(depths, [100 * s.diff for s in summaries], color="tab:blue", lw=1, alpha=0.7)
-
-    evidence = reached_by_depth(summaries)
-    for t, style in ((target, "-"), ("fb" if target == "robust_fa" else "robust_fa", ":")):
-        d = answer_depth(evidence, t)
-        if d is None:
-            continue
-        what = "smallest robust f*_a" if t == "robust_fa" else "smallest f_b"
-        ax.axvline(
-            d,
-            color="tab:red" if t == target else "0.4",
-            ls=style,
-            lw=1.6 if t == target else 1.0,
-            label=f"{what}: |f_b| = {d} (a = {n - d})",
-        )
-    ax.set_ylim(low, high)
+    _plot_trials(ax, df, summaries, float(config.get("k", math.nan)))
+    _mark_answers(ax, summaries, config.get("minimise", "robust_fa"), n)
     ax.set_xlabel("|f_b| (layers adversarially trained)")
     ax.set_ylabel("Diff = Acc* − Acc (points)")
     ax.set_xticks(depths)
@@ -165,32 +127,7 @@ def frontier_plot(results: dict[str, Any]) -> Any:
     top.set_xlabel("a = robust layers of f*_a", fontsize=8)
     top.set_xticks([n - d for d in depths])
     ax.grid(True, alpha=0.25)
-
-    rho = ax.twinx()
-    rho_min = [rho_a1(s.rho, n, s.fb_layers) for s in summaries]
-    rho_best = [rho_a1(s.rho_best, n, s.fb_layers) for s in summaries]
-    if any(not math.isnan(v) for v in rho_min + rho_best):
-        rho.plot(
-            depths,
-            rho_min,
-            color="tab:orange",
-            marker="s",
-            ms=4,
-            lw=1,
-            label=r"$\rho_{a+1}$, min over trials",
-        )
-        rho.plot(
-            depths,
-            rho_best,
-            color="tab:orange",
-            marker="^",
-            ms=4,
-            lw=1,
-            ls="--",
-            label=r"$\rho_{a+1}$, best trial",
-        )
-        rho.set_ylabel(r"$\rho_{a+1}$ (bits)", color="tab:orange")
-        rho.set_ylim(bottom=0)
+    rho = _plot_rho(ax.twinx(), summaries, n)
     handles, names = ax.get_legend_handles_labels()
     more, more_names = rho.get_legend_handles_labels()
     # Below the axes: inside, it would hide the points it explains.
@@ -205,3 +142,74 @@ def frontier_plot(results: dict[str, Any]) -> Any:
     )
     fig.tight_layout()
     return fig
+
+
+def _plot_trials(ax: Any, df: pd.DataFrame, summaries: list[DepthSummary], k: float) -> None:
+    """The k band, every trial's Diff (filled: reached), and the line through each depth's best."""
+    diffs = 100 * df["diff"]
+    low = min(float(diffs.min()), 0.0) - 2.0
+    high = max(float(diffs.max()), 100 * k) + 2.0
+    ax.axhspan(low - 100, 100 * k, color="tab:green", alpha=0.08, lw=0)
+    ax.axhline(100 * k, color="tab:green", ls="--", lw=1, label=f"k = {100 * k:g} points")
+    ax.axhline(0.0, color="0.6", lw=0.6)
+    # The T trials of a depth side by side around it, so that equal Diffs stay visible.
+    trials_per_depth = df.groupby("fb_layers")["trial"].rank(method="first") - 1
+    width = max(df.groupby("fb_layers").size().max() - 1, 1)
+    x = df["fb_layers"] + 0.18 * (trials_per_depth / width - 0.5)
+    reached = df["reached"].astype(bool)
+    ax.scatter(x[reached], diffs[reached], color="tab:blue", s=22, zorder=3, label="trial, reached")
+    ax.scatter(
+        x[~reached],
+        diffs[~reached],
+        facecolors="none",
+        edgecolors="tab:blue",
+        s=22,
+        zorder=3,
+        label="trial, missed",
+    )
+    depths = [s.fb_layers for s in summaries]
+    ax.plot(depths, [100 * s.diff for s in summaries], color="tab:blue", lw=1, alpha=0.7)
+    ax.set_ylim(low, high)
+
+
+def _mark_answers(ax: Any, summaries: list[DepthSummary], target: str, n: int) -> None:
+    """A vertical line at each reading's answer: solid red for the search's target."""
+    evidence = reached_by_depth(summaries)
+    for t, style in ((target, "-"), ("fb" if target == "robust_fa" else "robust_fa", ":")):
+        d = answer_depth(evidence, t)
+        if d is None:
+            continue
+        what = "smallest robust f*_a" if t == "robust_fa" else "smallest f_b"
+        ax.axvline(
+            d,
+            color="tab:red" if t == target else "0.4",
+            ls=style,
+            lw=1.6 if t == target else 1.0,
+            label=f"{what}: |f_b| = {d} (a = {n - d})",
+        )
+
+
+def _plot_rho(rho: Any, summaries: list[DepthSummary], n: int) -> Any:
+    """ρ_{a+1} per depth on the second axis ``rho``, both readings; nothing without MI."""
+    depths = [s.fb_layers for s in summaries]
+    rho_min = [rho_a1(s.rho, n, s.fb_layers) for s in summaries]
+    rho_best = [rho_a1(s.rho_best, n, s.fb_layers) for s in summaries]
+    if all(math.isnan(v) for v in rho_min + rho_best):
+        return rho
+    for values, marker, ls, which in (
+        (rho_min, "s", "-", "min over trials"),
+        (rho_best, "^", "--", "best trial"),
+    ):
+        rho.plot(
+            depths,
+            values,
+            color="tab:orange",
+            marker=marker,
+            ms=4,
+            lw=1,
+            ls=ls,
+            label=rf"$\rho_{{a+1}}$, {which}",
+        )
+    rho.set_ylabel(r"$\rho_{a+1}$ (bits)", color="tab:orange")
+    rho.set_ylim(bottom=0)
+    return rho
