@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,9 @@ def _given_keys(config: ConfigLike) -> dict[str, Any]:
 class SearchResult:
     """A search read from its storage: the answer, the frontier, Table 1, every trial.
 
-    ``results`` is what :func:`semirobust_ray.results.load_results` read; every other attribute
-    is computed from it, the way the report files are.
+    ``results`` is the search's results dict, as :func:`semirobust_ray.results.load_results`
+    reads it (or as the runner returns it); every other attribute is computed from it, the way
+    the report files are.
     """
 
     def __init__(self, results: dict[str, Any], path: str | None = None) -> None:
@@ -121,10 +123,10 @@ class SearchResult:
         ]
         return pd.DataFrame(rows)
 
-    @property
+    @cached_property
     def finished(self) -> bool:
-        """Whether the search ran to its end: no trial is left unfinished and, for a Tune
-        search, its report was written (a search writes it only once every trial is done)."""
+        """Whether the search had run to its end when it was read: no trial is left unfinished
+        and, for a Tune search, its report was written (only once every trial is done)."""
         if self.results.get("unfinished"):
             return False
         if self.path is None or not _holds_tune_search(self.path):
@@ -207,28 +209,19 @@ def search(
     notebook's stop button) raises :class:`~semirobust_ray.ray_search.SearchInterrupted`, whose
     message says how to resume it; finished trials are kept.
     """
-    if resume:
-        # The stored config is the search's; only the keys given here may change it.
-        return _run(
-            as_config(config, **overrides),
-            name=name,
-            storage_path=storage_path,
-            address=address,
-            resume=True,
-            changes={**_given_keys(config), **overrides},
-            verbose=verbose,
-        )
     cfg = as_config(config, **overrides)
-    existing = _existing(cfg, name, storage_path)
-    if existing is not None:
-        return existing
+    if not resume:
+        existing = _existing(cfg, name, storage_path)
+        if existing is not None:
+            return existing
     return _run(
         cfg,
         name=name,
         storage_path=storage_path,
         address=address,
-        resume=False,
-        changes=None,
+        resume=resume,
+        # A resume runs with the stored config; only the keys given here may change it.
+        changes={**_given_keys(config), **overrides} if resume else None,
         verbose=verbose,
     )
 
@@ -242,8 +235,7 @@ def run_algorithm1(
     from semirobust_ray.runner import run_algorithm1 as run
 
     results = run(as_config(config, **overrides), out_dir)
-    path = None if out_dir is None else str(Path(out_dir) / RESULTS_FILE)
-    return SearchResult(load_results(path) if path else results, path)
+    return SearchResult(results, None if out_dir is None else str(Path(out_dir) / RESULTS_FILE))
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,18 +250,21 @@ def _holds_tune_search(path: str) -> bool:
         return False
 
 
+def _where(cfg: ExperimentConfig, name: str | None, storage_path: str) -> tuple[str, str]:
+    """(the search's name, its experiment directory), as :func:`run_search` names them."""
+    from semirobust_ray.ray_search import default_name
+    from semirobust_ray.searchdir import experiment_dir, resolve_storage_path
+
+    name = name or default_name(cfg)
+    return name, experiment_dir(resolve_storage_path(storage_path), name)
+
+
 def _existing(cfg: ExperimentConfig, name: str | None, storage_path: str) -> SearchResult | None:
     """The search already stored where ``cfg`` would go, if its settings are ``cfg``'s."""
-    from semirobust_ray.ray_search import SearchError, default_name
-    from semirobust_ray.searchdir import (
-        experiment_dir,
-        holds_search,
-        measured_differently,
-        resolve_storage_path,
-        stored_config,
-    )
+    from semirobust_ray.ray_search import SearchError
+    from semirobust_ray.searchdir import holds_search, measured_differently, stored_config
 
-    exp_dir = experiment_dir(resolve_storage_path(storage_path), name or default_name(cfg))
+    _, exp_dir = _where(cfg, name, storage_path)
     store = Store.of(exp_dir)
     if not holds_search(store):
         return None
@@ -295,11 +290,9 @@ def _run(
     changes: dict[str, Any] | None,
     verbose: int,
 ) -> SearchResult:
-    from semirobust_ray.ray_search import SearchInterrupted, default_name, run_search
-    from semirobust_ray.searchdir import experiment_dir, resolve_storage_path
+    from semirobust_ray.ray_search import SearchInterrupted, run_search
 
-    name = name or default_name(cfg)
-    exp_dir = experiment_dir(resolve_storage_path(storage_path), name)
+    name, exp_dir = _where(cfg, name, storage_path)
     try:
         outcome = run_search(
             cfg,
