@@ -250,21 +250,12 @@ def _holds_tune_search(path: str) -> bool:
         return False
 
 
-def _where(cfg: ExperimentConfig, name: str | None, storage_path: str) -> tuple[str, str]:
-    """(the search's name, its experiment directory), as :func:`run_search` names them."""
-    from semirobust_ray.ray_search import default_name
-    from semirobust_ray.searchdir import experiment_dir, resolve_storage_path
-
-    name = name or default_name(cfg)
-    return name, experiment_dir(resolve_storage_path(storage_path), name)
-
-
 def _existing(cfg: ExperimentConfig, name: str | None, storage_path: str) -> SearchResult | None:
     """The search already stored where ``cfg`` would go, if its settings are ``cfg``'s."""
-    from semirobust_ray.ray_search import SearchError
+    from semirobust_ray.ray_search import SearchError, search_location
     from semirobust_ray.searchdir import holds_search, measured_differently, stored_config
 
-    _, exp_dir = _where(cfg, name, storage_path)
+    _, _, exp_dir = search_location(cfg, name, storage_path)
     store = Store.of(exp_dir)
     if not holds_search(store):
         return None
@@ -290,9 +281,9 @@ def _run(
     changes: dict[str, Any] | None,
     verbose: int,
 ) -> SearchResult:
-    from semirobust_ray.ray_search import SearchInterrupted, run_search
+    from semirobust_ray.ray_search import SearchInterrupted, run_search, search_location
 
-    name, exp_dir = _where(cfg, name, storage_path)
+    _, name, exp_dir = search_location(cfg, name, storage_path)
     try:
         outcome = run_search(
             cfg,

@@ -18,6 +18,8 @@ def new_figure(**kwargs: Any) -> tuple[Any, Any]:
 
 def png_bytes(fig: Any) -> bytes:
     """``fig`` as PNG bytes."""
+    # Again, even where the figure's maker laid it out already: with a twin and a secondary
+    # axis one pass does not settle, and frontier.png comes out with a looser legend.
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

@@ -386,6 +386,16 @@ def default_name(config: ExperimentConfig) -> str:
     return f"{model_slug(config.model)}-{config.dataset}-{config.search}"
 
 
+def search_location(
+    config: ExperimentConfig, name: str | None, storage_path: str
+) -> tuple[str, str, str]:
+    """(the resolved storage path, the search's name, its experiment directory) of a search of
+    ``config`` under ``storage_path`` (default name: :func:`default_name`)."""
+    storage = resolve_storage_path(storage_path)
+    name = name or default_name(config)
+    return storage, name, experiment_dir(storage, name)
+
+
 def run_search(
     config: ExperimentConfig,
     *,
@@ -409,9 +419,7 @@ def run_search(
     e.g. to inject faults in tests.
     """
     start = time.perf_counter()
-    storage = resolve_storage_path(storage_path)
-    name = name or default_name(config)
-    exp_dir = experiment_dir(storage, name)
+    storage, name, exp_dir = search_location(config, name, storage_path)
     search = Store(exp_dir)
     config = _search_config(config, exp_dir, search, resume, changes)
     _check_device(config)
