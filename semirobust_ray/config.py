@@ -1,23 +1,34 @@
-"""The one place that holds every option of a search, its default, and its validation.
+"""The one place that holds every option of a search: its type, default, valid values and help.
 
-A search-space YAML file and ``--set key=value`` overrides both become an
-:class:`ExperimentConfig`; every key is checked before any data is loaded or any model is built,
+:class:`ExperimentConfig` is a pydantic schema. A search-space YAML file and ``--set key=value``
+overrides both become one; every key is checked before any data is loaded or any model is built,
 and each mistake is reported as a one-line :class:`ConfigError` that names the key, the bad value
-and what would be valid.
+and what would be valid. The README's configuration table and the ``--help`` key list are
+generated from the schema (:mod:`semirobust_ray.config_doc`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
+import annotated_types
 import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
 
 from semirobust_ray.answer import TARGETS
 from semirobust_ray.names import did_you_mean, unknown_keys
@@ -29,6 +40,10 @@ MI_ESTIMATORS = ("edge", "ksg")
 DEVICES = ("auto", "cpu", "cuda")
 TRAIN_METHODS = ("standard", "fast", "free")
 PRECISIONS = ("fp32", "bf16")
+
+#: Keys whose values are names in a registry (models, datasets, attacks) that a user can extend;
+#: they are checked against the registries where they are set, on the driver (see ``replace``).
+REGISTRY_KEYS = ("model", "dataset", "attack", "eval_attack", "stop_attack")
 
 
 class ConfigError(ValueError):
@@ -45,85 +60,259 @@ def default_cache_dir() -> str:
     return f"{base.rstrip('/')}/baselines"
 
 
-@dataclass(frozen=True)
-class ExperimentConfig:
+def _key(default: Any, help: str, *, shown: str | None = None, **constraints: Any) -> Any:
+    """One config key: its default, one-line ``help`` and range ``constraints`` (``gt``, ``le``,
+    ...); ``shown`` is how the documentation writes the default when its value would mislead
+    (``8/255``, a path that depends on the environment)."""
+    extra = {"shown": shown} if shown is not None else None
+    factory = default if callable(default) else None
+    if factory is not None:
+        return Field(default_factory=factory, description=help, json_schema_extra=extra)
+    return Field(default, description=help, json_schema_extra=extra, **constraints)
+
+
+def _tuple(value: Any) -> Any:
+    # YAML and JSON have lists, not tuples; the config keeps a tuple so that it stays immutable.
+    return tuple(value) if isinstance(value, list) else value
+
+
+Name = str
+Depth = Annotated[int, Field(ge=1)]
+Count = Annotated[int, Field(ge=1)]
+Depths = Annotated[tuple[Depth, ...], BeforeValidator(_tuple), Field(min_length=1)]
+
+
+class ExperimentConfig(BaseModel):
     """Every option of Algorithm 1 and its search; names follow the paper.
 
     Accuracies and the tolerance ``k`` are fractions in [0, 1]. ``eps`` and ``alpha`` are in
     [0, 1] pixel units (8/255 is the paper's smallest budget). Defaults are the authors' released
     settings (E = 10, T = 10, batch 512, SGD lr 0.01, momentum 0.9, weight decay 5e-4, k = 0.05,
-    PGD eps 8/255, step 1/255, 10 steps).
+    PGD eps 8/255, step 1/255, 10 steps). The field order is the documentation's order.
     """
 
-    # what is searched
-    # a registry name, timm:NAME or package.module:factory (see semirobust_ray.models)
-    model: str = "smallcnn"
-    # keyword arguments for a timm:NAME or package.module:factory model (registry models: none)
-    model_kwargs: dict[str, Any] | None = None
-    width: float = 1.0  # width multiplier for every hidden layer (<1: a narrower network)
-    dataset: str = "digits"
-    data_path: str | None = None  # npz file or imagefolder directory
-    data_root: str | None = None  # torchvision datasets (cifar10, cifar100, imagenette)
-    download: bool = False
-    image_size: int | None = None
-    val_fraction: float = 0.1
-    max_train: int | None = None
-    max_test: int | None = None
-    augment: bool | None = None  # random crop + flip in training; None: the dataset's default
-    # the threat model: training attack and the attack Acc*, Acc_sr, Acc are measured with
-    attack: str = "pgd"
-    eps: float = 8 / 255
-    alpha: float = 1 / 255
-    steps: int = 10
-    eval_attack: str | None = None  # None: the training attack
-    stop_attack: str | None = None  # per-epoch k-stop check on val; None: see stop_attack_name
-    eval_samples: int | None = None  # val/test images attacked per evaluation (stratified)
-    eval_batch_size: int | None = None  # images per attack call when evaluating; None: batch_size
-    # Algorithm 1
-    # What the search minimises: "robust_fa", the smallest robust f*_a (the largest |f_b| that
-    # reaches Acc* - k: the paper's question), or "fb", the smallest reaching |f_b|.
-    minimise: str = "robust_fa"
-    split_depths: tuple[int, ...] | None = None  # candidate |f_b|; None: every depth 1..n
-    epochs: int = 10  # E
-    k: float = 0.05
-    seeds: int = 10  # T
-    seed: int = 0
-    train_method: str = "standard"
-    precision: str = "fp32"  # "bf16": autocast the training epochs (attack steps included)
-    # true: deterministic cuDNN/cuBLAS and no TF32, for bit-for-bit GPU reruns (slower; no
-    # effect on CPU numbers); see semirobust_ray.training.set_deterministic
-    deterministic: bool = False
-    # optimisation
-    batch_size: int = 512
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    # the baseline (regular then adversarial training of the full network)
-    baseline_epochs: int = 10
-    baseline_adv_epochs: int = 10
-    baseline_init: str = "scratch"
-    # networks you already have instead of training them: robust:, regular: (robustbench:NAME,
-    # a state-dict path or URI), model_dir:, download: (see semirobust_ray.pretrained)
-    baseline: dict[str, Any] | None = None
-    cache_dir: str = field(default_factory=default_cache_dir)
-    # mutual information (the rho values)
-    mi: bool = True
-    mi_estimator: str = "edge"
-    mi_proj_dim: int | None = None
-    mi_samples: int | None = None
-    # search and resources
-    search: str = "grid"
-    scheduler: str = "none"
-    device: str = "auto"
-    gpus_per_trial: float = 0.0
-    cpus_per_trial: int = 1
-    mi_cpus: int = 1
-    max_concurrent: int | None = None
-    num_samples: int | None = None  # optuna: trials to sample (default T x depths / 2)
-    max_failures: int = 2
+    # strict: a YAML `true` is not an epoch count, nor `1` a boolean, nor "0.1" a rate.
+    model_config = ConfigDict(strict=True, frozen=True, extra="forbid", validate_default=False)
 
-    def __post_init__(self) -> None:
-        _validate(self)
+    # what is searched
+    model: Name = _key(
+        "smallcnn",
+        "`smallcnn`, `alexnet`, `vgg16` (BatchNorm), `resnet50` (32×32 variants at image size "
+        "≤ 64), or `timm:NAME`, `robustbench:NAME` or your own `package.module:factory` "
+        "(README: Your own model)",
+    )
+    model_kwargs: dict[str, Any] | None = _key(
+        None,
+        "keyword arguments for a `timm:NAME` or `package.module:factory` model, e.g. "
+        "`{depth: 6}` (registry models take none); part of the baseline's cache key",
+    )
+    width: float = _key(
+        1.0,
+        "width multiplier for every hidden layer of a registry model (same depth and split "
+        "depths, less compute)",
+        gt=0,
+        le=1,
+    )
+    dataset: Name = _key(
+        "digits",
+        "`digits` (bundled, offline), `npz`, `cifar10`, `cifar100`, `imagenette`, `imagefolder`",
+    )
+    data_path: str | None = _key(
+        None,
+        "the `.npz` file (x_train, y_train, x_test, y_test) or image-folder root "
+        "(`train/<class>/*.png`, `test/<class>/*.png`)",
+    )
+    data_root: str | None = _key(
+        None,
+        "directory of torchvision datasets (cifar10, cifar100, imagenette)",
+        shown="~/.cache/semirobust_ray/data",
+    )
+    download: bool = _key(False, "fetch a torchvision dataset into `data_root` if missing")
+    image_size: int | None = _key(None, "resize images to this side length", ge=8)
+    val_fraction: float = _key(
+        0.1, "share of the training images held out for validation (stratified)", gt=0, lt=1
+    )
+    max_train: int | None = _key(
+        None, "a seeded, class-stratified subset of the training images", ge=1
+    )
+    max_test: int | None = _key(None, "a seeded, class-stratified subset of the test images", ge=1)
+    augment: bool | None = _key(
+        None,
+        "random crop (4-pixel zero padding) and horizontal flip of every training batch, as "
+        "the authors train; unset: on for natural images, off for `digits` (a flipped digit is "
+        "another digit)",
+        shown="the dataset's",
+    )
+    # the threat model: training attack and the attack Acc*, Acc_sr, Acc are measured with
+    attack: Name = _key(
+        "pgd",
+        "training attack: `fgsm`, `ifgsm` (`bim`), `pgd`, `apgd-ce` (`apgd`), `cw`, "
+        "`autoattack`; `apgd-ce` and `autoattack` return images they cannot break unperturbed, "
+        "so they are meant for `eval_attack` / `stop_attack`",
+    )
+    eps: float = _key(
+        8 / 255,
+        "L∞ budget (paper: 8, 16, 32 ÷ 255)",
+        shown="8/255",
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+    )
+    alpha: float = _key(1 / 255, "attack step size", shown="1/255", gt=0, le=1, allow_inf_nan=False)
+    steps: int = _key(10, "attack iterations (paper: 10, 20, 36)", ge=1)
+    eval_attack: Name | None = _key(
+        None,
+        "attack Acc*, Acc_sr and Acc are measured with (Table 1: `autoattack`)",
+        shown="the training attack",
+    )
+    stop_attack: Name | None = _key(
+        None,
+        "attack of the per-epoch validation check against Acc*_val − k; unset: `apgd-ce` when "
+        "`eval_attack` is `autoattack`, else `eval_attack` (BENCHMARKS.md, Stop attack)",
+        shown="see help",
+    )
+    eval_samples: int | None = _key(
+        None,
+        "cap on validation/test images per robust evaluation: a class-stratified subset, the "
+        "same test images for every `seed`",
+        shown="all",
+        ge=1,
+    )
+    eval_batch_size: int | None = _key(
+        None,
+        "images per attack call in evaluations (one large call cuts AutoAttack's overhead); "
+        "part of the baseline key",
+        shown="batch_size",
+        ge=1,
+    )
+    # Algorithm 1
+    minimise: Literal[TARGETS] = _key(
+        "robust_fa",
+        "the answer: `robust_fa`, the smallest robust f*_a (the largest reaching |f_b|: the "
+        "paper's question), or `fb`, the smallest reaching |f_b|",
+    )
+    split_depths: Depths | None = _key(None, "candidate |f_b| values", shown="every 1..n")
+    epochs: int = _key(10, "E: adversarial training epochs of f_b per trial", ge=1)
+    k: float = _key(
+        0.05,
+        "tolerance: a trial reaches when its accuracy is within k of Acc*",
+        ge=0,
+        lt=1,
+        allow_inf_nan=False,
+    )
+    seeds: int = _key(10, "T: trials per split depth", ge=1)
+    seed: int = _key(
+        0,
+        "fixes data order, augmentation, initialisation and attacks",
+        ge=0,
+        le=2**31 - 1,
+    )
+    train_method: Literal[TRAIN_METHODS] = _key(
+        "standard",
+        "trial training: `standard` (the attack), `fast` (FGSM with random start; 0.29 of the "
+        "training time, BENCHMARKS.md), `free` (m = 4 replays)",
+    )
+    precision: Literal[PRECISIONS] = _key(
+        "fp32",
+        "`bf16` autocasts training epochs, attack steps included (1.9× on a bf16-capable CPU, "
+        "BENCHMARKS.md); changes the arithmetic",
+    )
+    deterministic: bool = _key(
+        False,
+        "bit-for-bit GPU reruns: deterministic cuDNN and cuBLAS, no TF32 (slower on a GPU, a "
+        "no-op on a CPU; semirobust_ray.training.set_deterministic); part of the baseline key",
+    )
+    # optimisation
+    batch_size: int = _key(512, "SGD batch size", ge=1)
+    lr: float = _key(0.01, "SGD learning rate", gt=0, allow_inf_nan=False)
+    momentum: float = _key(0.9, "SGD momentum", ge=0, lt=1, allow_inf_nan=False)
+    weight_decay: float = _key(5e-4, "SGD weight decay", ge=0, allow_inf_nan=False)
+    # the baseline (regular then adversarial training of the full network)
+    baseline_epochs: int = _key(10, "regular training epochs of the baseline", ge=1)
+    baseline_adv_epochs: int = _key(10, "adversarial training epochs of the baseline (Acc*)", ge=1)
+    baseline_init: Literal[BASELINE_INITS] = _key(
+        "scratch", "adversarial baseline trained from `scratch` or from the `regular` weights"
+    )
+    baseline: dict[str, Any] | None = _key(
+        None,
+        "the robust and regular networks instead of training them: `robust:`, `regular:` "
+        "(`robustbench:NAME` or a state-dict path/URI), `model_dir:`, `download:` (README: A "
+        "robust network you already have)",
+    )
+    cache_dir: str = _key(
+        default_cache_dir,
+        "baseline cache on each node (env `SEMIROBUST_CACHE` moves it; `~` is expanded on the "
+        "node that uses it); a search keeps its own copy in its storage",
+        shown="~/.cache/semirobust_ray/baselines",
+    )
+    # mutual information (the rho values)
+    mi: bool = _key(True, "measure ρ (class-conditional MI between consecutive layers)")
+    mi_estimator: Literal[MI_ESTIMATORS] = _key("edge", "MI estimator: `edge` or `ksg`")
+    mi_proj_dim: int | None = _key(
+        None, "random projection size of layer outputs", shown="auto", ge=1
+    )
+    mi_samples: int | None = _key(
+        None, "test images ρ is measured on (a class-stratified subset)", shown="all", ge=1
+    )
+    # search and resources
+    search: Literal[SEARCH_ALGORITHMS] = _key(
+        "grid", "`grid` (every depth), `bisection` (the frontier), `optuna` (README: Searches)"
+    )
+    scheduler: Literal[SCHEDULERS] = _key("none", "`asha` stops trials that fall behind")
+    device: Literal[DEVICES] = _key(
+        "auto",
+        "resolved on the node that computes (`cuda` needs `gpus_per_trial` > 0 under Ray)",
+    )
+    gpus_per_trial: float = _key(0.0, "GPUs each trial reserves (fractions share a GPU)", ge=0)
+    cpus_per_trial: int = _key(1, "CPUs each trial reserves", ge=1)
+    mi_cpus: int = _key(1, "CPUs reserved for each trial's MI tasks", ge=0)
+    max_concurrent: int | None = _key(None, "cap on trials running at once", ge=1)
+    num_samples: int | None = _key(None, "optuna: trials to sample", shown="T × depths / 2", ge=1)
+    max_failures: int = _key(2, "retries of a failed trial (from its last checkpoint)", ge=0)
+
+    def __init__(self, /, **values: Any) -> None:
+        _reject_unknown(values)
+        _validated(self, values, REGISTRY_KEYS)
+
+    @field_validator("split_depths")
+    @classmethod
+    def _distinct_depths(cls, depths: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if depths is not None and len(set(depths)) != len(depths):
+            raise ConfigError(f"split_depths: {list(depths)} lists a depth twice")
+        return depths
+
+    @field_validator("model_kwargs")
+    @classmethod
+    def _plain_kwargs(cls, kwargs: dict[str, Any] | None) -> dict[str, Any] | None:
+        if kwargs is not None:
+            _check_model_kwargs(kwargs)
+        return kwargs
+
+    @field_validator("baseline")
+    @classmethod
+    def _baseline_section(cls, section: dict[str, Any] | None) -> dict[str, Any] | None:
+        if section is None:
+            return None
+        from semirobust_ray.pretrained import normalised_section, section_problem
+
+        problem = section_problem(section)
+        if problem is not None:
+            raise ConfigError(f"baseline: {problem}")
+        # Defaults filled in, so the stored config says which networks were used.
+        return normalised_section(section)
+
+    @field_validator("cache_dir")
+    @classmethod
+    def _cache_dir(cls, path: str) -> str:
+        if not path:
+            raise ConfigError(f"cache_dir: expected a directory path, got {path!r}")
+        return path
+
+    @model_validator(mode="after")
+    def _consistent(self, info: ValidationInfo) -> ExperimentConfig:
+        _check_registry_names(self, (info.context or {}).get("names", ()))
+        _check_combinations(self)
+        return self
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> ExperimentConfig:
@@ -132,29 +321,28 @@ class ExperimentConfig:
             raise ConfigError(
                 f"a config must be a mapping of key: value, got {type(values).__name__}"
             )
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown config key{'s' if len(unknown) > 1 else ''} "
-                f"{unknown_keys(unknown, known)}; "
-                f"valid keys: {', '.join(sorted(known))}"
-            )
-        values = dict(values)
-        if isinstance(values.get("split_depths"), list):
-            values["split_depths"] = tuple(values["split_depths"])
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML/JSON-serialisable values."""
-        out = dataclasses.asdict(self)
+        out = self.model_dump()
         if out["split_depths"] is not None:
             out["split_depths"] = list(out["split_depths"])
         return out
 
     def replace(self, **changes: Any) -> ExperimentConfig:
-        """A validated copy with ``changes`` applied."""
-        return ExperimentConfig.from_dict({**self.to_dict(), **changes})
+        """A validated copy with ``changes`` applied.
+
+        Registry names are checked only among ``changes``: a Ray worker that sets its trial's
+        epochs or learning rate receives a config the driver validated and needs none of the
+        registries (a user's model module may not even be imported there yet).
+        """
+        _reject_unknown(changes)
+        copy = ExperimentConfig.__new__(ExperimentConfig)
+        _validated(
+            copy, {**self.to_dict(), **changes}, tuple(k for k in REGISTRY_KEYS if k in changes)
+        )
+        return copy
 
     @property
     def augment_enabled(self) -> bool:
@@ -267,50 +455,113 @@ def config_path(given: str | None) -> Path:
 
 # --- validation ---------------------------------------------------------------------------
 
-
-def _choice(name: str, value: Any, valid: Iterable[str]) -> None:
-    valid = sorted(valid)
-    if value not in valid:
-        hint = did_you_mean(value, valid)
-        raise ConfigError(f"{name}: unknown value '{value}'{hint}; valid: {', '.join(valid)}")
-
-
-def _number(
-    name: str,
-    value: Any,
-    *,
-    integer: bool = False,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-    high_open: bool = False,
-    optional: bool = False,
-) -> None:
-    if value is None and optional:
-        return
-    kind = "an integer" if integer else "a number"
-    ok_type = isinstance(value, int) if integer else isinstance(value, int | float)
-    if isinstance(value, bool) or not ok_type or (not integer and not math.isfinite(value)):
-        raise ConfigError(f"{name}: expected {kind}, got {value!r}")
-    lo = "(" if low_open else "["
-    hi = ")" if high_open else "]"
-    rng = f"{lo}{low if low is not None else '-inf'}, {high if high is not None else 'inf'}{hi}"
-    if low is not None and (value < low or (low_open and value == low)):
-        raise ConfigError(f"{name}={value} is out of range: valid {rng}")
-    if high is not None and (value > high or (high_open and value == high)):
-        raise ConfigError(f"{name}={value} is out of range: valid {rng}")
+#: How an error names what a key takes, where its type alone would not say it well.
+_EXPECTED = {
+    "augment": "true, false or null (the dataset's default)",
+    "split_depths": "a non-empty list of integers",
+    "model_kwargs": "a mapping of name: value",
+    "baseline": "a mapping with robust: and regular:",
+    "cache_dir": "a directory path",
+    "data_path": "a path",
+    "data_root": "a path",
+}
+_EXPECTED_BY_TYPE = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "finite_number": "a number",
+    "bool_type": "true or false",
+    "string_type": "a name",
+    "dict_type": "a mapping",
+}
+_RANGE_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
 
 
-def _validate_model_kwargs(kwargs: Any, *, external: bool, model: str) -> None:
-    if kwargs is None:
-        return
-    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
-        raise ConfigError(f"model_kwargs: expected a mapping of name: value, got {kwargs!r}")
-    if kwargs and not external:
+def _reject_unknown(values: Mapping[str, Any]) -> None:
+    known = ExperimentConfig.model_fields
+    unknown = sorted(set(values) - set(known))
+    if unknown:
         raise ConfigError(
-            f"model_kwargs {sorted(kwargs)}: registry model '{model}' takes none; they are for "
-            "timm:NAME and package.module:factory models"
+            f"unknown config key{'s' if len(unknown) > 1 else ''} "
+            f"{unknown_keys(unknown, known)}; valid keys: {', '.join(sorted(known))}"
         )
+
+
+def _validated(instance: ExperimentConfig, values: Mapping[str, Any], names: Iterable[str]) -> None:
+    """Fill ``instance`` from ``values`` through the schema, checking the registry ``names``."""
+    try:
+        instance.__pydantic_validator__.validate_python(
+            dict(values), self_instance=instance, context={"names": tuple(names)}
+        )
+    except ValidationError as err:
+        raise ConfigError(_one_line(err.errors(include_url=False)[0], values)) from None
+
+
+def _one_line(error: Mapping[str, Any], values: Mapping[str, Any]) -> str:
+    """Pydantic's ``error`` as the one line a user reads: the key, the value, what is valid."""
+    if error["type"] == "value_error":  # one of our own checks, already worded
+        return str(error["ctx"]["error"])
+    key, entry, kind = str(error["loc"][0]), len(error["loc"]) > 1, error["type"]
+    if kind == "literal_error":
+        return _unknown_choice(key, error["input"], key_choices(key))
+    if kind in _RANGE_ERRORS:
+        name = f"{key} entry" if entry else key
+        return f"{name}={error['input']} is out of range: valid {key_range(key, entry=entry)}"
+    expected = _EXPECTED.get(key) or _EXPECTED_BY_TYPE.get(kind, "another value")
+    return f"{key}: expected {expected}, got {values.get(key)!r}"
+
+
+def _unknown_choice(key: str, value: Any, valid: Iterable[str]) -> str:
+    valid = sorted(valid)
+    return f"{key}: unknown value '{value}'{did_you_mean(value, valid)}; valid: {', '.join(valid)}"
+
+
+def key_choices(key: str) -> tuple[str, ...]:
+    """The values a ``Literal`` key allows (empty for other keys)."""
+    annotation = ExperimentConfig.model_fields[key].annotation
+    return tuple(get_args(annotation)) if get_origin(annotation) is Literal else ()
+
+
+Bounds = tuple[float | None, bool, float | None, bool]
+
+
+def key_bounds(key: str, *, entry: bool = False) -> Bounds:
+    """``(low, low_open, high, high_open)`` of a numeric key, or of each ``entry`` of a list
+    key (None: unbounded on that side)."""
+    field = ExperimentConfig.model_fields[key]
+    metadata = list(field.metadata)
+    if entry:  # tuple[Annotated[int, Field(ge=1)], ...]: the entries' own constraints
+        metadata = list(FieldInfo.from_annotation(list_entry_type(key)).metadata)
+    low = high = None
+    low_open = high_open = False
+    for m in metadata:
+        if isinstance(m, annotated_types.Gt | annotated_types.Ge):
+            low, low_open = (m.gt, True) if isinstance(m, annotated_types.Gt) else (m.ge, False)
+        elif isinstance(m, annotated_types.Lt | annotated_types.Le):
+            high, high_open = (m.lt, True) if isinstance(m, annotated_types.Lt) else (m.le, False)
+    return low, low_open, high, high_open
+
+
+def key_range(key: str, *, entry: bool = False) -> str:
+    """The range :func:`key_bounds` gives, as ``(0, 1]`` or ``[1, inf]``."""
+    low, low_open, high, high_open = key_bounds(key, entry=entry)
+    lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
+    return f"{lo}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi}"
+
+
+def value_type(key: str) -> Any:
+    """The type of ``key``'s values without ``None`` and ``Annotated`` (``tuple[...]``, ``int``)."""
+    annotation = ExperimentConfig.model_fields[key].annotation
+    if get_origin(annotation) in (Union, UnionType):
+        annotation = next(a for a in get_args(annotation) if a is not type(None))
+    return get_args(annotation)[0] if get_origin(annotation) is Annotated else annotation
+
+
+def list_entry_type(key: str) -> Any:
+    """The entry type of a list key (``Annotated[int, Field(ge=1)]`` for ``split_depths``)."""
+    return get_args(value_type(key))[0]
+
+
+def _check_model_kwargs(kwargs: Mapping[str, Any]) -> None:
     reserved = sorted({"num_classes", "image_size", "in_channels", "in_chans"} & set(kwargs))
     if reserved:
         raise ConfigError(
@@ -326,101 +577,44 @@ def _validate_model_kwargs(kwargs: Any, *, external: bool, model: str) -> None:
         ) from None
 
 
-def _validate(c: ExperimentConfig) -> None:
+def _check_registry_names(c: ExperimentConfig, names: Iterable[str]) -> None:
+    """``names`` (of :data:`REGISTRY_KEYS`) against the model, dataset and attack registries."""
+    names = set(names)
+    if not names:
+        return
     # Registries are imported here, not at module level, so that reading a config stays cheap.
     from semirobust_ray.attacks import ATTACKS
     from semirobust_ray.data import DATASETS
-    from semirobust_ray.models import is_external, model_spec_problem
+    from semirobust_ray.models import model_spec_problem
 
-    for name in ("model", "dataset", "attack"):
-        if not isinstance(getattr(c, name), str):
-            raise ConfigError(f"{name}: expected a name, got {getattr(c, name)!r}")
-    # The form only: a user's module is imported where the model is built (Experiment
-    # preparation on the driver reports an import error), so that every Ray worker, which
-    # re-validates the config, accepts it before it has imported anything.
-    problem = model_spec_problem(c.model, "value")
-    if problem is not None:
-        raise ConfigError(f"model: {problem}")
-    _validate_model_kwargs(c.model_kwargs, external=is_external(c.model), model=c.model)
-    if c.width != 1 and is_external(c.model):
+    if "model" in names:
+        # The form only: a user's module is imported where the model is built (Experiment
+        # preparation on the driver reports an import error).
+        problem = model_spec_problem(c.model, "value")
+        if problem is not None:
+            raise ConfigError(f"model: {problem}")
+    if "dataset" in names and c.dataset not in DATASETS:
+        raise ConfigError(_unknown_choice("dataset", c.dataset, DATASETS))
+    for key in ("attack", "eval_attack", "stop_attack"):
+        value = getattr(c, key)
+        if key in names and value is not None and value not in ATTACKS:
+            raise ConfigError(_unknown_choice(key, value, ATTACKS))
+
+
+def _check_combinations(c: ExperimentConfig) -> None:
+    """Keys that are valid alone but not together."""
+    from semirobust_ray.models import is_external
+
+    external = is_external(c.model)
+    if c.model_kwargs and not external:
+        raise ConfigError(
+            f"model_kwargs {sorted(c.model_kwargs)}: registry model '{c.model}' takes none; they "
+            "are for timm:NAME and package.module:factory models"
+        )
+    if c.width != 1 and external:
         raise ConfigError(
             f"width={c.width}: only registry models can be narrowed, not '{c.model}' "
             "(pass its size through model_kwargs instead)"
         )
-    _choice("dataset", c.dataset, DATASETS)
-    _choice("attack", c.attack, ATTACKS)
-    for name in ("eval_attack", "stop_attack"):
-        if getattr(c, name) is not None:
-            _choice(name, getattr(c, name), ATTACKS)
-    _choice("minimise", c.minimise, TARGETS)
-    _choice("search", c.search, SEARCH_ALGORITHMS)
-    _choice("scheduler", c.scheduler, SCHEDULERS)
-    _choice("baseline_init", c.baseline_init, BASELINE_INITS)
-    _choice("mi_estimator", c.mi_estimator, MI_ESTIMATORS)
-    _choice("device", c.device, DEVICES)
-    _choice("train_method", c.train_method, TRAIN_METHODS)
-    _choice("precision", c.precision, PRECISIONS)
-    for name in ("download", "mi", "deterministic"):
-        if not isinstance(getattr(c, name), bool):
-            raise ConfigError(f"{name}: expected true or false, got {getattr(c, name)!r}")
-    if c.augment is not None and not isinstance(c.augment, bool):
-        raise ConfigError(
-            f"augment: expected true, false or null (the dataset's default), got {c.augment!r}"
-        )
-    for name in ("data_path", "data_root"):
-        value = getattr(c, name)
-        if value is not None and not isinstance(value, str):
-            raise ConfigError(f"{name}: expected a path, got {value!r}")
     if c.dataset in ("npz", "imagefolder") and not c.data_path:
         raise ConfigError(f"dataset '{c.dataset}' needs data_path (the file or directory to read)")
-    _number("width", c.width, low=0, high=1, low_open=True)
-    _number("eps", c.eps, low=0, high=1, low_open=True)
-    _number("alpha", c.alpha, low=0, high=1, low_open=True)
-    _number("steps", c.steps, integer=True, low=1)
-    _number("epochs", c.epochs, integer=True, low=1)
-    _number("k", c.k, low=0, high=1, high_open=True)
-    _number("seeds", c.seeds, integer=True, low=1)
-    _number("seed", c.seed, integer=True, low=0, high=2**31 - 1)
-    _number("batch_size", c.batch_size, integer=True, low=1)
-    _number("lr", c.lr, low=0, low_open=True)
-    _number("momentum", c.momentum, low=0, high=1, high_open=True)
-    _number("weight_decay", c.weight_decay, low=0)
-    _number("baseline_epochs", c.baseline_epochs, integer=True, low=1)
-    _number("baseline_adv_epochs", c.baseline_adv_epochs, integer=True, low=1)
-    _number("val_fraction", c.val_fraction, low=0, high=1, low_open=True, high_open=True)
-    _number("image_size", c.image_size, integer=True, low=8, optional=True)
-    for name in (
-        "max_train",
-        "max_test",
-        "eval_samples",
-        "eval_batch_size",
-        "mi_samples",
-        "max_concurrent",
-        "num_samples",
-    ):
-        _number(name, getattr(c, name), integer=True, low=1, optional=True)
-    _number("mi_proj_dim", c.mi_proj_dim, integer=True, low=1, optional=True)
-    _number("gpus_per_trial", c.gpus_per_trial, low=0)
-    _number("cpus_per_trial", c.cpus_per_trial, integer=True, low=1)
-    _number("mi_cpus", c.mi_cpus, integer=True, low=0)
-    _number("max_failures", c.max_failures, integer=True, low=0)
-    if c.split_depths is not None:
-        depths = c.split_depths
-        if not isinstance(depths, tuple) or not depths:
-            raise ConfigError(
-                f"split_depths: expected a non-empty list of integers, got {depths!r}"
-            )
-        for d in depths:
-            _number("split_depths entry", d, integer=True, low=1)
-        if len(set(depths)) != len(depths):
-            raise ConfigError(f"split_depths: {list(depths)} lists a depth twice")
-    if c.baseline is not None:
-        from semirobust_ray.pretrained import normalised_section, section_problem
-
-        problem = section_problem(c.baseline)
-        if problem is not None:
-            raise ConfigError(f"baseline: {problem}")
-        # Defaults filled in, so the stored config says which networks were used.
-        object.__setattr__(c, "baseline", normalised_section(c.baseline))
-    if not isinstance(c.cache_dir, str) or not c.cache_dir:
-        raise ConfigError(f"cache_dir: expected a directory path, got {c.cache_dir!r}")

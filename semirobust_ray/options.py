@@ -15,9 +15,22 @@ from collections.abc import Callable
 Command = tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's own, except that a text of several lines (the config key list) keeps them."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
 def add_config_options(p: argparse.ArgumentParser, *, default: str, resume_note: str = "") -> None:
     """``--config FILE|NAME`` and ``--set KEY=VALUE`` (repeatable); ``default`` says what runs
-    without ``--config``."""
+    without ``--config``. The help ends with every config key, written from the schema."""
+    from semirobust_ray.config_doc import help_text
+
+    p.epilog = help_text()
+    p.formatter_class = HelpFormatter
     p.add_argument(
         "--config",
         default=None,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +155,7 @@ def measured_differently(stored: ExperimentConfig, other: ExperimentConfig) -> s
     """The keys outside :data:`RESUME_MAY_CHANGE` in which ``other`` differs from ``stored``,
     as ``key (old -> new), ...``; empty when trials under both would be measured alike."""
     before, after = stored.to_dict(), other.to_dict()
-    changed = [f.name for f in fields(ExperimentConfig) if before[f.name] != after[f.name]]
+    changed = [key for key in ExperimentConfig.model_fields if before[key] != after[key]]
     return ", ".join(
         f"{k} ({before[k]!r} -> {after[k]!r})" for k in changed if k not in RESUME_MAY_CHANGE
     )
