@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -35,7 +36,7 @@ import torch
 from semirobust_ray.answer import answer_depth
 from semirobust_ray.baseline import Baseline
 from semirobust_ray.data import TEST_SEED, stratified_subset
-from semirobust_ray.experiment import Experiment, Log
+from semirobust_ray.experiment import Experiment
 from semirobust_ray.models import Split, split, trainable_layers
 from semirobust_ray.training import (
     accuracy,
@@ -47,6 +48,8 @@ from semirobust_ray.training import (
     seed_everything,
     train_epoch,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def trial_seed(seed: int, fb_layers: int, trial: int | str) -> int:
@@ -232,7 +235,6 @@ def run_trial(
     state: TrialState | None = None,
     on_epoch: Callable[[EpochRecord, TrialState], None] | None = None,
     acc_sr: AccSrShare | None = None,
-    log: Log = print,
 ) -> TrialResult:
     """Run (or, given ``state``, continue) trial ``trial`` of split depth ``fb_layers``.
 
@@ -260,16 +262,16 @@ def run_trial(
             torch.get_rng_state(),
             cuda_rng_states(),
         )
-        _claim_acc_sr(exp, baseline, fb_layers, share, trial, state, tag, log)
+        _claim_acc_sr(exp, baseline, fb_layers, share, trial, state, tag)
     else:
         s.load_fb_state(state.fb_state)
         optimizer.load_state_dict(state.optimizer_state)
         gen.set_state(state.data_rng)
         torch.set_rng_state(state.torch_rng)
-        _restore_cuda_rng(exp, state, tag, log)
-        log(f"{tag} resuming after epoch {state.epoch}")
+        _restore_cuda_rng(exp, state, tag)
+        logger.info(f"{tag} resuming after epoch {state.epoch}")
 
-    reached = _train_fb(exp, baseline, s, optimizer, gen, seed, state, on_epoch, tag, log)
+    reached = _train_fb(exp, baseline, s, optimizer, gen, seed, state, on_epoch, tag)
     if math.isnan(state.acc_sr):
         _collect_acc_sr(exp, baseline, fb_layers, share, state, time.perf_counter() - start)
     result = _final_evaluation(exp, baseline, s, state, reached, trial, seed)
@@ -278,7 +280,7 @@ def run_trial(
     return result
 
 
-def _restore_cuda_rng(exp: Experiment, state: TrialState, tag: str, log: Log) -> None:
+def _restore_cuda_rng(exp: Experiment, state: TrialState, tag: str) -> None:
     """Put back the checkpoint's CUDA RNG states; say so when the trial's own GPU gets none
     (a checkpoint from a CPU, an older one, or one from a machine with fewer GPUs), since its
     dropout masks will then differ from an uninterrupted run's."""
@@ -287,7 +289,7 @@ def _restore_cuda_rng(exp: Experiment, state: TrialState, tag: str, log: Log) ->
         return  # a CPU trial draws nothing from the CUDA RNGs
     index = exp.device.index if exp.device.index is not None else torch.cuda.current_device()
     if index >= restored:
-        log(
+        logger.warning(
             f"{tag} note: the checkpoint holds no CUDA RNG state for cuda:{index} "
             f"({len(state.cuda_rng)} saved); dropout masks restart from the trial's seed"
         )
@@ -301,7 +303,6 @@ def _claim_acc_sr(
     trial: int,
     state: TrialState,
     tag: str,
-    log: Log,
 ) -> None:
     """At a trial's start: take the depth's Acc_sr, measure it for everyone, or leave it NaN
     while another trial measures it (collected at the end, see :func:`_collect_acc_sr`)."""
@@ -312,7 +313,7 @@ def _claim_acc_sr(
         state.eval_seconds += time.perf_counter() - t0
         state.measured_acc_sr = True
         share.put(fb_layers, state.acc_sr)
-        log(f"{tag} Acc_sr = {state.acc_sr:.4f}")
+        logger.info(f"{tag} Acc_sr = {state.acc_sr:.4f}")
     elif claim is not False:
         state.acc_sr = float(claim)
 
@@ -348,7 +349,6 @@ def _train_fb(
     state: TrialState,
     on_epoch: Callable[[EpochRecord, TrialState], None] | None,
     tag: str,
-    log: Log,
 ) -> bool:
     """Adversarial f_b epochs until within k of Acc*_val or E epochs; True when it reached."""
     c = exp.config
@@ -409,7 +409,7 @@ def _train_fb(
                 state.fb_state,
             )
         reached = record.gap <= c.k
-        log(
+        logger.info(
             f"{tag} epoch {record.epoch}/{c.epochs}: "
             f"loss {record.loss:.4f}, val robust {val:.4f}, gap to Acc* {record.gap:+.4f}"
             + (" -> within k, stopping" if reached else "")

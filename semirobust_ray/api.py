@@ -14,6 +14,7 @@ keys, a YAML file, the name of a bundled search space (``"quickstart"``,
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from functools import cached_property
@@ -23,8 +24,11 @@ from typing import Any
 import pandas as pd
 
 from semirobust_ray.config import ExperimentConfig, config_path, config_values
+from semirobust_ray.logs import ensure_visible
 from semirobust_ray.results import RESULTS_FILE, load_results, trial_results
 from semirobust_ray.storage import Store, is_uri
+
+logger = logging.getLogger(__name__)
 
 ConfigLike = ExperimentConfig | Mapping[str, Any] | str | os.PathLike | None
 
@@ -200,7 +204,8 @@ def search(
     The search is stored under ``storage_path/name`` (default name: MODEL-DATASET-SEARCH).
     ``address``: a Ray cluster to join (``"auto"``, ``"ray://host:10001"``) or ``"local"``;
     None joins a running cluster if there is one, else starts Ray here. ``verbose``: Tune's
-    output (0 silent, 1 status table, 2 also every checkpoint). ``resume=True`` continues the
+    output (0 silent, 1 status table, 2 also every checkpoint); the package's own progress
+    lines go through ``logging`` (:mod:`semirobust_ray.logs`). ``resume=True`` continues the
     search stored under that name (``overrides`` may change only the keys a resume may change).
 
     If ``storage_path/name`` already holds a search with the same settings (a notebook cell
@@ -209,6 +214,7 @@ def search(
     notebook's stop button) raises :class:`~semirobust_ray.ray_search.SearchInterrupted`, whose
     message says how to resume it; finished trials are kept.
     """
+    ensure_visible()
     cfg = as_config(config, **overrides)
     if not resume:
         existing = _existing(cfg, name, storage_path)
@@ -234,6 +240,7 @@ def run_algorithm1(
     are also written there as ``results.json``, which :func:`load` reads."""
     from semirobust_ray.runner import run_algorithm1 as run
 
+    ensure_visible()
     results = run(as_config(config, **overrides), out_dir)
     return SearchResult(results, None if out_dir is None else str(Path(out_dir) / RESULTS_FILE))
 
@@ -267,7 +274,7 @@ def _existing(cfg: ExperimentConfig, name: str | None, storage_path: str) -> Sea
         )
     result = load(exp_dir)
     how = "" if result.finished else "; result.resume() continues it"
-    print(f"[search] '{exp_dir}' already holds this search: returning it as stored{how}")
+    logger.info(f"[search] '{exp_dir}' already holds this search: returning it as stored{how}")
     return result
 
 

@@ -17,6 +17,7 @@ import functools
 import hashlib
 import importlib
 import json
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -25,11 +26,13 @@ from typing import Any
 
 import torch
 
-from semirobust_ray.experiment import Experiment, Log
+from semirobust_ray.experiment import Experiment
 from semirobust_ray.models import external_code_fingerprint, model_slug
 from semirobust_ray.pretrained import load_networks
 from semirobust_ray.storage import CorruptFileError, Store
 from semirobust_ray.training import evaluate, make_optimizer, seed_everything, train_epoch
+
+logger = logging.getLogger(__name__)
 
 #: The modules whose code determines a baseline (data splits, model, attacks, training and
 #: evaluation loops, this stage itself): the cache key holds a hash of their source, so any
@@ -162,7 +165,7 @@ def load_baseline(where: Store | str | os.PathLike) -> Baseline:
     return Baseline(key, store.uri(), regular, robust, metrics, reused=True)
 
 
-def get_baseline(exp: Experiment, *, log: Log = print, cache_dir: str | None = None) -> Baseline:
+def get_baseline(exp: Experiment, *, cache_dir: str | None = None) -> Baseline:
     """Return the cached baseline for ``exp`` or train it (regular, then adversarial) and cache it.
 
     ``cache_dir`` (default: the config's) is resolved here, by the process that trains, so a
@@ -171,15 +174,15 @@ def get_baseline(exp: Experiment, *, log: Log = print, cache_dir: str | None = N
     key = baseline_key(exp)
     cache = Store(Path(cache_dir or exp.config.cache_dir).expanduser() / key)
     if exp.sources is not None:
-        return _given_baseline(exp, key, cache, log)
+        return _given_baseline(exp, key, cache)
     if cache.is_file(BASELINE_FILE):
         try:
             baseline = load_baseline(cache)
-            log(f"[baseline] reusing {cache.uri()} (Acc* = {baseline.acc_star:.4f})")
+            logger.info(f"[baseline] reusing {cache.uri()} (Acc* = {baseline.acc_star:.4f})")
             return baseline
         except CorruptFileError as err:
-            log(f"[baseline] cache entry is damaged, rebuilding it: {err}")
-    baseline = train_baseline(exp, key=key, path=cache.uri(), log=log)
+            logger.warning(f"[baseline] cache entry is damaged, rebuilding it: {err}")
+    baseline = train_baseline(exp, key=key, path=cache.uri())
     save_baseline(baseline, cache)
     return baseline
 
@@ -199,7 +202,7 @@ def save_baseline(baseline: Baseline, where: Store | str | os.PathLike | None = 
     store.write_json(BASELINE_FILE, meta)
 
 
-def _given_baseline(exp: Experiment, key: str, cache: Store, log: Log) -> Baseline:
+def _given_baseline(exp: Experiment, key: str, cache: Store) -> Baseline:
     """Load the ``baseline:`` section's networks and measure them (or reuse the measurements
     of the very same files)."""
     start = time.perf_counter()
@@ -208,12 +211,12 @@ def _given_baseline(exp: Experiment, key: str, cache: Store, log: Log) -> Baseli
         try:
             cached = load_baseline(cache)
             if cached.metrics.source == source:
-                log(f"[baseline] reusing the measurements in {cache.uri()} (Acc* = "
+                logger.info(f"[baseline] reusing the measurements in {cache.uri()} (Acc* = "
                     f"{cached.acc_star:.4f})")  # fmt: skip
                 return cached
         except CorruptFileError as err:
-            log(f"[baseline] cache entry is damaged, measuring again: {err}")
-    log(
+            logger.warning(f"[baseline] cache entry is damaged, measuring again: {err}")
+    logger.info(
         f"[baseline] given networks: robust {source['robust']['spec']}, regular "
         f"{source['regular']['spec']} (not trained); measuring Acc*"
     )
@@ -221,21 +224,21 @@ def _given_baseline(exp: Experiment, key: str, cache: Store, log: Log) -> Baseli
     for role, state in (("regular", regular), ("robust", robust)):
         models[role] = exp.build_model()
         models[role].load_state_dict(state)
-    regular_acc = measure_regular(exp, models["regular"], log)
-    metrics = measure_robust(exp, models["robust"], regular_acc, start, log, source=source)
+    regular_acc = measure_regular(exp, models["regular"])
+    metrics = measure_robust(exp, models["robust"], regular_acc, start, source=source)
     baseline = Baseline(key, cache.uri(), regular, robust, metrics)
     save_baseline(baseline, cache)
     return baseline
 
 
-def measure_regular(exp: Experiment, regular: torch.nn.Module, log: Log) -> tuple[float, float]:
+def measure_regular(exp: Experiment, regular: torch.nn.Module) -> tuple[float, float]:
     """The regular network's clean and robust (``eval_attack``) test accuracy."""
     c = exp.config
     kw = {"batch_size": c.eval_batch, "device": exp.device}
     x_test, y_test = exp.eval_split("test")
     clean = evaluate(regular, exp.data.x_test, exp.data.y_test, **kw)
     robust = evaluate(regular, x_test, y_test, attack=exp.eval_attack(regular, c.seed), **kw)
-    log(f"[baseline] regular: clean {clean:.4f}, robust {robust:.4f}")
+    logger.info(f"[baseline] regular: clean {clean:.4f}, robust {robust:.4f}")
     return clean, robust
 
 
@@ -244,7 +247,6 @@ def measure_robust(
     robust: torch.nn.Module,
     regular_acc: tuple[float, float],
     start: float,
-    log: Log,
     **extra: Any,
 ) -> BaselineMetrics:
     """Acc* (test, ``eval_attack``), Acc*_val (validation, ``stop_attack``) and the robust
@@ -264,14 +266,14 @@ def measure_robust(
         seconds=time.perf_counter() - start,
         **extra,
     )
-    log(
+    logger.info(
         f"[baseline] Acc* = {metrics.acc_star:.4f} (val {metrics.acc_star_val:.4f}), "
         f"clean {metrics.clean_acc_robust:.4f}, {metrics.seconds:.1f} s"
     )
     return metrics
 
 
-def train_baseline(exp: Experiment, *, key: str, path: str, log: Log = print) -> Baseline:
+def train_baseline(exp: Experiment, *, key: str, path: str) -> Baseline:
     """Regular training of the full network, then adversarial training; measure Acc*."""
     c = exp.config
     start = time.perf_counter()
@@ -288,10 +290,10 @@ def train_baseline(exp: Experiment, *, key: str, path: str, log: Log = print) ->
     t0 = time.perf_counter()
     for epoch in range(1, c.baseline_epochs + 1):
         stats = train_epoch(model, d.x_train, d.y_train, opt, generator=gen, **train_kw)
-        log(_epoch_line("regular", epoch, c.baseline_epochs, stats.loss, t0))
+        logger.info(_epoch_line("regular", epoch, c.baseline_epochs, stats.loss, t0))
     regular_train_seconds = time.perf_counter() - t0
     regular_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    regular_acc = measure_regular(exp, model, log)
+    regular_acc = measure_regular(exp, model)
 
     if c.baseline_init == "scratch":
         seed_everything(c.seed + 1)
@@ -303,7 +305,7 @@ def train_baseline(exp: Experiment, *, key: str, path: str, log: Log = print) ->
         stats = train_epoch(
             model, d.x_train, d.y_train, opt, generator=gen, attack=attack, **train_kw
         )
-        log(_epoch_line("adversarial", epoch, c.baseline_adv_epochs, stats.loss, t0))
+        logger.info(_epoch_line("adversarial", epoch, c.baseline_adv_epochs, stats.loss, t0))
     adv_train_seconds = time.perf_counter() - t0
     robust_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     metrics = measure_robust(
@@ -311,7 +313,6 @@ def train_baseline(exp: Experiment, *, key: str, path: str, log: Log = print) ->
         model,
         regular_acc,
         start,
-        log,
         regular_train_seconds=regular_train_seconds,
         adv_train_seconds=adv_train_seconds,
     )

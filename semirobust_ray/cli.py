@@ -13,7 +13,14 @@ import argparse
 import sys
 
 from semirobust_ray.config import config_path, config_values, load_config
-from semirobust_ray.options import Command, add_config_options, error, standalone
+from semirobust_ray.options import (
+    Command,
+    add_config_options,
+    add_verbosity,
+    error,
+    run_command,
+    standalone,
+)
 from semirobust_ray.storage import CorruptFileError
 
 #: ``semirobust search``: one line, for the command list.
@@ -80,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
             address=args.address,
             resume=args.resume,
             changes=changes,
+            verbose=args.verbosity,  # Tune's: 0 no status table, 2 every checkpoint too
         )
     except (ValueError, CorruptFileError) as err:  # user-facing errors and damaged files
         return error(err)
@@ -112,10 +120,11 @@ def build_parser(prog: str = "semirobust") -> argparse.ArgumentParser:
         description=DESCRIPTION + " Without a command: search.",
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (summary, (add, run_command)) in commands().items():
+    for name, (summary, (add, command)) in commands().items():
         child = sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:])
         add(child)
-        child.set_defaults(run=run_command)
+        add_verbosity(child)
+        child.set_defaults(run=command)
     return p
 
 
@@ -125,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or (argv[0] not in commands() and argv[0] not in ("-h", "--help")):
         argv = ["search", *argv]
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    return run_command(args.run, args)
 
 
 def search_main(argv: list[str] | None = None) -> int:

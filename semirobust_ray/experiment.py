@@ -7,7 +7,6 @@ any training starts.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -19,9 +18,6 @@ from semirobust_ray.data import TEST_SEED, DataSplits, load_dataset, stratified_
 from semirobust_ray.models import ImageClassifier, create_model, trainable_layers
 from semirobust_ray.pretrained import Sources, resolve_sources
 from semirobust_ray.training import AttackFn, resolve_device
-
-#: The progress callback every stage takes (``print`` by default; tests pass a silent one).
-Log = Callable[[str], None]
 
 #: Splits :meth:`Experiment.eval_split` serves.
 _EVAL_SPLITS = ("val", "test")

@@ -9,8 +9,11 @@ and ``run(args) -> int``; :func:`standalone` turns the pair into the module's ow
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable
+
+from semirobust_ray.logs import configure
 
 Command = tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 
@@ -59,6 +62,38 @@ def add_search_dir(p: argparse.ArgumentParser, *, runner_results: bool = False) 
     )
 
 
+#: ``--quiet`` / default / ``--verbose``: the level of the package's lines.
+LOG_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
+
+
+def add_verbosity(p: argparse.ArgumentParser) -> None:
+    """``-q/--quiet`` and ``-v/--verbose`` (every subcommand); ``args.verbosity`` is 0, 1 or 2."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "-q",
+        "--quiet",
+        dest="verbosity",
+        action="store_const",
+        const=0,
+        default=1,
+        help="warnings, errors and the result only (no progress lines, no Tune status table)",
+    )
+    group.add_argument(
+        "-v",
+        "--verbose",
+        dest="verbosity",
+        action="store_const",
+        const=2,
+        help="also debug lines and Ray's message for every saved checkpoint",
+    )
+
+
+def run_command(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Set the log level ``args.verbosity`` asks for, then ``run(args)``."""
+    configure(LOG_LEVELS[args.verbosity])
+    return run(args)
+
+
 def error(message: object) -> int:
     """Print ``error: MESSAGE`` (one line) on stderr; the exit code of every bad input, 2."""
     print(f"error: {message}", file=sys.stderr)
@@ -70,4 +105,5 @@ def standalone(prog: str, description: str, command: Command, argv: list[str] | 
     add_arguments, run = command
     parser = argparse.ArgumentParser(prog=prog, description=description)
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    add_verbosity(parser)
+    return run_command(run, parser.parse_args(argv))

@@ -17,6 +17,7 @@ actor through which the trials of a depth share its Acc_sr.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import pickle
@@ -33,7 +34,9 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 from semirobust_ray.answer import premise, premise_order, premise_violations
 from semirobust_ray.baseline import Baseline, baseline_key, get_baseline
 from semirobust_ray.config import ExperimentConfig
-from semirobust_ray.experiment import Experiment, Log, prepare
+from semirobust_ray.experiment import Experiment, prepare
+from semirobust_ray.logs import configure as configure_logging
+from semirobust_ray.logs import level as log_level
 from semirobust_ray.models import model_slug
 from semirobust_ray.pretrained import BaselineSourceError
 from semirobust_ray.report import minimal_split, write_report
@@ -54,9 +57,7 @@ from semirobust_ray.storage import CorruptFileError, Store, first_line, is_uri
 from semirobust_ray.training import DeviceError, resolve_device
 from semirobust_ray.trial import algorithm1_trainable, start_acc_sr_board
 
-
-def _print(message: str) -> None:
-    print(message)
+logger = logging.getLogger(__name__)
 
 
 class SearchError(SearchDirError):
@@ -94,7 +95,6 @@ class BisectionSearcher(Searcher):
         trials_per_depth: int,
         target: str = "robust_fa",
         parallel_probes: int = 1,
-        log: Log = _print,
     ) -> None:
         super().__init__(metric="reached", mode="max")
         self.order = premise_order(depths, target)
@@ -105,7 +105,6 @@ class BisectionSearcher(Searcher):
         self.outcomes: dict[int, list[bool]] = {}  # index -> finished trials' reached flags
         self.live: dict[str, int] = {}
         self.reported: set[tuple[int, int]] = set()
-        self.log = log
 
     # -- what the evidence says ------------------------------------------------------------
 
@@ -200,24 +199,15 @@ class BisectionSearcher(Searcher):
             for missed in v.missed_before:
                 if (v.reached, missed) not in self.reported:
                     self.reported.add((v.reached, missed))
-                    self.log(
+                    logger.warning(
                         f"[bisection] premise contradicted: |f_b| = {v.reached} reached although "
                         f"|f_b| = {missed} did not ({premise(self.target)} does not hold here); "
                         "probing the depths in between"
                     )
 
-    def __getstate__(self) -> dict[str, Any]:
-        # Tune pickles the searcher with the experiment; the log callable may not pickle (a
-        # lambda, or print once Ray has wrapped it): a restored searcher logs with print.
-        return {k: v for k, v in self.__dict__.items() if k != "log"}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.log = _print
-
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__getstate__(), f)
+            pickle.dump(self.__dict__, f)
 
     def restore(self, checkpoint_path: str) -> None:
         # Tune's own experiment state is pickled in the same directory; both come from the
@@ -261,11 +251,12 @@ class SearchOutcome:
         return self.answer["answer"]["fb_layers"]
 
 
-def _baseline_on_cluster(exp: Experiment, log: Log) -> Baseline:
+def _baseline_on_cluster(exp: Experiment) -> Baseline:
     """Train (or fetch from cache) the baseline in a Ray task with one trial's resources."""
     c = exp.config
 
-    def task(e: Experiment) -> Baseline:
+    def task(e: Experiment, level: int) -> Baseline:
+        configure_logging(level)  # the baseline's epoch lines, as the driver would show them
         try:
             device = resolve_device(e.config.device)  # here, on the worker with the GPU
         except DeviceError as err:
@@ -276,11 +267,11 @@ def _baseline_on_cluster(exp: Experiment, log: Log) -> Baseline:
 
     remote = ray.remote(num_cpus=c.cpus_per_trial, num_gpus=c.gpus_per_trial)(task)
     if exp.sources is None:
-        log("[search] baseline: regular + adversarial training of the full network (once)")
+        logger.info("[search] baseline: regular + adversarial training of the full network (once)")
     else:
-        log("[search] baseline: the given robust and regular networks, measured (once)")
+        logger.info("[search] baseline: the given robust and regular networks, measured (once)")
     try:
-        return ray.get(remote.remote(exp))
+        return ray.get(remote.remote(exp, log_level()))
     # Ray's task error is also an instance of its cause's class.
     except (DeviceError, BaselineSourceError) as err:
         cause = getattr(err, "cause", err)
@@ -334,7 +325,7 @@ def trial_dirname(trial: Any) -> str:
     return f"{trial_name(trial)}-{trial.trial_id}"
 
 
-def _tune_config(exp: Experiment, log: Log) -> tune.TuneConfig:
+def _tune_config(exp: Experiment) -> tune.TuneConfig:
     c = exp.config
     scheduler = None
     if c.scheduler == "asha":
@@ -364,7 +355,6 @@ def _tune_config(exp: Experiment, log: Log) -> tune.TuneConfig:
             c.seeds,
             target=c.minimise,
             parallel_probes=max(1, trial_slots(c) // c.seeds),
-            log=log,
         )
         return tune.TuneConfig(
             search_alg=searcher,
@@ -404,7 +394,6 @@ def run_search(
     address: str | None = None,
     resume: bool = False,
     changes: dict[str, Any] | None = None,
-    log: Log = print,
     verbose: int = 1,
     trainable_fn: Callable[..., None] = algorithm1_trainable,
 ) -> SearchOutcome:
@@ -424,14 +413,14 @@ def run_search(
     config = _search_config(config, exp_dir, search, resume, changes)
     _check_device(config)
     exp = prepare(config, device="cpu")  # the driver only schedules; workers resolve the device
-    _init_ray(address, log)
+    _init_ray(address)
     _check_gpus(config)
     _check_storage_visible(storage)
-    baseline, acc_sr_known = _stored_baseline(exp, search, log) if resume else (None, {})
+    baseline, acc_sr_known = _stored_baseline(exp, search) if resume else (None, {})
     if baseline is None:
-        baseline = _baseline_on_cluster(exp, log)
+        baseline = _baseline_on_cluster(exp)
         save_search_files(search, exp.config, exp.num_layers, baseline)
-    log(f"[search] Acc* = {baseline.acc_star:.4f}; candidate |f_b|: {exp.split_depths}")
+    logger.info(f"[search] Acc* = {baseline.acc_star:.4f}; candidate |f_b|: {exp.split_depths}")
 
     trainable = tune.with_resources(
         tune.with_parameters(
@@ -440,15 +429,16 @@ def run_search(
             baseline=baseline,
             acc_sr_board=start_acc_sr_board(acc_sr_known),  # each depth's Acc_sr, measured once
             checkpoint_logs=verbose >= 2,
+            log_level=log_level(),
         ),
         _resources(config),
     )
     _FinishWatch.unfinished = 0
     if resume:
         tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_errored=True)
-        _apply_resume_settings(tuner, config, log)
+        _apply_resume_settings(tuner, config)
     else:
-        tuner = _new_tuner(exp, trainable, name, storage, verbose, log)
+        tuner = _new_tuner(exp, trainable, name, storage, verbose)
     tuner.fit()
     if _FinishWatch.unfinished:
         # Tune handles the first SIGINT itself: fit() returns normally, with the trials it
@@ -481,37 +471,35 @@ def _search_config(
     return config
 
 
-def _stored_baseline(
-    exp: Experiment, search: Store, log: Log
-) -> tuple[Baseline | None, dict[int, float]]:
+def _stored_baseline(exp: Experiment, search: Store) -> tuple[Baseline | None, dict[int, float]]:
     """A resumed search's baseline (None when it must be recomputed) and the Acc_sr its finished
     trials measured."""
     acc_sr_known = known_acc_sr(search)
     try:
         baseline = load_search_baseline(search)
     except CorruptFileError as err:
-        log(f"[search] stored baseline unusable, recomputing it: {err}")
+        logger.warning(f"[search] stored baseline unusable, recomputing it: {err}")
         return None, acc_sr_known
     if baseline is None:
         return None, acc_sr_known
     current_key = baseline_key(exp)
     if baseline.key != current_key:
-        log(
+        logger.info(
             f"[search] keeping the search's stored baseline {baseline.key} (this version of "
             f"the code would key it {current_key}): its finished trials used this Acc*"
         )
-    log(f"[search] baseline from {search.uri(BASELINE_DIR)} (not retrained)")
+    logger.info(f"[search] baseline from {search.uri(BASELINE_DIR)} (not retrained)")
     return baseline, acc_sr_known
 
 
 def _new_tuner(
-    exp: Experiment, trainable: Any, name: str, storage: str, verbose: int, log: Log
+    exp: Experiment, trainable: Any, name: str, storage: str, verbose: int
 ) -> tune.Tuner:
     config = exp.config
     return tune.Tuner(
         trainable,
         param_space=_param_space(exp),
-        tune_config=_tune_config(exp, log),
+        tune_config=_tune_config(exp),
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage,
@@ -540,7 +528,7 @@ def _report(search: Store, exp_dir: str, start: float) -> SearchOutcome:
     )
 
 
-def _apply_resume_settings(tuner: tune.Tuner, c: ExperimentConfig, log: Log) -> None:
+def _apply_resume_settings(tuner: tune.Tuner, c: ExperimentConfig) -> None:
     """Carry a resume's ``max_concurrent`` and ``max_failures`` into the restored Tuner.
 
     ``Tuner.restore`` takes neither a TuneConfig nor a RunConfig: it unpickles the ones the
@@ -553,7 +541,9 @@ def _apply_resume_settings(tuner: tune.Tuner, c: ExperimentConfig, log: Log) -> 
         internal._tune_config.max_concurrent_trials = c.max_concurrent
         internal._run_config.failure_config.max_failures = c.max_failures
     except AttributeError:
-        log("[search] note: this Ray version keeps max_concurrent and max_failures on resume")
+        logger.warning(
+            "[search] note: this Ray version keeps max_concurrent and max_failures on resume"
+        )
 
 
 def _check_storage_visible(storage: str) -> None:
@@ -598,7 +588,7 @@ def _marker_seen(marker: str, nodes: list[str]) -> list[bool]:
     return ray.get(refs, timeout=120)
 
 
-def _init_ray(address: str | None, log: Log) -> None:
+def _init_ray(address: str | None) -> None:
     """Join ``address`` (or a running cluster when none is given), else start Ray locally.
 
     A cluster that refuses this driver's token (token authentication, on by default since Ray
@@ -622,7 +612,7 @@ def _init_ray(address: str | None, log: Log) -> None:
         ray.init(address="local", include_dashboard=False)  # no cluster running: start one
         return
     if not address:
-        log("[search] joined the running Ray cluster")
+        logger.info("[search] joined the running Ray cluster")
 
 
 def _join_problem(address: str | None, err: Exception) -> str | None:

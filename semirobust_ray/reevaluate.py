@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,7 @@ import torch
 
 from semirobust_ray.baseline import load_baseline
 from semirobust_ray.config import ConfigError, ExperimentConfig
-from semirobust_ray.experiment import Log, prepare
+from semirobust_ray.experiment import prepare
 from semirobust_ray.models import split
 from semirobust_ray.options import add_search_dir, error, standalone
 from semirobust_ray.results import (
@@ -57,6 +58,8 @@ from semirobust_ray.results import (
 from semirobust_ray.searchdir import BASELINE_DIR
 from semirobust_ray.storage import CorruptFileError, Store
 from semirobust_ray.training import canonical_memory_format, deterministic_numerics
+
+logger = logging.getLogger(__name__)
 
 OUTPUT_FILE = "reevaluation.csv"
 #: Largest |reported − AutoAttack| accuracy expected on a GPU (module docstring, "Tolerance").
@@ -166,7 +169,6 @@ def reevaluate(
     resume: bool = False,
     threads: int | None = None,
     fb_layers: list[int] | None = None,
-    log: Log = print,
 ) -> pd.DataFrame:
     """Re-run AutoAttack on the baseline and every finished trial's network of a search (with
     ``fb_layers``: only the trials at those |f_b|, e.g. the answer's, beside Acc*).
@@ -193,7 +195,7 @@ def reevaluate(
     except (ReportError, ConfigError) as err:
         raise ReevaluationError(f"{search.uri()}: {err}") from None
     if config.eval_attack_name != "autoattack":
-        log(
+        logger.warning(
             f"[reevaluate] note: the search measured Acc with '{config.eval_attack_name}', "
             "so AutoAttack's numbers are expected to be lower, not equal"
         )
@@ -224,7 +226,7 @@ def reevaluate(
             key = (net.name, net.seed + seed_offset, net.reported_acc)
             if key in done:
                 rows.append(done[key])
-                log(f"[reevaluate] {net.name}: kept from {OUTPUT_FILE}")
+                logger.info(f"[reevaluate] {net.name}: kept from {OUTPUT_FILE}")
                 continue
             model = exp.build_model()
             model.load_state_dict(baseline.robust_state)
@@ -250,7 +252,7 @@ def reevaluate(
                     "abs_diff": abs(acc - net.reported_acc),
                 }
             )
-            log(
+            logger.info(
                 f"[reevaluate] {net.name}: reported {net.reported_acc:.4f}, "
                 f"AutoAttack {acc:.4f} on {len(x)} test images"
             )

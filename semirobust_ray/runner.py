@@ -9,6 +9,7 @@ the reference it is checked against and a way to use the science without a clust
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from dataclasses import asdict
@@ -25,14 +26,14 @@ from semirobust_ray.algorithm1 import (
 from semirobust_ray.answer import answer_summary
 from semirobust_ray.baseline import get_baseline
 from semirobust_ray.config import ExperimentConfig, config_path, load_config
-from semirobust_ray.experiment import Log, prepare
+from semirobust_ray.experiment import prepare
 from semirobust_ray.options import add_config_options, error, standalone
 from semirobust_ray.storage import write_json
 
+logger = logging.getLogger(__name__)
 
-def run_algorithm1(
-    config: ExperimentConfig, out_dir: str | Path | None = None, log: Log = print
-) -> dict[str, Any]:
+
+def run_algorithm1(config: ExperimentConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     """Baseline + T trials per split depth, sequentially; returns (and writes) the results.
 
     Every candidate depth is tried (the ``grid`` protocol), so both readings of the answer
@@ -40,20 +41,20 @@ def run_algorithm1(
     """
     start = time.perf_counter()
     exp = prepare(config)
-    baseline = get_baseline(exp, log=log)
+    baseline = get_baseline(exp)
     trials: list[TrialResult] = []
     summaries = []
     acc_sr = LocalAccSr()  # each depth's Acc_sr is measured by its first trial, once
     for depth in exp.split_depths:
         depth_trials = [
-            run_trial(exp, baseline, depth, t, acc_sr=acc_sr, log=log) for t in range(config.seeds)
+            run_trial(exp, baseline, depth, t, acc_sr=acc_sr) for t in range(config.seeds)
         ]
         for t in depth_trials:
             t.fb_state = {}  # results.json holds numbers; T x depths f_b copies would pile up
         trials += depth_trials
         summaries.append(summarise_depth(depth_trials))
         s = summaries[-1]
-        log(
+        logger.info(
             f"[split |f_b|={depth}] Acc = {s.acc:.4f} (Acc* {s.acc_star:.4f}), "
             f"{'reached' if s.reached else 'did not reach'} Acc* - k"
         )

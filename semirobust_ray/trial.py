@@ -27,6 +27,7 @@ from ray import tune
 from semirobust_ray.algorithm1 import EpochRecord, TrialResult, TrialState, run_trial
 from semirobust_ray.baseline import Baseline
 from semirobust_ray.experiment import Experiment
+from semirobust_ray.logs import configure as configure_logging
 from semirobust_ray.results import CHECKPOINT_FILE, FINAL_FB_FILE, TRIAL_RESULT_KEY
 from semirobust_ray.storage import load_state, save_state
 from semirobust_ray.training import DivergenceError, resolve_device
@@ -196,13 +197,16 @@ def algorithm1_trainable(
     baseline: Baseline,
     acc_sr_board: Any = None,
     checkpoint_logs: bool = False,
+    log_level: int = logging.INFO,
 ) -> None:
     """Tune entry point: run (or resume) trial ``config["trial"]`` at depth ``config["fb_layers"]``.
 
     ``acc_sr_board`` (an :class:`AccSrBoard` handle) shares each depth's Acc_sr between its
     trials; without one every trial measures it. ``checkpoint_logs`` keeps Ray's "Checkpoint
     successfully created at ..." line after every epoch (half of a search's output otherwise).
+    ``log_level``: the driver's, for the trial's own lines (Tune prefixes them with the trial).
     """
+    configure_logging(log_level)
     level = logging.INFO if checkpoint_logs else logging.WARNING
     for logger in CHECKPOINT_LOGGERS:
         logging.getLogger(logger).setLevel(level)

@@ -1,5 +1,9 @@
 """Shared test settings, and the skip of ``gpu``-marked tests on machines without CUDA."""
 
+import contextlib
+import logging
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -20,6 +24,30 @@ DIGITS_SEARCH = dict(
     epochs=2,
     seeds=1,
 )
+
+
+@contextlib.contextmanager
+def package_logs() -> Iterator[list[str]]:
+    """The messages the package logs (INFO and above) while the block runs, in order."""
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger("semirobust_ray")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+@pytest.fixture
+def logs() -> Iterator[list[str]]:
+    """:func:`package_logs` for the whole test; ``logs.clear()`` starts a new record."""
+    with package_logs() as lines:
+        yield lines
 
 
 #: Why a ``gpu`` test did not run, as pytest's summary (``-ra``) prints it.
@@ -83,5 +111,5 @@ def first_epoch_state(exp, baseline, fb_layers: int, trial: int) -> dict:
         raise Interrupt
 
     with pytest.raises(Interrupt):
-        run_trial(exp, baseline, fb_layers, trial, on_epoch=on_epoch, log=lambda _m: None)
+        run_trial(exp, baseline, fb_layers, trial, on_epoch=on_epoch)
     return saved[0]

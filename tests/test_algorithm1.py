@@ -40,10 +40,6 @@ DIGITS = dict(
 )
 
 
-def quiet(_msg: str) -> None:
-    pass
-
-
 def _numbers(history: list[dict]) -> list[dict]:
     """A trial's epoch records without their wall-clock fields."""
     return [{k: v for k, v in h.items() if not k.endswith("seconds")} for h in history]
@@ -53,7 +49,7 @@ def _numbers(history: list[dict]) -> list[dict]:
 def digits(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     exp = prepare(ExperimentConfig.from_dict({**DIGITS, "cache_dir": str(cache)}))
-    return exp, get_baseline(exp, log=quiet)
+    return exp, get_baseline(exp)
 
 
 def test_adversarial_training_raises_robust_accuracy(digits):
@@ -63,10 +59,10 @@ def test_adversarial_training_raises_robust_accuracy(digits):
     assert m.acc_star > m.robust_acc_regular + 0.2, m
 
 
-def test_second_call_reuses_cached_baseline(digits):
+def test_second_call_reuses_cached_baseline(logs, digits):
     exp, first = digits
-    logs: list[str] = []
-    again = get_baseline(exp, log=logs.append)
+    logs.clear()
+    again = get_baseline(exp)
     assert again.reused and not first.reused
     assert any("reusing" in line for line in logs) and not any("epoch" in line for line in logs)
     assert again.acc_star == first.acc_star
@@ -87,13 +83,13 @@ def test_changed_settings_miss_the_cache(digits):
     assert baseline_key(prepare(exp.config.replace(augment=False))) == first.key
 
 
-def test_baseline_epochs_print_their_seconds_and_the_time_left(digits, tmp_path):
+def test_baseline_epochs_print_their_seconds_and_the_time_left(logs, digits, tmp_path):
     exp, _ = digits
     cheap = prepare(
         exp.config.replace(baseline_epochs=2, baseline_adv_epochs=3, cache_dir=str(tmp_path))
     )
-    logs: list[str] = []
-    get_baseline(cheap, log=logs.append)
+    logs.clear()
+    get_baseline(cheap)
     epochs = [line for line in logs if " epoch " in line]
     assert [line.split(":")[0] for line in epochs] == [
         "[baseline] regular epoch 1/2",
@@ -117,7 +113,7 @@ def test_stop_attack_measures_acc_star_val_and_eval_attack_acc_star(digits):
     exp, _ = digits
     cheap = prepare(exp.config.replace(stop_attack="cw"))
     assert baseline_key(cheap) != baseline_key(exp)
-    b = get_baseline(cheap, log=quiet)
+    b = get_baseline(cheap)
     model = cheap.build_model()
     model.load_state_dict(b.robust_state)
     kw = {"batch_size": cheap.config.batch_size, "device": cheap.device}
@@ -132,17 +128,17 @@ def test_stop_attack_measures_acc_star_val_and_eval_attack_acc_star(digits):
     )
 
 
-def test_damaged_cache_is_rebuilt_not_used(digits, tmp_path):
+def test_damaged_cache_is_rebuilt_not_used(logs, digits, tmp_path):
     exp, first = digits
     exp2 = prepare(exp.config.replace(cache_dir=str(tmp_path)))
-    b = get_baseline(exp2, log=quiet)
+    b = get_baseline(exp2)
     weights = Path(b.path) / "robust.pt"
     weights.write_bytes(weights.read_bytes()[:100])  # a half-written file
-    logs: list[str] = []
-    rebuilt = get_baseline(exp2, log=logs.append)
+    logs.clear()
+    rebuilt = get_baseline(exp2)
     assert any("damaged" in line and "checksum" in line for line in logs)
     assert not rebuilt.reused and rebuilt.acc_star == pytest.approx(b.acc_star)
-    assert get_baseline(exp2, log=quiet).reused  # and the cache is whole again
+    assert get_baseline(exp2).reused  # and the cache is whole again
 
 
 def test_adversarial_fb_epoch_leaves_fa_bit_identical(digits):
@@ -176,10 +172,10 @@ def test_adversarial_fb_epoch_leaves_fa_bit_identical(digits):
 def test_k_stop_ends_trial_as_soon_as_within_k(digits):
     exp, baseline = digits
     loose = prepare(exp.config.replace(k=0.99, epochs=5))
-    result = run_trial(loose, baseline, 1, 0, log=quiet)
+    result = run_trial(loose, baseline, 1, 0)
     assert result.epochs_run == 1 and result.reached
     strict = prepare(exp.config.replace(k=0.0, epochs=2))
-    result = run_trial(strict, baseline, 6, 0, log=quiet)
+    result = run_trial(strict, baseline, 6, 0)
     gaps = [h["gap"] for h in result.history]
     assert result.epochs_run == 2 or gaps[-1] <= 0.0
 
@@ -194,7 +190,7 @@ def test_trial_resumed_from_checkpoint_matches_uninterrupted(digits, tmp_path):
     """
     exp, baseline = digits
     exp = prepare(exp.config.replace(k=0.0, epochs=2, augment=True))
-    full = run_trial(exp, baseline, 6, 0, log=quiet)
+    full = run_trial(exp, baseline, 6, 0)
     ckpt = first_epoch_state(exp, baseline, 6, 0)
     # Captured only where this process initialised CUDA; one uint8 state per visible device.
     assert len(ckpt["cuda_rng"]) == (
@@ -209,19 +205,19 @@ def test_trial_resumed_from_checkpoint_matches_uninterrupted(digits, tmp_path):
     for got, want in zip(loaded.cuda_rng, ckpt["cuda_rng"], strict=True):
         assert got.dtype == torch.uint8 and torch.equal(got, want)
     assert torch.equal(loaded.torch_rng, ckpt["torch_rng"])
-    resumed = run_trial(exp, baseline, 6, 0, state=loaded, log=quiet)
+    resumed = run_trial(exp, baseline, 6, 0, state=loaded)
     assert full.epochs_run == 2, "the test needs a trial that does not stop after one epoch"
 
     assert _numbers(resumed.history) == _numbers(full.history)
     assert resumed.acc == full.acc and resumed.acc_sr == full.acc_sr
-    plain = run_trial(prepare(exp.config.replace(augment=False)), baseline, 6, 0, log=quiet)
+    plain = run_trial(prepare(exp.config.replace(augment=False)), baseline, 6, 0)
     assert _numbers(plain.history) != _numbers(full.history)  # augmentation did take part
 
 
 def test_same_seed_same_numbers(digits):
     exp, baseline = digits
-    a = run_trial(exp, baseline, 2, 0, log=quiet)
-    b = run_trial(exp, baseline, 2, 0, log=quiet)
+    a = run_trial(exp, baseline, 2, 0)
+    b = run_trial(exp, baseline, 2, 0)
     assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history] and a.acc == b.acc
     summary = summarise_depth([a, b])
     assert summary.acc == a.acc and summary.trials == 2
@@ -287,8 +283,8 @@ def test_cifar10_subset_trial_runs_on_real_images(tmp_path):
     )
     assert exp.data.image_size == 32 and exp.data.num_classes == 10
     assert exp.config.augment_enabled  # natural images: trained with crops and flips
-    baseline = get_baseline(exp, log=quiet)
-    result = run_trial(exp, baseline, 2, 0, log=quiet)
+    baseline = get_baseline(exp)
+    result = run_trial(exp, baseline, 2, 0)
     assert 0.0 <= result.acc <= 1.0 and result.epochs_run == 1
 
 
@@ -296,7 +292,7 @@ def test_cifar10_subset_trial_runs_on_real_images(tmp_path):
 def test_cheaper_trial_training_methods_run_and_keep_fa_frozen(digits, method):
     exp, baseline = digits
     exp = prepare(exp.config.replace(train_method=method, epochs=1, k=0.0))
-    result = run_trial(exp, baseline, 2, 0, log=quiet)
+    result = run_trial(exp, baseline, 2, 0)
     assert result.epochs_run == 1 and 0.0 <= result.acc <= 1.0
     assert result.acc > result.acc_sr  # training f_b helped against the evaluation attack
 
@@ -307,7 +303,7 @@ def test_bf16_precision_trains_fb_and_changes_the_cache_key(digits):
     exp, baseline = digits
     bf16 = prepare(exp.config.replace(precision="bf16", epochs=1, k=0.0))
     assert baseline_key(bf16) != baseline.key  # a bf16 baseline is a different baseline
-    result = run_trial(bf16, baseline, 2, 0, log=quiet)
+    result = run_trial(bf16, baseline, 2, 0)
     assert result.epochs_run == 1 and result.acc > result.acc_sr
 
 
@@ -338,9 +334,9 @@ def test_deterministic_option_is_a_no_op_on_cpu_but_keys_the_baseline(digits, re
     cpu = prepare(exp.config.replace(device="cpu", epochs=1, k=0.0))
     det = prepare(cpu.config.replace(deterministic=True))
     assert baseline_key(det) != baseline_key(cpu)
-    plain = run_trial(cpu, baseline, 2, 0, log=quiet)
+    plain = run_trial(cpu, baseline, 2, 0)
     assert NumericsFlags.current() == NumericsFlags.for_config(False)
-    strict = run_trial(det, baseline, 2, 0, log=quiet)
+    strict = run_trial(det, baseline, 2, 0)
     assert NumericsFlags.current() == NumericsFlags.for_config(True)
     assert _numbers(strict.history) == _numbers(plain.history)
     assert (strict.acc, strict.acc_sr, strict.clean_acc) == (
@@ -356,11 +352,11 @@ def test_acc_sr_is_measured_once_per_depth_and_shared(digits):
 
     exp, baseline = digits
     share = LocalAccSr()
-    trials = [run_trial(exp, baseline, 3, t, acc_sr=share, log=quiet) for t in range(3)]
+    trials = [run_trial(exp, baseline, 3, t, acc_sr=share) for t in range(3)]
     assert [t.measured_acc_sr for t in trials] == [True, False, False]
     assert len({t.acc_sr for t in trials}) == 1
     # Whichever trial measures it gets the same number: the evaluation is seeded by the depth.
-    alone = run_trial(exp, baseline, 3, 2, log=quiet)
+    alone = run_trial(exp, baseline, 3, 2)
     assert alone.measured_acc_sr and alone.acc_sr == trials[0].acc_sr
     assert alone.acc_sr == measure_acc_sr(exp, baseline, 3)
     # ... and measuring it does not change what the trial trains (the RNG is forked).
@@ -372,13 +368,13 @@ def test_acc_sr_is_measured_once_per_depth_and_shared(digits):
         def claim(self, fb_layers, trial):
             return False
 
-    late = run_trial(exp, baseline, 3, 1, acc_sr=Busy(), log=quiet)
+    late = run_trial(exp, baseline, 3, 1, acc_sr=Busy())
     assert late.measured_acc_sr and late.acc_sr == alone.acc_sr
 
 
 def test_trial_reports_its_compute_by_kind(digits):
     exp, baseline = digits
-    result = run_trial(prepare(exp.config.replace(mi=True)), baseline, 2, 0, log=quiet)
+    result = run_trial(prepare(exp.config.replace(mi=True)), baseline, 2, 0)
     assert result.train_seconds > 0 and result.eval_seconds > 0 and result.mi_seconds > 0
     assert result.train_seconds == pytest.approx(sum(h["train_seconds"] for h in result.history))
     assert result.train_seconds + result.eval_seconds + result.mi_seconds <= result.seconds

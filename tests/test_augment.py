@@ -177,6 +177,6 @@ def test_baseline_and_trials_train_with_the_resolved_setting(tmp_path, monkeypat
              cache_dir=str(tmp_path), augment=True)
     )  # fmt: skip
     exp = prepare(config)
-    base = baseline_module.get_baseline(exp, log=lambda _m: None)
-    algorithm1.run_trial(exp, base, 1, 0, log=lambda _m: None)
+    base = baseline_module.get_baseline(exp)
+    algorithm1.run_trial(exp, base, 1, 0)
     assert calls == [("baseline", True), ("baseline", True), ("trial", True)]

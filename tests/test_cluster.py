@@ -30,10 +30,6 @@ CLUSTER_SEARCH = {
 }
 
 
-def quiet(_msg: str) -> None:
-    pass
-
-
 @pytest.fixture(scope="module")
 def cluster():
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0})
@@ -68,7 +64,6 @@ def test_trials_spread_over_both_nodes(cluster, cache_dir, tmp_path):
         _config(cache_dir, split_depths=[1, 2, 3, 6]),
         storage_path=str(tmp_path),
         name="spread",
-        log=quiet,
         verbose=0,
     )
     finals = _final_reports(outcome.experiment_dir)
@@ -101,7 +96,6 @@ def test_mi_tasks_run_on_both_nodes_beside_their_trials(cluster, cache_dir, tmp_
         _config(cache_dir, split_depths=[2, 6], mi=True, mi_cpus=1, eval_samples=200),
         storage_path=str(tmp_path),
         name="mi",
-        log=quiet,
         verbose=0,
     )
     finals = _final_reports(outcome.experiment_dir)
@@ -116,7 +110,6 @@ def test_gpu_trials_go_only_to_the_gpu_node_and_compute_on_cpu(cluster, cache_di
         _config(cache_dir, split_depths=[1, 6], gpus_per_trial=1),
         storage_path=str(tmp_path),
         name="gpu",
-        log=quiet,
         verbose=0,
     )
     finals = _final_reports(outcome.experiment_dir)
@@ -135,7 +128,6 @@ def test_more_gpus_per_trial_than_any_node_is_refused_not_waited_for(cluster, ca
             _config(cache_dir, split_depths=[1], gpus_per_trial=2),
             storage_path=str(tmp_path),
             name="toomany",
-            log=quiet,
             verbose=0,
         )
 
@@ -158,7 +150,6 @@ def test_device_cuda_is_resolved_on_the_gpu_node_not_the_cpu_only_driver(
             _config(cache_dir, split_depths=[1], device="cuda", gpus_per_trial=1),
             storage_path=str(tmp_path),
             name="cuda",
-            log=quiet,
             verbose=0,
         )
     message = str(raised.value)
@@ -209,7 +200,6 @@ def test_worker_node_removed_mid_search_reschedules_its_trials(cluster, cache_di
         _config(cache_dir, split_depths=[1, 2, 3, 6], gpus_per_trial=1),
         storage_path=str(tmp_path),
         name="removal",
-        log=quiet,
         verbose=0,
         trainable_fn=make_stalling_trainable(extra.node_id, marker),
     )

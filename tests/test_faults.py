@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DIGITS_SEARCH
+from conftest import DIGITS_SEARCH, package_logs
 from launcher import (
     assert_kept_and_continued,
     driver_lines,
@@ -58,10 +58,6 @@ FAULT_SEARCH = {
     "max_failures": 1,
     "search": "grid",
 }
-
-
-def quiet(_msg: str) -> None:
-    pass
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +171,6 @@ def test_same_config_and_seed_give_the_same_numbers_twice(tmp_path):
                         "cache_dir": str(tmp_path / f"cache{i}"),
                     }
                 ),
-                log=quiet,
             )
             for i in (1, 2)
         ]
@@ -207,7 +202,7 @@ def clean(ray_local, cache_dir, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("clean")
     config = _config(cache_dir, split_depths=[6])
-    return run_search(config, storage_path=str(root), name="clean", log=quiet, verbose=0)
+    return run_search(config, storage_path=str(root), name="clean", verbose=0)
 
 
 def make_dying_trainable(marker: Path, depth: int):
@@ -265,7 +260,6 @@ def test_worker_killed_mid_epoch_resumes_from_checkpoint_with_the_same_report(
         _config(cache_dir, split_depths=[6]),
         storage_path=str(tmp_path),
         name="dying",
-        log=quiet,
         verbose=0,
         trainable_fn=make_dying_trainable(marker, depth=6),
     )
@@ -304,7 +298,6 @@ def test_diverged_trial_fails_with_its_reason_and_the_search_goes_on(
         _config(cache_dir, split_depths=[1, 6]),
         storage_path=str(tmp_path),
         name="nan",
-        log=quiet,
         verbose=0,
         trainable_fn=make_diverging_trainable(depth=6),
     )
@@ -336,7 +329,7 @@ def _flip_byte(path: Path) -> None:
 def cached_entry(clean, cache_dir, tmp_path):
     """A private copy of the module's cached baseline entry, free to damage."""
     exp = prepare(_config(cache_dir))
-    good = get_baseline(exp, log=quiet)
+    good = get_baseline(exp)
     assert good.reused
     copy = tmp_path / "cache"
     (copy / good.key).mkdir(parents=True)
@@ -346,7 +339,9 @@ def cached_entry(clean, cache_dir, tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["truncated baseline.json", "same-length modified weights"])
-def test_damaged_cache_entry_is_detected_and_rebuilt_never_used(cached_entry, damage, monkeypatch):
+def test_damaged_cache_entry_is_detected_and_rebuilt_never_used(
+    logs, cached_entry, damage, monkeypatch
+):
     import semirobust_ray.baseline as baseline_module
 
     exp, good, cache = cached_entry
@@ -370,8 +365,8 @@ def test_damaged_cache_entry_is_detected_and_rebuilt_never_used(cached_entry, da
         return dataclasses.replace(good, path=path, reused=False)
 
     monkeypatch.setattr(baseline_module, "train_baseline", retrain)
-    logs: list[str] = []
-    rebuilt = get_baseline(exp, log=logs.append, cache_dir=str(cache))
+    logs.clear()
+    rebuilt = get_baseline(exp, cache_dir=str(cache))
     assert trained == [good.key] and not rebuilt.reused
     assert any("damaged, rebuilding" in line for line in logs)
     again = load_baseline(entry)  # the entry is whole again
@@ -382,15 +377,14 @@ def _resume_copy(clean, tmp_path: Path):
     """``--resume`` of the copy of the clean search at ``tmp_path / "clean"``: (outcome, log)."""
     from semirobust_ray.ray_search import run_search
 
-    logs: list[str] = []
-    outcome = run_search(
-        ExperimentConfig.from_dict(clean.results["config"]),
-        storage_path=str(tmp_path),
-        name="clean",
-        resume=True,
-        log=logs.append,
-        verbose=0,
-    )
+    with package_logs() as logs:
+        outcome = run_search(
+            ExperimentConfig.from_dict(clean.results["config"]),
+            storage_path=str(tmp_path),
+            name="clean",
+            resume=True,
+            verbose=0,
+        )
     return outcome, logs
 
 

@@ -47,10 +47,6 @@ CUDA_DROPOUT = {
 SLOW_LR = 1e-4
 
 
-def quiet(_msg: str) -> None:
-    pass
-
-
 def _numbers(history: list[dict]) -> list[dict]:
     """A trial's epoch records without their wall-clock fields."""
     return [{k: v for k, v in h.items() if not k.endswith("seconds")} for h in history]
@@ -62,7 +58,7 @@ def _baseline(values: dict, cache: Path):
     before = NumericsFlags.current()
     try:
         exp = prepare(ExperimentConfig.from_dict({**values, "cache_dir": str(cache)}))
-        return exp, get_baseline(exp, log=quiet)
+        return exp, get_baseline(exp)
     finally:
         before.apply()
 
@@ -82,10 +78,10 @@ def test_quickstart_trial_runs_on_cuda(tmp_path):
     train and evaluate on the GPU, and the trial's checkpoints carry the GPU's RNG state."""
     exp = prepare(load_config(QUICKSTART, ["device=cuda", f"cache_dir={tmp_path}"]))
     assert exp.device.type == "cuda"
-    baseline = get_baseline(exp, log=quiet)
+    baseline = get_baseline(exp)
     assert baseline.metrics.acc_star > baseline.metrics.robust_acc_regular  # robust training
     states: list[TrialState] = []
-    result = run_trial(exp, baseline, 2, 0, on_epoch=lambda _r, st: states.append(st), log=quiet)
+    result = run_trial(exp, baseline, 2, 0, on_epoch=lambda _r, st: states.append(st))
     assert result.epochs_run == len(states) >= 1
     assert 0.0 <= result.acc <= 1.0 and 0.0 <= result.acc_sr <= 1.0
     assert {t.device.type for t in states[-1].fb_state.values()} == {"cuda"}
@@ -94,29 +90,29 @@ def test_quickstart_trial_runs_on_cuda(tmp_path):
     assert result.mi and all(math.isfinite(p["bits"]) for p in result.mi)
 
 
-def test_resumed_cuda_trial_matches_uninterrupted(cuda_dropout, tmp_path, restore_numerics):
+def test_resumed_cuda_trial_matches_uninterrupted(logs, cuda_dropout, tmp_path, restore_numerics):
     """Resumed from its checkpoint file, a GPU trial with dropout in f_b gives the same history
     and Acc as one that never stopped; without the saved CUDA RNG it would not (and says so)."""
     exp, baseline = cuda_dropout
     exp = prepare(exp.config.replace(lr=SLOW_LR))  # a trial setting: the same baseline
-    full = run_trial(exp, baseline, DROPOUT_FB_LAYERS, 0, log=quiet)
+    full = run_trial(exp, baseline, DROPOUT_FB_LAYERS, 0)
     assert full.epochs_run == 2, "the test needs a trial that does not stop after one epoch"
-    again = run_trial(exp, baseline, DROPOUT_FB_LAYERS, 0, log=quiet)
+    again = run_trial(exp, baseline, DROPOUT_FB_LAYERS, 0)
     assert _numbers(again.history) == _numbers(full.history)  # deterministic: true repeats
 
     path = tmp_path / "trial_state.pt"
     save_state(path, first_epoch_state(exp, baseline, DROPOUT_FB_LAYERS, 0))
     loaded = TrialState.from_dict(load_state(path))
     assert len(loaded.cuda_rng) == torch.cuda.device_count()
-    resumed = run_trial(exp, baseline, DROPOUT_FB_LAYERS, 0, state=loaded, log=quiet)
+    resumed = run_trial(exp, baseline, DROPOUT_FB_LAYERS, 0, state=loaded)
     assert _numbers(resumed.history) == _numbers(full.history)
     assert resumed.acc == full.acc and resumed.clean_acc == full.clean_acc
 
     # The same checkpoint without its CUDA RNG state (as one written before it was saved):
     # the GPU's dropout masks restart from the seed, so the resumed epoch differs.
-    logs: list[str] = []
+    logs.clear()
     bare = TrialState.from_dict({**load_state(path), "cuda_rng": []})
-    restarted = run_trial(exp, baseline, DROPOUT_FB_LAYERS, 0, state=bare, log=logs.append)
+    restarted = run_trial(exp, baseline, DROPOUT_FB_LAYERS, 0, state=bare)
     assert any("no CUDA RNG state for cuda:" in line for line in logs), logs
     assert _numbers(restarted.history) != _numbers(full.history)
 
@@ -145,7 +141,7 @@ def test_bf16_path_trains_on_cuda(cuda_digits):
     assert torch.bfloat16 in dtypes and math.isfinite(stats.loss) and stats.accuracy > 0.3
 
     bf16 = prepare(exp.config.replace(precision="bf16", epochs=1, k=0.0))
-    result = run_trial(bf16, baseline, 2, 0, log=quiet)
+    result = run_trial(bf16, baseline, 2, 0)
     assert result.epochs_run == 1 and math.isfinite(result.history[0]["loss"])
     assert result.acc > result.acc_sr
 
@@ -182,8 +178,8 @@ def test_reevaluate_on_cuda_agrees_within_its_stated_tolerance(
             "cache_dir": str(tmp_path / "cache"),
         }
     )
-    outcome = run_search(config, storage_path=str(tmp_path), name="aa", log=quiet, verbose=0)
-    table = reevaluate(outcome.experiment_dir, device="cuda", log=quiet)
+    outcome = run_search(config, storage_path=str(tmp_path), name="aa", verbose=0)
+    table = reevaluate(outcome.experiment_dir, device="cuda")
     assert list(table["fb_layers"].fillna(0)) == [0, 2]  # Acc* first, then the trial
     tolerance = 1e-6 if deterministic else GPU_TOLERANCE  # 1e-6: float32 rounding of Acc
     assert (table["abs_diff"] <= tolerance).all(), table

@@ -48,10 +48,6 @@ TINY = dict(
 )
 
 
-def quiet(_msg: str) -> None:
-    pass
-
-
 @pytest.fixture(scope="module")
 def ray_workers():
     # py_modules: the workers import `mymodels` from what Ray ships them, not from this checkout.
@@ -84,7 +80,7 @@ def test_search_on_two_workers(model, kwargs, depths, ray_workers, tmp_path):
             "cache_dir": str(tmp_path / "cache"),
         }
     )
-    outcome = run_search(config, storage_path=str(tmp_path), name="s", log=quiet, verbose=0)
+    outcome = run_search(config, storage_path=str(tmp_path), name="s", verbose=0)
     trials = outcome.results["trials"]
     assert sorted(t["fb_layers"] for t in trials) == depths
     assert all(t["epochs_run"] == 1 for t in trials)

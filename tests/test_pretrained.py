@@ -23,10 +23,6 @@ CIFAR = str(Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar
 WONG = zoo.parse_ref("robustbench:Wong2020Fast")  # PreActResNet-18, the zoo's smallest
 
 
-def quiet(_msg: str) -> None:
-    pass
-
-
 def _sha(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -43,7 +39,7 @@ def trained(tmp_path_factory):
     config = ExperimentConfig.from_dict(
         {**DIGITS_SEARCH, "split_depths": [1, 3], "mi": False, "cache_dir": str(root / "cache")}
     )
-    baseline = get_baseline(prepare(config), log=quiet)
+    baseline = get_baseline(prepare(config))
     bare = {k.removeprefix("net."): v for k, v in baseline.regular_state.items()}
     torch.save({k: v for k, v in bare.items() if not k.startswith("normalize.")}, root / "reg.pt")
     wrapped = {f"module.{k}": v for k, v in baseline.robust_state.items()}
@@ -56,13 +52,13 @@ def _given(root, config, **section):
     return config.replace(baseline=section, cache_dir=str(root / "given-cache"))
 
 
-def test_given_networks_reproduce_the_trained_baseline(trained):
+def test_given_networks_reproduce_the_trained_baseline(logs, trained):
     """The same two networks, given instead of trained, measure to the same numbers and give
     the same trials: only stage 1's training is skipped."""
     root, config, baseline = trained
     given_config = _given(root, config)
-    logs: list[str] = []
-    given = get_baseline(prepare(given_config), log=logs.append)
+    logs.clear()
+    given = get_baseline(prepare(given_config))
     assert given.acc_star == baseline.acc_star
     assert given.metrics.acc_star_val == baseline.metrics.acc_star_val
     assert given.metrics.clean_acc_regular == baseline.metrics.clean_acc_regular
@@ -74,20 +70,20 @@ def test_given_networks_reproduce_the_trained_baseline(trained):
     assert source["robust"]["sha256"] == _sha(root / "rob.pt")
     assert source["regular"]["sha256"] == _sha(root / "reg.pt")
 
-    ours = run_algorithm1(config, log=quiet)
-    theirs = run_algorithm1(given_config, log=quiet)
+    ours = run_algorithm1(config)
+    theirs = run_algorithm1(given_config)
     numbers = ("fb_layers", "acc", "acc_sr", "epochs_run", "reached")
     for a, b in zip(ours["trials"], theirs["trials"], strict=True):
         assert {k: a[k] for k in numbers} == {k: b[k] for k in numbers}
     assert theirs["baseline"]["source"] == source
 
 
-def test_the_measurements_are_reused_for_the_same_files_only(trained):
+def test_the_measurements_are_reused_for_the_same_files_only(logs, trained):
     root, config, _ = trained
     exp = prepare(_given(root, config))
-    get_baseline(exp, log=quiet)
-    logs: list[str] = []
-    again = get_baseline(exp, log=logs.append)
+    get_baseline(exp)
+    logs.clear()
+    again = get_baseline(exp)
     assert any("reusing the measurements" in line for line in logs)
     # Another robust network in the same file: the cache must not answer for it.
     state = torch.load(root / "rob.pt", weights_only=True)
@@ -96,7 +92,7 @@ def test_the_measurements_are_reused_for_the_same_files_only(trained):
     torch.save(state, root / "rob2.pt")
     other = prepare(_given(root, config, robust=str(root / "rob2.pt")))
     logs.clear()
-    changed = get_baseline(other, log=logs.append)
+    changed = get_baseline(other)
     assert not any("reusing" in line for line in logs)
     assert changed.metrics.source["robust"]["sha256"] != again.metrics.source["robust"]["sha256"]
 
@@ -218,7 +214,7 @@ def test_algorithm1_on_a_robustbench_network(model_dir):
     """Acc* is measured by us, on our test split with our attack, on the network RobustBench's
     own loader returns; the trials then run as on any baseline."""
     config = _cifar_config(model_dir)
-    results = run_algorithm1(config, log=quiet)
+    results = run_algorithm1(config)
     exp = prepare(config)
     net = zoo.load_network(WONG, model_dir)
     x, y = exp.eval_split("test")
@@ -295,7 +291,6 @@ def test_a_search_on_given_networks_says_so(trained):
             _given(root, config),
             storage_path=str(root / "runs"),
             name="given",
-            log=quiet,
             verbose=0,
         )
     finally:

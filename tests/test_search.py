@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import ray
 import torch
-from conftest import DIGITS_SEARCH
+from conftest import DIGITS_SEARCH, package_logs
 
 from semirobust_ray import report
 from semirobust_ray.config import ExperimentConfig
@@ -23,10 +23,6 @@ CI_SEARCH = {
 }
 
 
-def quiet(_msg: str) -> None:
-    pass
-
-
 @pytest.fixture(scope="module")
 def searches(ray_local, tmp_path_factory):
     """One grid and one bisection search over the same problem (shared baseline cache)."""
@@ -35,7 +31,7 @@ def searches(ray_local, tmp_path_factory):
     out = {}
     for algo in ("grid", "bisection"):
         config = ExperimentConfig.from_dict({**CI_SEARCH, "search": algo, "cache_dir": str(cache)})
-        out[algo] = run_search(config, storage_path=str(root), name=algo, log=quiet, verbose=0)
+        out[algo] = run_search(config, storage_path=str(root), name=algo, verbose=0)
     return out
 
 
@@ -65,9 +61,7 @@ def test_quickstart_bisection_agrees_with_grid(ray_local, tmp_path):
         config = load_config(
             QUICKSTART, [f"search={algo}", "mi=false", f"cache_dir={tmp_path / 'cache'}"]
         )
-        outcomes[algo] = run_search(
-            config, storage_path=str(tmp_path), name=algo, log=quiet, verbose=0
-        )
+        outcomes[algo] = run_search(config, storage_path=str(tmp_path), name=algo, verbose=0)
     grid, bisection = outcomes["grid"], outcomes["bisection"]
     assert len(grid.results["trials"]) == 12
     answer = bisection.answer["answer"]
@@ -154,7 +148,7 @@ def test_trials_of_a_depth_share_one_acc_sr_evaluation(searches, tmp_path):
             "cache_dir": str(cache),
         }
     )
-    outcome = run_search(config, storage_path=str(tmp_path), name="share", log=quiet, verbose=0)
+    outcome = run_search(config, storage_path=str(tmp_path), name="share", verbose=0)
     trials = outcome.results["trials"]
     assert len(trials) == 4
     for depth in (1, 6):
@@ -167,9 +161,9 @@ def test_existing_search_is_not_overwritten(searches):
     d = Path(searches["grid"].experiment_dir)
     config = ExperimentConfig.from_dict({**CI_SEARCH, "search": "grid"})
     with pytest.raises(SearchError, match="already holds a search: pass --resume"):
-        run_search(config, storage_path=str(d.parent), name="grid", log=quiet)
+        run_search(config, storage_path=str(d.parent), name="grid")
     with pytest.raises(SearchError, match="holds no search to resume"):
-        run_search(config, storage_path=str(d.parent), name="nothing", resume=True, log=quiet)
+        run_search(config, storage_path=str(d.parent), name="nothing", resume=True)
 
 
 def make_flaky_trainable(marker: Path):
@@ -218,7 +212,6 @@ def test_failed_trial_resumes_from_checkpoint_with_the_same_result(searches, tmp
         config,
         storage_path=str(tmp_path),
         name="flaky",
-        log=quiet,
         verbose=0,
         trainable_fn=make_flaky_trainable(marker),
     )
@@ -238,27 +231,27 @@ def test_failed_trial_resumes_from_checkpoint_with_the_same_result(searches, tmp
 def run_scripted(depths, outcome, *, trials=1, target="robust_fa", slots=1):
     """Drive a BisectionSearcher as Tune would, with ``slots`` trials in flight at once and the
     oldest finishing first; ``outcome(depth, trial)`` says whether that trial reached."""
-    logs: list[str] = []
-    s = BisectionSearcher(
-        depths, trials, target=target, parallel_probes=max(1, slots // trials), log=logs.append
-    )
-    running: list[tuple[str, int, int]] = []
-    probed: list[int] = []
-    n = 0
-    while True:
-        while len(running) < slots:
-            suggestion = s.suggest(f"t{n}")
-            if suggestion is None or suggestion == s.FINISHED:
+    with package_logs() as logs:
+        s = BisectionSearcher(
+            depths, trials, target=target, parallel_probes=max(1, slots // trials)
+        )
+        running: list[tuple[str, int, int]] = []
+        probed: list[int] = []
+        n = 0
+        while True:
+            while len(running) < slots:
+                suggestion = s.suggest(f"t{n}")
+                if suggestion is None or suggestion == s.FINISHED:
+                    break
+                running.append((f"t{n}", suggestion["fb_layers"], suggestion["trial"]))
+                probed.append(suggestion["fb_layers"])
+                n += 1
+            if not running:
                 break
-            running.append((f"t{n}", suggestion["fb_layers"], suggestion["trial"]))
-            probed.append(suggestion["fb_layers"])
-            n += 1
-        if not running:
-            break
-        trial_id, depth, trial = running.pop(0)
-        s.on_trial_complete(trial_id, {"reached": int(outcome(depth, trial))})
-    assert s.finished and s.suggest("last") == s.FINISHED
-    return s, probed, logs
+            trial_id, depth, trial = running.pop(0)
+            s.on_trial_complete(trial_id, {"reached": int(outcome(depth, trial))})
+        assert s.finished and s.suggest("last") == s.FINISHED
+        return s, probed, logs
 
 
 def grid_answer(depths, reached, target="robust_fa"):
@@ -336,7 +329,7 @@ def test_optuna_objective_minimises_the_chosen_target():
 
 
 def test_bisection_state_survives_save_and_restore(tmp_path):
-    s = BisectionSearcher(DEPTHS, 1, log=lambda m: None)  # a lambda: it must not be pickled
+    s = BisectionSearcher(DEPTHS, 1)  # a lambda: it must not be pickled
     first = s.suggest("a")
     s.on_trial_complete("a", {"reached": 1})
     s.save(str(tmp_path / "searcher.pkl"))
@@ -358,7 +351,7 @@ def test_optuna_search_and_asha_scheduler_complete(searches, tmp_path, overrides
     config = ExperimentConfig.from_dict(
         {**CI_SEARCH, **overrides, "mi": False, "cache_dir": str(cache)}
     )
-    outcome = run_search(config, storage_path=str(tmp_path), name="x", log=quiet, verbose=0)
+    outcome = run_search(config, storage_path=str(tmp_path), name="x", verbose=0)
     trials = outcome.results["trials"]
     # ASHA ends poor trials before their final report: they are listed as unfinished and
     # count as not reaching Acc* - k
@@ -369,7 +362,9 @@ def test_optuna_search_and_asha_scheduler_complete(searches, tmp_path, overrides
         assert any(t["reached"] for t in trials if t["fb_layers"] == outcome.answer_fb_layers)
 
 
-def test_official_autoattack_reevaluation_matches_reported_acc(ray_local, tmp_path, monkeypatch):
+def test_official_autoattack_reevaluation_matches_reported_acc(
+    logs, ray_local, tmp_path, monkeypatch
+):
     """A separate script re-runs AutoAttack on the stored networks: same numbers, and a network
     that is not the one the trial reported is caught."""
     from semirobust_ray.reevaluate import main as reevaluate_main
@@ -389,15 +384,15 @@ def test_official_autoattack_reevaluation_matches_reported_acc(ray_local, tmp_pa
             "cache_dir": str(tmp_path / "cache"),
         }
     )
-    outcome = run_search(config, storage_path=str(tmp_path), name="aa", log=quiet, verbose=0)
+    outcome = run_search(config, storage_path=str(tmp_path), name="aa", verbose=0)
     exp_dir = Path(outcome.experiment_dir)
-    table = reevaluate(exp_dir, log=quiet)
+    table = reevaluate(exp_dir)
     assert list(table["fb_layers"].fillna(0)) == [0, 2]  # Acc* first, then the trial
     assert table["reported_acc"].iloc[1] == outcome.results["trials"][0]["acc"]
     assert (table["abs_diff"] < 1e-6).all(), table  # reported values went through float32
     assert (exp_dir / "reevaluation.csv").is_file()
-    logs: list[str] = []
-    again = reevaluate(exp_dir, resume=True, log=logs.append)  # nothing is attacked again
+    logs.clear()
+    again = reevaluate(exp_dir, resume=True)  # nothing is attacked again
     assert len(logs) == 2 and all("kept from reevaluation.csv" in line for line in logs)
     assert list(again["autoattack_acc"]) == list(table["autoattack_acc"])
 
@@ -422,8 +417,8 @@ def test_official_autoattack_reevaluation_matches_reported_acc(ray_local, tmp_pa
 
     monkeypatch.setattr(reevaluate_module, "autoattack_accuracy", counting_attack)
     before = torch.get_num_threads()
-    reevaluate(exp_dir, device="cpu", log=quiet)
-    reevaluate(exp_dir, device="cpu", threads=3, log=quiet)
+    reevaluate(exp_dir, device="cpu")
+    reevaluate(exp_dir, device="cpu", threads=3)
     assert seen == [config.cpus_per_trial] * 2 + [3] * 2
     assert torch.get_num_threads() == before
 
@@ -447,8 +442,6 @@ def test_final_checkpoint_continues_the_trial_instead_of_restarting(searches):
     assert state.epoch == trial["epochs_run"]
 
     config = ExperimentConfig.from_dict({**CI_SEARCH, "mi": False})
-    again = run_trial(
-        prepare(config), load_baseline(exp_dir / BASELINE_DIR), 3, 0, state=state, log=quiet
-    )
+    again = run_trial(prepare(config), load_baseline(exp_dir / BASELINE_DIR), 3, 0, state=state)
     assert again.history == trial["history"]  # nothing retrained
     assert again.acc == trial["acc"]
