@@ -352,71 +352,93 @@ def _train_fb(
 ) -> bool:
     """Adversarial f_b epochs until within k of Acc*_val or E epochs; True when it reached."""
     c = exp.config
-    model = s.model
-    x_val, y_val = exp.eval_split("val")
     reached = bool(state.history) and state.history[-1]["gap"] <= c.k
     while not reached and state.epoch < c.epochs:
-        t0 = time.perf_counter()
-        # Attacks are seeded per epoch, so a trial resumed from a checkpoint draws the same
-        # random starts as one that never stopped.
-        epoch_seed = (seed + 7919 * (state.epoch + 1)) % 2**31
-        stats = train_epoch(
-            model,
-            exp.data.x_train,
-            exp.data.y_train,
-            optimizer,
-            generator=gen,
-            attack=exp.train_attack(model, epoch_seed),
-            method=c.train_method,
-            bf16=c.precision == "bf16",
-            augment=c.augment_enabled,
-            batch_size=c.batch_size,
-            device=exp.device,
-        )
-        t1 = time.perf_counter()
-        val = evaluate(
-            model,
-            x_val,
-            y_val,
-            attack=exp.stop_attack(model, epoch_seed),
-            batch_size=c.eval_batch,
-            device=exp.device,
-        )
-        t2 = time.perf_counter()
-        record = EpochRecord(
-            epoch=state.epoch + 1,
-            loss=stats.loss,
-            train_acc=stats.accuracy,
-            val_robust_acc=val,
-            gap=baseline.metrics.acc_star_val - val,
-            seconds=t2 - t0,
-            train_seconds=t1 - t0,
-            check_seconds=t2 - t1,
-        )
-        state.epoch = record.epoch
-        state.history.append(asdict(record))
-        state.fb_state = s.fb_state()
-        state.optimizer_state = optimizer.state_dict()
-        state.data_rng = gen.get_state()
-        state.torch_rng = torch.get_rng_state()
-        state.cuda_rng = cuda_rng_states()
-        state.train_seconds += record.train_seconds
-        state.eval_seconds += record.check_seconds
-        if val > state.best_val:
-            state.best_epoch, state.best_val, state.best_fb_state = (
-                record.epoch,
-                val,
-                state.fb_state,
-            )
+        record = _fb_epoch(exp, baseline, s.model, optimizer, gen, seed, state.epoch + 1)
+        _record_epoch(state, record, s, optimizer, gen)
         reached = record.gap <= c.k
         logger.info(
             f"{tag} epoch {record.epoch}/{c.epochs}: "
-            f"loss {record.loss:.4f}, val robust {val:.4f}, gap to Acc* {record.gap:+.4f}"
-            + (" -> within k, stopping" if reached else "")
+            f"loss {record.loss:.4f}, val robust {record.val_robust_acc:.4f}, "
+            f"gap to Acc* {record.gap:+.4f}" + (" -> within k, stopping" if reached else "")
         )
         if on_epoch is not None:
             on_epoch(record, state)
     return reached
+
+
+def _fb_epoch(
+    exp: Experiment,
+    baseline: Baseline,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    gen: torch.Generator,
+    seed: int,
+    epoch: int,
+) -> EpochRecord:
+    """Epoch ``epoch`` (from 1) of adversarial f_b training, then the stop check on val."""
+    c = exp.config
+    t0 = time.perf_counter()
+    # Attacks are seeded per epoch, so a trial resumed from a checkpoint draws the same
+    # random starts as one that never stopped.
+    epoch_seed = (seed + 7919 * epoch) % 2**31
+    stats = train_epoch(
+        model,
+        exp.data.x_train,
+        exp.data.y_train,
+        optimizer,
+        generator=gen,
+        attack=exp.train_attack(model, epoch_seed),
+        method=c.train_method,
+        bf16=c.precision == "bf16",
+        augment=c.augment_enabled,
+        batch_size=c.batch_size,
+        device=exp.device,
+    )
+    t1 = time.perf_counter()
+    x_val, y_val = exp.eval_split("val")
+    val = evaluate(
+        model,
+        x_val,
+        y_val,
+        attack=exp.stop_attack(model, epoch_seed),
+        batch_size=c.eval_batch,
+        device=exp.device,
+    )
+    t2 = time.perf_counter()
+    return EpochRecord(
+        epoch=epoch,
+        loss=stats.loss,
+        train_acc=stats.accuracy,
+        val_robust_acc=val,
+        gap=baseline.metrics.acc_star_val - val,
+        seconds=t2 - t0,
+        train_seconds=t1 - t0,
+        check_seconds=t2 - t1,
+    )
+
+
+def _record_epoch(
+    state: TrialState,
+    record: EpochRecord,
+    s: Split,
+    optimizer: torch.optim.Optimizer,
+    gen: torch.Generator,
+) -> None:
+    """Everything a resume needs after ``record``'s epoch, and the best epoch so far, into
+    ``state`` (the checkpoint)."""
+    state.epoch = record.epoch
+    state.history.append(asdict(record))
+    state.fb_state = s.fb_state()
+    state.optimizer_state = optimizer.state_dict()
+    state.data_rng = gen.get_state()
+    state.torch_rng = torch.get_rng_state()
+    state.cuda_rng = cuda_rng_states()
+    state.train_seconds += record.train_seconds
+    state.eval_seconds += record.check_seconds
+    if record.val_robust_acc > state.best_val:
+        state.best_epoch, state.best_val = record.epoch, record.val_robust_acc
+        state.best_fb_state = state.fb_state
 
 
 def _final_evaluation(

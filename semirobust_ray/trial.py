@@ -210,20 +210,9 @@ def algorithm1_trainable(
     level = logging.INFO if checkpoint_logs else logging.WARNING
     for logger in CHECKPOINT_LOGGERS:
         logging.getLogger(logger).setLevel(level)
-    overrides = {k: config[k] for k in TUNABLE_KEYS if k in config}
-    exp = dataclasses.replace(
-        experiment,
-        config=experiment.config.replace(**overrides) if overrides else experiment.config,
-        # Resolved here, on the worker: the driver may be a CPU-only head node.
-        device=resolve_device(experiment.config.device),
-    )
+    exp = _trial_experiment(experiment, config)
     fb_layers, trial = int(config["fb_layers"]), _trial_index(config)
-
-    state = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = TrialState.from_dict(load_state(Path(d) / CHECKPOINT_FILE))
+    state = _checkpointed_state()
     latest = {"state": state}
     # Where it runs, in every report, so a multi-node search can be audited from its results
     # alone (a trial retried after a node loss shows the move).
@@ -254,10 +243,39 @@ def algorithm1_trainable(
         target = exp.config.minimise
         tune.report(diverged_metrics(fb_layers, trial, str(err), exp.num_layers, target))
         return
+    _report_final(
+        result,
+        latest["state"],
+        {**final_metrics(result, exp.num_layers, exp.config.minimise), **node},
+    )
+
+
+def _trial_experiment(experiment: Experiment, config: dict[str, Any]) -> Experiment:
+    """The search's experiment with this trial's tuned keys (``TUNABLE_KEYS``) and device."""
+    overrides = {k: config[k] for k in TUNABLE_KEYS if k in config}
+    return dataclasses.replace(
+        experiment,
+        config=experiment.config.replace(**overrides) if overrides else experiment.config,
+        # Resolved here, on the worker: the driver may be a CPU-only head node.
+        device=resolve_device(experiment.config.device),
+    )
+
+
+def _checkpointed_state() -> TrialState | None:
+    """The state of Tune's last checkpoint of this trial (a retried or resumed one), or None."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        return TrialState.from_dict(load_state(Path(d) / CHECKPOINT_FILE))
+
+
+def _report_final(result: TrialResult, state: TrialState, metrics: dict[str, Any]) -> None:
+    """The trial's last report: ``metrics`` with a checkpoint of its final f_b."""
     with tempfile.TemporaryDirectory() as d:
         # The last epoch's state goes with it: a trial restored from this checkpoint (the
         # driver stopped before recording the final result) continues, it does not restart.
-        save_state(Path(d) / CHECKPOINT_FILE, latest["state"].to_dict())
+        save_state(Path(d) / CHECKPOINT_FILE, state.to_dict())
         save_state(
             Path(d) / FINAL_FB_FILE,
             {
@@ -268,7 +286,4 @@ def algorithm1_trainable(
                 "acc": result.acc,
             },
         )
-        tune.report(
-            {**final_metrics(result, exp.num_layers, exp.config.minimise), **node},
-            checkpoint=tune.Checkpoint.from_directory(d),
-        )
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
