@@ -39,13 +39,14 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
 
-from semirobust_ray.baseline import load_baseline
+from semirobust_ray.baseline import Baseline, load_baseline
 from semirobust_ray.config import ConfigError, ExperimentConfig
-from semirobust_ray.experiment import prepare
+from semirobust_ray.experiment import Experiment, prepare
 from semirobust_ray.models import split
 from semirobust_ray.options import add_search_dir, error, standalone
 from semirobust_ray.results import (
@@ -184,6 +185,33 @@ def reevaluate(
     trial, and no oversubscription, which slows AutoAttack several-fold when two processes
     share the cores. The caller's setting is restored afterwards.
     """
+    search, results, config = _open_search(exp_dir, device)
+    baseline = _baseline_of(search)
+    networks = _networks_to_check(search, results["trials"], config.seed, baseline, fb_layers)
+    done = _measured_before(search) if resume else {}
+    # The device is this command's --device, not the search's: a search whose trials ran on
+    # CUDA is re-evaluated on a CPU-only machine just as well.
+    exp = prepare(config, device=device)
+    x, y = exp.eval_split("test")
+    cpu_threads = (threads or config.cpus_per_trial) if exp.device.type == "cpu" else None
+    rows = []
+    with _intra_op_threads(cpu_threads), deterministic_numerics(config.deterministic):
+        for net in networks:
+            seed = net.seed + seed_offset
+            kept = done.get((net.name, seed, net.reported_acc))
+            if kept is not None:
+                rows.append(kept)
+                logger.info(f"[reevaluate] {net.name}: kept from {OUTPUT_FILE}")
+                continue
+            rows.append(_measure(exp, baseline, net, seed, x, y))
+            search.write_bytes(OUTPUT_FILE, pd.DataFrame(rows).to_csv(index=False).encode())
+    return pd.DataFrame(rows)
+
+
+def _open_search(
+    exp_dir: str | Path | Store, device: str
+) -> tuple[Store, dict[str, Any], ExperimentConfig]:
+    """The search at ``exp_dir``, its stored results and its config (on ``device``)."""
     search = Store.of(exp_dir)
     if search_meta_file(search) is None:
         raise ReevaluationError(
@@ -199,65 +227,73 @@ def reevaluate(
             f"[reevaluate] note: the search measured Acc with '{config.eval_attack_name}', "
             "so AutoAttack's numbers are expected to be lower, not equal"
         )
+    return search, results, config
+
+
+def _baseline_of(search: Store) -> Baseline:
+    """The search's f*_a and Acc*, from its SHA-256-checked ``baseline/``."""
     try:
-        baseline = load_baseline(search.child(BASELINE_DIR))
+        return load_baseline(search.child(BASELINE_DIR))
     except CorruptFileError as err:
         raise ReevaluationError(str(err)) from None
-    networks = [
-        FinalNetwork("Acc* (f*_a, f*_b)", None, None, config.seed, baseline.acc_star, None),
+
+
+def _networks_to_check(
+    search: Store,
+    trials: list[dict],
+    seed: int,
+    baseline: Baseline,
+    fb_layers: list[int] | None,
+) -> list[FinalNetwork]:
+    """Acc*'s network (seeded with the search's ``seed``), then the final network of every
+    finished trial at ``fb_layers`` (None: at every |f_b|)."""
+    return [
+        FinalNetwork("Acc* (f*_a, f*_b)", None, None, seed, baseline.acc_star, None),
         *final_networks(
-            search,
-            [t for t in results["trials"] if fb_layers is None or t["fb_layers"] in fb_layers],
+            search, [t for t in trials if fb_layers is None or t["fb_layers"] in fb_layers]
         ),
     ]
+
+
+def _measured_before(search: Store) -> dict[tuple[str, int, float], dict]:
+    """The rows already in ``reevaluation.csv``, by (network, seed, reported Acc)."""
     done: dict[tuple[str, int, float], dict] = {}
-    if resume and search.is_file(OUTPUT_FILE):
+    if search.is_file(OUTPUT_FILE):
         for row in pd.read_csv(io.BytesIO(search.read_bytes(OUTPUT_FILE))).to_dict("records"):
             done[(row["network"], int(row["seed"]), float(row["reported_acc"]))] = row
-    # The device is this command's --device, not the search's: a search whose trials ran on
-    # CUDA is re-evaluated on a CPU-only machine just as well.
-    exp = prepare(config, device=device)
-    x, y = exp.eval_split("test")
-    target = exp.device
-    cpu_threads = (threads or config.cpus_per_trial) if target.type == "cpu" else None
-    rows = []
-    with _intra_op_threads(cpu_threads), deterministic_numerics(config.deterministic):
-        for net in networks:
-            key = (net.name, net.seed + seed_offset, net.reported_acc)
-            if key in done:
-                rows.append(done[key])
-                logger.info(f"[reevaluate] {net.name}: kept from {OUTPUT_FILE}")
-                continue
-            model = exp.build_model()
-            model.load_state_dict(baseline.robust_state)
-            if net.fb_state is not None:
-                split(model, net.fb_layers).load_fb_state(net.fb_state)
-            model.to(target, memory_format=canonical_memory_format(target))
-            acc = autoattack_accuracy(
-                model,
-                x,
-                y,
-                eps=config.eps,
-                seed=net.seed + seed_offset,
-                batch_size=config.eval_batch,
-            )
-            rows.append(
-                {
-                    "network": net.name,
-                    "fb_layers": net.fb_layers,
-                    "trial": net.trial,
-                    "seed": net.seed + seed_offset,
-                    "reported_acc": net.reported_acc,
-                    "autoattack_acc": acc,
-                    "abs_diff": abs(acc - net.reported_acc),
-                }
-            )
-            logger.info(
-                f"[reevaluate] {net.name}: reported {net.reported_acc:.4f}, "
-                f"AutoAttack {acc:.4f} on {len(x)} test images"
-            )
-            search.write_bytes(OUTPUT_FILE, pd.DataFrame(rows).to_csv(index=False).encode())
-    return pd.DataFrame(rows)
+    return done
+
+
+def _measure(
+    exp: Experiment,
+    baseline: Baseline,
+    net: FinalNetwork,
+    seed: int,
+    x: torch.Tensor,
+    y: torch.Tensor,
+) -> dict[str, Any]:
+    """``net``'s row of ``reevaluation.csv``: its AutoAttack accuracy on ``x``, seeded with
+    ``seed``, beside its reported one."""
+    model = exp.build_model()
+    model.load_state_dict(baseline.robust_state)
+    if net.fb_state is not None:
+        split(model, net.fb_layers).load_fb_state(net.fb_state)
+    model.to(exp.device, memory_format=canonical_memory_format(exp.device))
+    config = exp.config
+    acc = autoattack_accuracy(model, x, y, eps=config.eps, seed=seed, batch_size=config.eval_batch)
+    logger.info(
+        f"[reevaluate] {net.name}: reported {net.reported_acc:.4f}, "
+        f"AutoAttack {acc:.4f} on {len(x)} test images"
+    )
+    return {
+        "network": net.name,
+        "fb_layers": net.fb_layers,
+        "trial": net.trial,
+        "seed": seed,
+        "reported_acc": net.reported_acc,
+        "autoattack_acc": acc,
+        "abs_diff": abs(acc - net.reported_acc),
+    }
 
 
 def _depth_list(text: str) -> list[int]:

@@ -30,7 +30,7 @@ from typing import Any
 
 import pandas as pd
 
-from semirobust_ray.algorithm1 import DepthSummary, reached_by_depth
+from semirobust_ray.algorithm1 import DepthSummary, TrialResult, reached_by_depth
 from semirobust_ray.answer import answer_summary
 from semirobust_ray.frontier import frontier_figure, frontier_table
 from semirobust_ray.options import add_search_dir, error, standalone
@@ -114,6 +114,7 @@ def table1(results: dict[str, Any]) -> pd.DataFrame:
 
 def table1_markdown(df: pd.DataFrame) -> str:
     """A GitHub-flavoured markdown table: accuracies in percent (1 decimal), ρ in bits (2)."""
+    # Not DataFrame.to_markdown: tabulate re-parses cells (60.0 -> 60), keeps "|" and pads cells.
 
     def cell(col: str, v: Any) -> str:
         if isinstance(v, float) and math.isnan(v):
@@ -212,70 +213,88 @@ def minimal_split(results: dict[str, Any]) -> dict[str, Any]:
     by_depth = {s.fb_layers: s for s in summaries}
     config = results["config"]
     n = int(results["num_layers"])
-    k = config.get("k")
-    target = config.get("minimise", "robust_fa")
-    summary = answer_summary(
-        reached_by_depth(summaries),
-        candidate_depths(results),
-        target,
-        n,
-        config.get("epochs"),
-        k,
-    )
-    for key in ("answer", "smallest_robust_fa", "smallest_fb"):
-        chosen = by_depth.get(summary[key]["fb_layers"])
-        summary[key].update(
-            acc=_num(chosen.acc) if chosen else None,
-            diff=_num(chosen.diff) if chosen else None,
-            acc_sr=_num(chosen.acc_sr) if chosen else None,
-        )
+    summary = _readings(results, summaries, by_depth)
     chosen = by_depth.get(summary["answer"]["fb_layers"])
-    warning = None
-    if chosen and k is not None and chosen.diff > k:
-        attack = config.get("stop_attack") or config.get("eval_attack") or config.get("attack")
-        warning = (
-            f"on the test split Acc* - Acc = {100 * chosen.diff:.1f} points > k at the answer's "
-            f"|f_b| = {chosen.fb_layers}: the validation check ({attack}) overstated robustness; "
-            "stop on the reported attack to trust the answer"
-        )
     baseline = results.get("baseline", {})
-    trials = trial_results(results)
     acc_star = chosen.acc_star if chosen else baseline.get("acc_star")
     return {
         "model": config.get("model"),
         "dataset": config.get("dataset"),
         "num_layers": n,
         "epochs": config.get("epochs"),
-        "k": k,
+        "k": config.get("k"),
         "acc_star": _num(acc_star),
         # Given networks (a baseline: section): which, with their files' SHA-256; None: trained.
         "baseline_source": baseline.get("source"),
         **summary,
-        "warning": warning,
-        "cost": {
-            "trials": len(trials),
-            "trial_epochs": sum(t.epochs_run for t in trials),
-            "train_seconds": sum(t.train_seconds for t in trials),
-            "eval_seconds": sum(t.eval_seconds for t in trials),
-            "mi_seconds": sum(t.mi_seconds for t in trials),
-            "baseline_adv_train_seconds": _num(baseline.get("adv_train_seconds")),
-        },
-        "evidence": [
-            {
-                "fb_layers": s.fb_layers,
-                "robust_layers": n - s.fb_layers,
-                "acc": _num(s.acc),
-                "acc_sr": _num(s.acc_sr),
-                "diff": _num(s.diff),
-                "reached": s.reached,
-                "trials": s.trials,
-                "epochs": s.epochs,
-                "best_trial": s.best_trial,
-            }
-            for s in summaries
-        ],
+        "warning": _test_diff_warning(chosen, config),
+        "cost": _cost(trial_results(results), baseline),
+        "evidence": [_evidence(s, n) for s in summaries],
         "failed": list(results.get("failed", [])),
         "unfinished": list(results.get("unfinished", [])),
+    }
+
+
+def _readings(
+    results: dict[str, Any], summaries: list[DepthSummary], by_depth: dict[int, DepthSummary]
+) -> dict[str, Any]:
+    """:func:`~semirobust_ray.answer.answer_summary`'s readings, each with its depth's ``acc``,
+    ``diff`` and ``acc_sr`` (null when no depth reached)."""
+    config = results["config"]
+    summary = answer_summary(
+        reached_by_depth(summaries),
+        candidate_depths(results),
+        config.get("minimise", "robust_fa"),
+        int(results["num_layers"]),
+        config.get("epochs"),
+        config.get("k"),
+    )
+    for key in ("answer", "smallest_robust_fa", "smallest_fb"):
+        chosen = by_depth.get(summary[key]["fb_layers"])
+        summary[key].update(
+            {f: _num(getattr(chosen, f)) if chosen else None for f in ("acc", "diff", "acc_sr")}
+        )
+    return summary
+
+
+def _test_diff_warning(chosen: DepthSummary | None, config: dict[str, Any]) -> str | None:
+    """Why the answer cannot be trusted when it reached on the validation check but its test
+    Diff exceeds k; None when it can."""
+    k = config.get("k")
+    if not (chosen and k is not None and chosen.diff > k):
+        return None
+    attack = config.get("stop_attack") or config.get("eval_attack") or config.get("attack")
+    return (
+        f"on the test split Acc* - Acc = {100 * chosen.diff:.1f} points > k at the answer's "
+        f"|f_b| = {chosen.fb_layers}: the validation check ({attack}) overstated robustness; "
+        "stop on the reported attack to trust the answer"
+    )
+
+
+def _cost(trials: list[TrialResult], baseline: dict[str, Any]) -> dict[str, Any]:
+    """Seconds of all trials, by kind, beside the baseline's adversarial training."""
+    return {
+        "trials": len(trials),
+        "trial_epochs": sum(t.epochs_run for t in trials),
+        "train_seconds": sum(t.train_seconds for t in trials),
+        "eval_seconds": sum(t.eval_seconds for t in trials),
+        "mi_seconds": sum(t.mi_seconds for t in trials),
+        "baseline_adv_train_seconds": _num(baseline.get("adv_train_seconds")),
+    }
+
+
+def _evidence(s: DepthSummary, num_layers: int) -> dict[str, Any]:
+    """One depth tried, as ``minimal_split.json``'s ``evidence`` lists it."""
+    return {
+        "fb_layers": s.fb_layers,
+        "robust_layers": num_layers - s.fb_layers,
+        "acc": _num(s.acc),
+        "acc_sr": _num(s.acc_sr),
+        "diff": _num(s.diff),
+        "reached": s.reached,
+        "trials": s.trials,
+        "epochs": s.epochs,
+        "best_trial": s.best_trial,
     }
 
 

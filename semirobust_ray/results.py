@@ -138,6 +138,10 @@ def _parent(rel: str) -> str:
 
 
 def _load_tune_results(store: Store, meta_rel: str) -> dict[str, Any]:
+    # Not Tune's ResultGrid / ExperimentAnalysis: both import Ray, and `semirobust report` and
+    # `reevaluate` (an independent check on purpose) run without it, on a laptop holding only
+    # the copied directory; one reader also serves the runner's results.json, and it keeps the
+    # checksummed, one-line errors of storage.py for a damaged file.
     meta = _read_json_or_fail(store, meta_rel)
     _require_header(meta, store.uri(meta_rel))
     trials: list[dict[str, Any]] = []
