@@ -258,54 +258,13 @@ def load_dataset(
     Raises:
         DatasetError: with a one-line message for any problem the user can fix.
     """
-    if name not in DATASETS:
-        raise DatasetError(_unknown_name_message("dataset", name, DATASETS))
-    if isinstance(val_fraction, bool) or not 0.0 <= float(val_fraction) < 1.0:
-        raise DatasetError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
-    for key, value in (("max_train", max_train), ("max_test", max_test)):
-        if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
-            raise DatasetError(f"{key} must be a positive integer or None, got {value!r}")
-    if image_size is not None and (
-        isinstance(image_size, bool) or int(image_size) != image_size or image_size < 1
-    ):
-        raise DatasetError(f"image_size must be a positive integer or None, got {image_size!r}")
-
+    _check_load_options(name, val_fraction, max_train, max_test, image_size)
+    root_dir = Path(root).expanduser() if root is not None else default_data_root()
     opts = LoadOptions(
-        name=name,
-        root=Path(root).expanduser() if root is not None else default_data_root(),
-        path=path,
-        download=bool(download),
-        image_size=image_size,
+        name=name, root=root_dir, path=path, download=bool(download), image_size=image_size
     )
     raw = DATASETS[name](opts)
-
-    gen = torch.Generator().manual_seed(int(seed))
-    x_pool, y_pool = raw.x_train, raw.y_train
-    if max_train is not None and max_train < len(y_pool):
-        keep, _ = _stratified_split(y_pool, len(y_pool) - max_train, gen)
-        x_pool, y_pool = x_pool[keep], y_pool[keep]
-    n_val = round(float(val_fraction) * len(y_pool))
-    train_idx, val_idx = _stratified_split(y_pool, n_val, gen)
-
-    x_test, y_test = raw.x_test, raw.y_test
-    if max_test is not None and max_test < len(y_test):
-        test_gen = torch.Generator().manual_seed(TEST_SEED)
-        keep, _ = _stratified_split(y_test, len(y_test) - max_test, test_gen)
-        x_test, y_test = x_test[keep], y_test[keep]
-
-    # Sorted indices keep the original order inside each split, which makes splits easy to
-    # compare by eye; shuffling is the data loader's job.
-    splits = DataSplits(
-        x_train=x_pool[train_idx].contiguous(),
-        y_train=y_pool[train_idx].contiguous(),
-        x_val=x_pool[val_idx].contiguous(),
-        y_val=y_pool[val_idx].contiguous(),
-        x_test=x_test.contiguous(),
-        y_test=y_test.contiguous(),
-        num_classes=int(raw.num_classes),
-        name=name,
-        class_names=tuple(raw.class_names),
-    )
+    splits = _split_raw(name, raw, val_fraction, seed, max_train, max_test)
     if image_size is not None and splits.image_size != image_size:
         splits = _resize_splits(splits, int(image_size))
     return splits
@@ -331,6 +290,80 @@ def stratified_subset(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
 # --------------------------------------------------------------------------- helpers
 
 
+def _check_load_options(
+    name: str,
+    val_fraction: float,
+    max_train: int | None,
+    max_test: int | None,
+    image_size: int | None,
+) -> None:
+    """Refuse an unknown dataset or an option out of range before anything is read."""
+    if name not in DATASETS:
+        raise DatasetError(_unknown_name_message("dataset", name, DATASETS))
+    if isinstance(val_fraction, bool) or not 0.0 <= float(val_fraction) < 1.0:
+        raise DatasetError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    for key, value in (("max_train", max_train), ("max_test", max_test)):
+        if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
+            raise DatasetError(f"{key} must be a positive integer or None, got {value!r}")
+    if image_size is not None and (
+        isinstance(image_size, bool) or int(image_size) != image_size or image_size < 1
+    ):
+        raise DatasetError(f"image_size must be a positive integer or None, got {image_size!r}")
+
+
+def _split_raw(
+    name: str,
+    raw: RawDataset,
+    val_fraction: float,
+    seed: int,
+    max_train: int | None,
+    max_test: int | None,
+) -> DataSplits:
+    """A loader's train pool and test set as train / validation / test, at the native size."""
+    x_pool, y_pool, train_idx, val_idx = _train_val_indices(raw, val_fraction, seed, max_train)
+    x_test, y_test = _test_subset(raw, max_test)
+    # Sorted indices keep the original order inside each split, which makes splits easy to
+    # compare by eye; shuffling is the data loader's job.
+    return DataSplits(
+        x_train=x_pool[train_idx].contiguous(),
+        y_train=y_pool[train_idx].contiguous(),
+        x_val=x_pool[val_idx].contiguous(),
+        y_val=y_pool[val_idx].contiguous(),
+        x_test=x_test.contiguous(),
+        y_test=y_test.contiguous(),
+        num_classes=int(raw.num_classes),
+        name=name,
+        class_names=tuple(raw.class_names),
+    )
+
+
+def _train_val_indices(
+    raw: RawDataset, val_fraction: float, seed: int, max_train: int | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The train pool (capped at ``max_train``) and its train and validation indices.
+
+    One generator seeded with ``seed`` draws the cap's subset first, then the validation split.
+    """
+    gen = torch.Generator().manual_seed(int(seed))
+    x_pool, y_pool = raw.x_train, raw.y_train
+    if max_train is not None and max_train < len(y_pool):
+        keep, _ = _stratified_split(y_pool, len(y_pool) - max_train, gen)
+        x_pool, y_pool = x_pool[keep], y_pool[keep]
+    n_val = round(float(val_fraction) * len(y_pool))
+    train_idx, val_idx = _stratified_split(y_pool, n_val, gen)
+    return x_pool, y_pool, train_idx, val_idx
+
+
+def _test_subset(raw: RawDataset, max_test: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The test set, capped at ``max_test`` by a subset seeded with :data:`TEST_SEED`."""
+    x_test, y_test = raw.x_test, raw.y_test
+    if max_test is not None and max_test < len(y_test):
+        test_gen = torch.Generator().manual_seed(TEST_SEED)
+        keep, _ = _stratified_split(y_test, len(y_test) - max_test, test_gen)
+        x_test, y_test = x_test[keep], y_test[keep]
+    return x_test, y_test
+
+
 def _unknown_name_message(kind: str, name: object, valid: Sequence[str]) -> str:
     """One-line 'unknown X' message with the valid names and the closest match."""
     names = sorted(valid)
@@ -346,6 +379,9 @@ def _stratified_split(
     Each class contributes to ``second`` in proportion to its size (largest-remainder rounding,
     ties broken at random), so small splits keep the class balance of the whole.
     """
+    # Not sklearn's train_test_split(stratify=...): it refuses a subset smaller than the number
+    # of classes (eval_samples=5 of 10 classes) and any class with a single image, both of
+    # which this allows, and switching would move every split, and so every cached baseline.
     n = len(y)
     if n_second <= 0:
         return torch.arange(n), torch.empty(0, dtype=torch.long)

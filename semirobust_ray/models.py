@@ -329,24 +329,36 @@ def _first_conv(in_channels: int, out_channels: int, **kwargs) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, **kwargs)
 
 
+def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
+    """The 3x3 convolution block of the small CNNs (BatchNorm supplies the bias)."""
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+
+def _pooled_head(channels: int, pool: int, hidden: int, num_classes: int) -> list[nn.Module]:
+    """The small CNNs' classifier: pool to ``pool``x``pool``, then two linear layers.
+
+    Adaptive pooling fixes the flattened size whatever the image size, so the same network runs
+    on any image from 8x8 up.
+    """
+    return [
+        nn.AdaptiveAvgPool2d(pool),
+        nn.Flatten(),
+        nn.Linear(channels * pool * pool, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, num_classes),
+    ]
+
+
 @register_model("smallcnn")
 def _smallcnn(num_classes: int, image_size: int, in_channels: int) -> nn.Module:
     """Six trainable layers (4 conv + 2 linear) with BatchNorm; fast on CPU, works from 8x8."""
-
-    def block(cin: int, cout: int) -> list[nn.Module]:
-        return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
-
     return nn.Sequential(
-        *block(in_channels, 16),
-        *block(16, 32),
+        *_conv_bn_relu(in_channels, 16),
+        *_conv_bn_relu(16, 32),
         nn.MaxPool2d(2),
-        *block(32, 64),
-        *block(64, 64),
-        nn.AdaptiveAvgPool2d(2),
-        nn.Flatten(),
-        nn.Linear(256, 128),
-        nn.ReLU(),
-        nn.Linear(128, num_classes),
+        *_conv_bn_relu(32, 64),
+        *_conv_bn_relu(64, 64),
+        *_pooled_head(64, pool=2, hidden=128, num_classes=num_classes),
     )
 
 
@@ -360,18 +372,11 @@ def _smallvgg(num_classes: int, image_size: int, in_channels: int) -> nn.Module:
     layers: list[nn.Module] = []
     cin = in_channels
     for i, cout in enumerate(widths):
-        layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+        layers += _conv_bn_relu(cin, cout)
         if i in (1, 4):
             layers.append(nn.MaxPool2d(2))
         cin = cout
-    return nn.Sequential(
-        *layers,
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(64, 64),
-        nn.ReLU(),
-        nn.Linear(64, num_classes),
-    )
+    return nn.Sequential(*layers, *_pooled_head(64, pool=1, hidden=64, num_classes=num_classes))
 
 
 @register_model("alexnet")
@@ -495,6 +500,27 @@ def create_model(
     :class:`ModelError` for an unknown name, a module that cannot be imported, a factory that
     fails or returns no usable network, a bad width or an image too small for the architecture.
     """
+    kwargs = _checked_model_options(name, num_classes, width, model_kwargs)
+    if is_external(name):
+        net = _external_net(name, num_classes, image_size, in_channels, kwargs)
+        mean, std = _external_normalisation(name, net, in_channels, mean, std)
+    else:
+        net = MODELS[name](num_classes, image_size, in_channels)
+        if width != 1:
+            net = narrow(net, width)
+    mean = list(mean) if mean is not None else [0.5] * in_channels
+    std = list(std) if std is not None else [0.5] * in_channels
+    model = ImageClassifier(net, Normalize(mean, std), (in_channels, image_size, image_size))
+    order = _trace_new_model(model, name, width)
+    if zoo.is_zoo_ref(name):
+        model.dropped = _drop_unused_modules(model, order)
+    return model
+
+
+def _checked_model_options(
+    name: str, num_classes: int, width: float, model_kwargs: Mapping[str, object] | None
+) -> dict[str, object]:
+    """Refuse a bad spec, class count, width or ``model_kwargs``; return the kwargs as a dict."""
     problem = model_spec_problem(name)
     if problem is not None:
         raise ModelError(problem)
@@ -503,46 +529,52 @@ def create_model(
     if not 0 < width <= 1:
         raise ModelError(f"width must be in (0, 1], got {width}")
     kwargs = dict(model_kwargs or {})
-    if is_external(name):
-        if width != 1:
-            raise ModelError(f"width={width}: only registry models can be narrowed, not '{name}'")
-        net = _external_net(name, num_classes, image_size, in_channels, kwargs)
-        declared = declared_normalisation(name, net, in_channels)
-        if zoo.is_zoo_ref(name):  # RobustBench networks normalise [0, 1] inputs themselves
-            mean, std = [0.0] * in_channels, [1.0] * in_channels
-        elif declared is not None:
-            mean, std = declared
-        elif name not in _warned_normalisation:
-            _warned_normalisation.add(name)
-            _log.warning(
-                "model '%s' declares no input normalisation (mean/std attributes); "
-                "normalising with the training images' per-channel statistics",
-                name,
-            )
-    else:
-        if kwargs:
-            raise ModelError(
-                f"model_kwargs {sorted(kwargs)}: registry model '{name}' takes none; they are "
-                "for timm:NAME and package.module:factory models"
-            )
-        net = MODELS[name](num_classes, image_size, in_channels)
-        if width != 1:
-            net = narrow(net, width)
-    mean = list(mean) if mean is not None else [0.5] * in_channels
-    std = list(std) if std is not None else [0.5] * in_channels
-    model = ImageClassifier(net, Normalize(mean, std), (in_channels, image_size, image_size))
+    if is_external(name) and width != 1:
+        raise ModelError(f"width={width}: only registry models can be narrowed, not '{name}'")
+    if not is_external(name) and kwargs:
+        raise ModelError(
+            f"model_kwargs {sorted(kwargs)}: registry model '{name}' takes none; they are "
+            "for timm:NAME and package.module:factory models"
+        )
+    return kwargs
+
+
+def _external_normalisation(
+    name: str,
+    net: nn.Module,
+    in_channels: int,
+    mean: list[float] | None,
+    std: list[float] | None,
+) -> tuple[list[float] | None, list[float] | None]:
+    """The (mean, std) a non-registry network is wrapped with: none for RobustBench's, else the
+    declared one, else the caller's (warning once per spec that the network declared none)."""
+    declared = declared_normalisation(name, net, in_channels)
+    if zoo.is_zoo_ref(name):  # RobustBench networks normalise [0, 1] inputs themselves
+        return [0.0] * in_channels, [1.0] * in_channels
+    if declared is not None:
+        return declared
+    if name not in _warned_normalisation:
+        _warned_normalisation.add(name)
+        _log.warning(
+            "model '%s' declares no input normalisation (mean/std attributes); "
+            "normalising with the training images' per-channel statistics",
+            name,
+        )
+    return mean, std
+
+
+def _trace_new_model(model: ImageClassifier, name: str, width: float) -> list[str]:
+    """The traced leaf order of a just-built model; a ModelError if it cannot run its input."""
     try:
-        order = _trace(model)
+        return _trace(model)
     # Any exception: a user's network may refuse a size with a ValueError or an assert.
     except Exception as err:
+        in_channels, image_size, _ = model.input_shape
         at = f" at width {width}" if width != 1 else ""
         raise ModelError(
             f"model '{name}'{at} cannot run on {in_channels}x{image_size}x{image_size} images "
             f"({type(err).__name__}: {first_line(err)})"
         ) from None
-    if zoo.is_zoo_ref(name):
-        model.dropped = _drop_unused_modules(model, order)
-    return model
 
 
 @contextlib.contextmanager
@@ -662,13 +694,19 @@ def _trace(model: nn.Module) -> list[str]:
 
 def trainable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The Conv2d and Linear modules of ``model`` in forward (execution) order, with names."""
-    modules = dict(model.named_modules())
-    return [(n, modules[n]) for n in _trace(model) if isinstance(modules[n], TRAINABLE_TYPES)]
+    return _trainable_in_order(dict(model.named_modules()), _trace(model))
+
+
+def _trainable_in_order(
+    modules: dict[str, nn.Module], order: list[str]
+) -> list[tuple[str, nn.Module]]:
+    """The Conv2d and Linear modules among the traced leaves ``order``, in that order."""
+    return [(name, modules[name]) for name in order if isinstance(modules[name], TRAINABLE_TYPES)]
 
 
 def _force_eval(module: nn.Module, _inputs: object) -> None:
-    # A forward pre-hook, so f*_a behaves as in eval mode (running BN statistics, no dropout)
-    # even after somebody calls model.train(): frozen must mean frozen.
+    # A forward pre-hook, so f*_a behaves as in eval mode (running BN statistics, Dropout an
+    # identity) even after somebody calls model.train(): frozen must mean frozen.
     module.training = False
 
 
@@ -752,46 +790,20 @@ def split(model: nn.Module, fb_layers: int) -> Split:
     traced = _trace_forward(model)
     order = traced.order
     modules = dict(model.named_modules())
-    layers = [(n, modules[n]) for n in order if isinstance(modules[n], TRAINABLE_TYPES)]
+    layers = _trainable_in_order(modules, order)
     n = len(layers)
     if isinstance(fb_layers, bool) or not isinstance(fb_layers, int) or not 1 <= fb_layers <= n:
         raise ModelError(f"split depth |f_b|={fb_layers!r} is out of range: valid 1..{n}")
     first_fb = order.index(layers[n - fb_layers][0])
-    untraced = [
-        name
-        for name, mod in model.named_modules()
-        if name
-        and name not in order
-        and not any(True for _ in mod.children())
-        and any(True for _ in mod.parameters(recurse=False))
-    ]
-    if untraced:
-        raise ModelError(f"modules with parameters never run in forward: {untraced[:3]}")
     direct = _direct_tensors(model)
-    unused = sorted(k for k, t in direct.items() if k not in traced.direct_use and t.requires_grad)
-    if unused:
-        raise ModelError(
-            f"parameters held by container modules never used in forward: {unused[:3]}; "
-            "f_a and f_b cannot be told apart for them"
-        )
-
-    def has_state(name: str) -> bool:
-        m = modules[name]
-        return any(True for _ in m.parameters()) or any(True for _ in m.buffers())
-
-    fa = [m for m in order[:first_fb] if has_state(m)]
-    fb = [m for m in order[first_fb:] if has_state(m)]
+    _check_every_parameter_runs(model, traced, direct)
     # A tensor used when `first_fb` or fewer leaves had run is used before f_b's first layer.
     fa_direct = {k for k in direct if traced.direct_use.get(k, 0) <= first_fb}
+    fa = [m for m in order[:first_fb] if _has_state(modules[m])]
+    fb = [m for m in order[first_fb:] if _has_state(modules[m])]
     fb_keys = {k for m in fb for k in modules[m].state_dict(prefix=f"{m}.")}
     fb_keys |= set(direct) - fa_direct
-    for p in model.parameters():
-        p.requires_grad_(True)
-    for name in order[:first_fb]:
-        for p in modules[name].parameters():
-            p.requires_grad_(False)
-    for key in fa_direct:
-        direct[key].requires_grad_(False)
+    _freeze_fa(model, [modules[name] for name in order[:first_fb]], [direct[k] for k in fa_direct])
     # Every module whose whole forward lies before the cut runs in eval mode: leaves (Dropout
     # too, which has no state) and containers, whose own forward may also read self.training.
     handles = [
@@ -799,3 +811,45 @@ def split(model: nn.Module, fb_layers: int) -> Split:
         for name in _modules_before_cut(model, order, first_fb)
     ]
     return Split(model, fb_layers, n, fa, fb, layers, frozenset(fb_keys), handles)
+
+
+def _check_every_parameter_runs(
+    model: nn.Module, traced: _Trace, direct: dict[str, torch.Tensor]
+) -> None:
+    """Refuse parameters the traced forward never used: neither f_a nor f_b can claim them."""
+    untraced = [
+        name
+        for name, mod in model.named_modules()
+        if name
+        and name not in traced.order
+        and not any(True for _ in mod.children())
+        and any(True for _ in mod.parameters(recurse=False))
+    ]
+    if untraced:
+        raise ModelError(f"modules with parameters never run in forward: {untraced[:3]}")
+    unused = sorted(k for k, t in direct.items() if k not in traced.direct_use and t.requires_grad)
+    if unused:
+        raise ModelError(
+            f"parameters held by container modules never used in forward: {unused[:3]}; "
+            "f_a and f_b cannot be told apart for them"
+        )
+
+
+def _has_state(module: nn.Module) -> bool:
+    """Whether ``module`` has parameters or buffers, i.e. entries in the state dict."""
+    return any(True for _ in module.parameters()) or any(True for _ in module.buffers())
+
+
+def _freeze_fa(model: nn.Module, fa_leaves: list[nn.Module], fa_direct: list[torch.Tensor]) -> None:
+    """Stop gradients for f_a's leaves and the direct tensors it uses; everything else trains.
+
+    Every parameter is made trainable first, so a model split before (at another depth) gets
+    back what that split froze.
+    """
+    for p in model.parameters():
+        p.requires_grad_(True)
+    for leaf in fa_leaves:
+        for p in leaf.parameters():
+            p.requires_grad_(False)
+    for tensor in fa_direct:
+        tensor.requires_grad_(False)

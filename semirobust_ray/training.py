@@ -5,6 +5,34 @@ device) and become [0, 1] floats one batch at a time. Only parameters with ``req
 receive gradients: after :func:`semirobust_ray.models.split`, that is f_b alone, and since f*_a's
 parameters need no gradient and the attacked input is detached, autograd records nothing for
 f*_a in the weight update.
+
+Training methods
+----------------
+:func:`train_epoch`'s ``method``:
+
+* ``"standard"`` (the paper): every batch is replaced by ``attack(x, y)`` (e.g. PGD-10),
+  then one SGD step on it; without ``attack``, regular training.
+* ``"fast"``: FGSM with a random start (Wong et al., 2020, "Fast is better than free"):
+  δ ~ U(−ε, ε), one signed-gradient step of size ``alpha`` (default 1.25·ε), projected back
+  to the ε-ball and [0, 1]; then one SGD step. Two gradient computations per batch instead
+  of PGD-K's K + 1. The step runs through :class:`semirobust_ray.attacks.PGD` (one step),
+  so like every attack here it sees the model in eval mode and computes input gradients only.
+* ``"free"``: free adversarial training (Shafahi et al., 2019): each batch is replayed
+  ``replays`` = m times; each replay does ONE forward/backward on ``x + δ`` in train mode that
+  yields both f_b's weight gradient (one SGD step) and the input gradient, with which δ moves
+  by ``alpha`` (default ε) along its sign and is clipped to the ε-ball. δ is carried across
+  replays and on to the next batch (as in the paper's Algorithm 1) and starts at 0 each call.
+  One call therefore makes m optimizer steps per batch and costs about m regular epochs:
+  epochs are counted as passes over the data, so E "free" epochs are E·m minibatch updates.
+  Shafahi et al. run E/m passes to match the step count of E regular epochs, which is the
+  equivalence to use when comparing budgets.
+
+``fast`` and ``free`` take ε from ``eps`` or, when omitted, from ``attack.eps`` (the
+training attack the config builds); ``alpha`` is their own step (not ``attack.alpha``,
+PGD's small step). Their random numbers come from a seed: ``attack.seed`` when the attack has
+one (Algorithm 1 seeds it per epoch, so resumed trials repeat), else one drawn from
+``generator``. Evaluation is not affected: robust accuracy is measured with the strong
+attack as before.
 """
 
 from __future__ import annotations
@@ -260,31 +288,9 @@ def train_epoch(
     ``requires_grad`` get gradients, so after :func:`semirobust_ray.models.split` only f_b is
     updated and f*_a stays bit-identical (frozen weights, BN statistics in eval mode).
 
-    Methods (``method``):
-
-    * ``"standard"`` (the paper): every batch is replaced by ``attack(x, y)`` (e.g. PGD-10),
-      then one SGD step on it; without ``attack``, regular training.
-    * ``"fast"``: FGSM with a random start (Wong et al., 2020, "Fast is better than free"):
-      δ ~ U(−ε, ε), one signed-gradient step of size ``alpha`` (default 1.25·ε), projected back
-      to the ε-ball and [0, 1]; then one SGD step. Two gradient computations per batch instead
-      of PGD-K's K + 1. The step runs through :class:`semirobust_ray.attacks.PGD` (one step),
-      so like every attack here it sees the model in eval mode and computes input gradients only.
-    * ``"free"``: free adversarial training (Shafahi et al., 2019): each batch is replayed
-      ``replays`` = m times; each replay does ONE forward/backward on ``x + δ`` in train mode that
-      yields both f_b's weight gradient (one SGD step) and the input gradient, with which δ moves
-      by ``alpha`` (default ε) along its sign and is clipped to the ε-ball. δ is carried across
-      replays and on to the next batch (as in the paper's Algorithm 1) and starts at 0 each call.
-      One call therefore makes m optimizer steps per batch and costs about m regular epochs:
-      epochs are counted as passes over the data, so E "free" epochs are E·m minibatch updates.
-      Shafahi et al. run E/m passes to match the step count of E regular epochs, which is the
-      equivalence to use when comparing budgets.
-
-    ``fast`` and ``free`` take ε from ``eps`` or, when omitted, from ``attack.eps`` (the
-    training attack the config builds); ``alpha`` is their own step (not ``attack.alpha``,
-    PGD's small step). Their random numbers come from a seed: ``attack.seed`` when the attack has
-    one (Algorithm 1 seeds it per epoch, so resumed trials repeat), else one drawn from
-    ``generator``. Evaluation is not affected: robust accuracy is measured with the strong
-    attack as before.
+    ``method``: ``"standard"`` (the paper: attack each batch, or regular training without
+    ``attack``), ``"fast"`` (FGSM, random start) or ``"free"`` (``replays`` replays per batch);
+    the module docstring says how each works and counts, and where ``eps``/``alpha`` come from.
 
     ``augment=True`` trains on :func:`semirobust_ray.data.augment_batch` of every batch (random
     crop with 4-pixel zero padding, horizontal flip): the clean batch is augmented first, then
@@ -298,6 +304,26 @@ def train_epoch(
     (attack steps included) under bfloat16 autocast — faster on GPUs and CPUs with bf16 units,
     but it does change the arithmetic, hence off by default.
     """
+    eps = _checked_method_options(method, eps, attack, replays)
+    fmt = _memory_format(device, channels_last)
+    # In place, so the attack (which holds the same module) runs in the same layout; values and
+    # the optimizer's Parameter objects are unchanged. Both ways, so ``channels_last=False``
+    # trains NCHW even after an evaluation left the model NHWC.
+    model.to(memory_format=fmt)
+    model.train()
+    # One host-to-device copy of the uint8 images per epoch; batches are gathered on the device.
+    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    order = torch.randperm(len(y), generator=generator).to(device)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    # After the permutation: "fast" may draw its attack seed from ``generator``.
+    step = _make_step(method, model, optimizer, attack, amp, eps, alpha, replays, generator)
+    return _run_batches(step, x, y, order, batch_size, fmt, generator if augment else None)
+
+
+def _checked_method_options(
+    method: str, eps: float | None, attack: AttackFn | None, replays: int
+) -> float | None:
+    """Refuse an unknown method or bad ε / replays; return the ε "fast" and "free" use."""
     if method not in TRAIN_METHODS:
         raise ValueError(f"unknown train method {method!r}; valid: {', '.join(TRAIN_METHODS)}")
     if method != "standard":
@@ -306,41 +332,58 @@ def train_epoch(
         isinstance(replays, bool) or not isinstance(replays, int) or replays < 1
     ):
         raise ValueError(f"replays must be an integer >= 1, got {replays!r}")
-    fmt = (
-        canonical_memory_format(device)
-        if channels_last is None
-        else (torch.channels_last if channels_last else torch.contiguous_format)
-    )
-    # In place, so the attack (which holds the same module) runs in the same layout; values and
-    # the optimizer's Parameter objects are unchanged. Both ways, so ``channels_last=False``
-    # trains NCHW even after an evaluation left the model NHWC.
-    model.to(memory_format=fmt)
+    return eps
 
-    model.train()
-    # One host-to-device copy of the uint8 images per epoch; batches are gathered on the device.
-    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-    n = len(y)
-    order = torch.randperm(n, generator=generator).to(device)
-    amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    step: _Step
+
+def _memory_format(device: torch.device, channels_last: bool | None) -> torch.memory_format:
+    """The layout ``channels_last`` asks for; None means the device's canonical one."""
+    if channels_last is None:
+        return canonical_memory_format(device)
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def _make_step(
+    method: str,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    attack: AttackFn | None,
+    amp: contextlib.AbstractContextManager,
+    eps: float | None,
+    alpha: float | None,
+    replays: int,
+    generator: torch.Generator,
+) -> _Step:
+    """The per-batch training step of ``method`` (see the module docstring)."""
     if method == "standard":
-        step = _StandardStep(model, optimizer, attack, amp)
-    elif method == "fast":
+        return _StandardStep(model, optimizer, attack, amp)
+    if method == "fast":
         fgsm = _fast_attack(model, eps, alpha, _method_seed(attack, generator))
-        step = _StandardStep(model, optimizer, fgsm, amp)
-    else:
-        step = _FreeStep(model, optimizer, eps, alpha if alpha is not None else eps, replays, amp)
+        return _StandardStep(model, optimizer, fgsm, amp)
+    return _FreeStep(model, optimizer, eps, alpha if alpha is not None else eps, replays, amp)
+
+
+def _run_batches(
+    step: _Step,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    order: torch.Tensor,
+    batch_size: int,
+    fmt: torch.memory_format,
+    augment_generator: torch.Generator | None,
+) -> EpochStats:
+    """Run ``step`` on the batches of ``order``, augmented when a generator is given."""
+    n = len(y)
     # Sums stay on the device: one synchronisation per batch (the divergence check), none per
     # example.
-    total_loss = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
+    total_loss = torch.zeros((), dtype=torch.float64, device=x.device)
+    correct = torch.zeros((), dtype=torch.int64, device=x.device)
     seen = 0
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
         xb = x[idx]
-        if augment:
+        if augment_generator is not None:
             # On the uint8 pixels: the same images as augmenting the floats, a quarter the bytes.
-            xb = augment_batch(xb, generator)
+            xb = augment_batch(xb, augment_generator)
         xb = to_unit(xb).contiguous(memory_format=fmt)
         yb = y[idx]
         loss_sum, hits, count = step(xb, yb)

@@ -26,7 +26,9 @@ import io
 import sys
 import types
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 from torch import nn
@@ -109,6 +111,18 @@ def _shim_autoattack() -> list[str]:
     return added
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Swallow the warnings and prints of RobustBench code run inside the block.
+
+    RobustBench's import prints torch.jit deprecation warnings and some model definitions print on
+    construction; neither says anything to our user.
+    """
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
 def import_robustbench() -> types.ModuleType:
     """``robustbench.utils``, imported behind the two stand-ins the module docstring names."""
     if "robustbench.utils" in sys.modules:
@@ -119,10 +133,7 @@ def import_robustbench() -> types.ModuleType:
         )
     stand_ins = _shim_autoattack() + _shim_pkg_resources()
     try:
-        # Its import prints torch.jit deprecation warnings and some model definitions print on
-        # construction; neither says anything to our user.
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
+        with _quiet():
             return importlib.import_module("robustbench.utils")
     finally:
         for name in stand_ins:
@@ -138,21 +149,20 @@ def _entries(ref: ZooRef) -> dict:
     """The model-zoo table of ``ref``'s dataset and threat model."""
     utils = import_robustbench()
     enums = importlib.import_module("robustbench.model_zoo.enums")
-    try:
-        dataset = enums.BenchmarkDataset(ref.dataset)
-    except ValueError:
-        valid = ", ".join(d.value for d in enums.BenchmarkDataset)
-        raise ZooError(
-            f"'{ref.spec}': unknown RobustBench dataset '{ref.dataset}'; valid: {valid}"
-        ) from None
-    try:
-        threat = enums.ThreatModel(ref.threat_model)
-    except ValueError:
-        valid = ", ".join(t.value for t in enums.ThreatModel)
-        raise ZooError(
-            f"'{ref.spec}': unknown RobustBench threat model '{ref.threat_model}'; valid: {valid}"
-        ) from None
+    dataset = _enum_member(ref, enums.BenchmarkDataset, "dataset", ref.dataset)
+    threat = _enum_member(ref, enums.ThreatModel, "threat model", ref.threat_model)
     return utils.all_models[dataset][threat]
+
+
+def _enum_member(ref: ZooRef, enum: type[Enum], what: str, value: str) -> Enum:
+    """``enum(value)``, or a one-line ZooError naming ``ref`` and the valid values."""
+    try:
+        return enum(value)
+    except ValueError:
+        valid = ", ".join(member.value for member in enum)
+        raise ZooError(
+            f"'{ref.spec}': unknown RobustBench {what} '{value}'; valid: {valid}"
+        ) from None
 
 
 def check_ref(ref: ZooRef) -> None:
@@ -171,8 +181,7 @@ def architecture(ref: ZooRef) -> nn.Module:
     check_ref(ref)
     factory = _entries(ref)[ref.name]["model"]
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
+        with _quiet():
             return factory()
     except Exception as err:
         raise ZooError(
@@ -190,8 +199,7 @@ def load_network(ref: ZooRef, model_dir: str | Path) -> nn.Module:
     check_ref(ref)
     utils = import_robustbench()
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
+        with _quiet():
             return utils.load_model(
                 ref.name,
                 model_dir=str(Path(model_dir).expanduser()),
