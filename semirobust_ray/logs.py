@@ -11,10 +11,24 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 LOGGER = "semirobust_ray"
 
 _HANDLER_NAME = "semirobust_ray.console"
+
+
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is when a line is logged, not when it was configured:
+    a notebook cell, pytest's capture or Ray's worker redirection may have replaced it since."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
 
 
 def configure(level: int = logging.INFO) -> None:
@@ -22,11 +36,9 @@ def configure(level: int = logging.INFO) -> None:
     says where it comes from: ``[baseline]``, ``[search]``, ``[fb 3 t1]``)."""
     logger = logging.getLogger(LOGGER)
     logger.setLevel(level)
-    ours = [h for h in logger.handlers if h.get_name() == _HANDLER_NAME]
-    if ours:
-        ours[0].setStream(sys.stdout)  # today's stdout: a notebook or a test may have replaced it
+    if any(h.get_name() == _HANDLER_NAME for h in logger.handlers):
         return
-    handler = logging.StreamHandler(sys.stdout)
+    handler = _StdoutHandler()
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
