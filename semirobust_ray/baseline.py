@@ -30,7 +30,13 @@ from semirobust_ray.experiment import Experiment
 from semirobust_ray.models import external_code_fingerprint, model_slug
 from semirobust_ray.pretrained import load_networks
 from semirobust_ray.storage import CorruptFileError, Store
-from semirobust_ray.training import evaluate, make_optimizer, seed_everything, train_epoch
+from semirobust_ray.training import (
+    AttackFn,
+    evaluate,
+    make_optimizer,
+    seed_everything,
+    train_epoch,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +96,9 @@ class BaselineMetrics:
     adv_train_seconds: float | None = None
     # Where given networks came from (a baseline: section): spec, location, SHA-256 per role.
     source: dict[str, Any] | None = None
+    # Every training epoch: {"stage": "regular" | "adversarial", "epoch", "loss", "train_acc",
+    # "seconds"}; the baseline's TensorBoard run. None for given networks and older baselines.
+    history: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -286,12 +295,10 @@ def train_baseline(exp: Experiment, *, key: str, path: str) -> Baseline:
         "bf16": c.precision == "bf16",
         "augment": c.augment_enabled,
     }
-    d = exp.data
-    t0 = time.perf_counter()
-    for epoch in range(1, c.baseline_epochs + 1):
-        stats = train_epoch(model, d.x_train, d.y_train, opt, generator=gen, **train_kw)
-        logger.info(_epoch_line("regular", epoch, c.baseline_epochs, stats.loss, t0))
-    regular_train_seconds = time.perf_counter() - t0
+    history: list[dict[str, Any]] = []
+    regular_train_seconds = _train_stage(
+        exp, model, opt, gen, "regular", c.baseline_epochs, None, train_kw, history
+    )
     regular_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     regular_acc = measure_regular(exp, model)
 
@@ -300,13 +307,9 @@ def train_baseline(exp: Experiment, *, key: str, path: str) -> Baseline:
         model = exp.build_model()
     opt = make_optimizer(list(model.parameters()), c.lr, c.momentum, c.weight_decay)
     attack = exp.train_attack(model, c.seed)
-    t0 = time.perf_counter()
-    for epoch in range(1, c.baseline_adv_epochs + 1):
-        stats = train_epoch(
-            model, d.x_train, d.y_train, opt, generator=gen, attack=attack, **train_kw
-        )
-        logger.info(_epoch_line("adversarial", epoch, c.baseline_adv_epochs, stats.loss, t0))
-    adv_train_seconds = time.perf_counter() - t0
+    adv_train_seconds = _train_stage(
+        exp, model, opt, gen, "adversarial", c.baseline_adv_epochs, attack, train_kw, history
+    )
     robust_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     metrics = measure_robust(
         exp,
@@ -315,8 +318,41 @@ def train_baseline(exp: Experiment, *, key: str, path: str) -> Baseline:
         start,
         regular_train_seconds=regular_train_seconds,
         adv_train_seconds=adv_train_seconds,
+        history=history,
     )
     return Baseline(key, path, regular_state, robust_state, metrics)
+
+
+def _train_stage(
+    exp: Experiment,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    gen: torch.Generator,
+    stage: str,
+    epochs: int,
+    attack: AttackFn | None,
+    train_kw: dict[str, Any],
+    history: list[dict[str, Any]],
+) -> float:
+    """``epochs`` epochs of one stage (``attack`` None: regular training), each logged and
+    appended to ``history``; the stage's seconds."""
+    data = exp.data
+    start = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        stats = train_epoch(
+            model, data.x_train, data.y_train, optimizer, generator=gen, attack=attack, **train_kw
+        )
+        logger.info(_epoch_line(stage, epoch, epochs, stats.loss, start))
+        history.append(
+            {
+                "stage": stage,
+                "epoch": epoch,
+                "loss": stats.loss,
+                "train_acc": stats.accuracy,
+                "seconds": time.perf_counter() - start,
+            }
+        )
+    return time.perf_counter() - start
 
 
 def _epoch_line(stage: str, epoch: int, total: int, loss: float, stage_start: float) -> str:

@@ -8,7 +8,8 @@ the same:
 - ``search/search_meta.json``: the config the search started with, n and the baseline's metrics;
 - ``baseline/``: f*_a's and the regular network's weights with their SHA-256 sums, so a resume
   (from any machine, with an empty cache) and ``reevaluate`` use the very baseline the finished
-  trials were measured against;
+  trials were measured against; and the baseline's TensorBoard run (its training curves and
+  Acc*), which ``tensorboard --logdir`` lists as ``baseline`` beside the trials;
 - the report (``table1.*``, ``frontier.*``, ``rho_vs_depth.png``, ``minimal_split.json``) and
   ``reevaluation.csv``, written next to them.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -98,12 +100,47 @@ def save_search_files(
 ) -> None:
     """The baseline's weights first, then ``search/search_meta.json`` that points at them."""
     save_baseline(baseline, search.child(BASELINE_DIR))
+    write_baseline_events(search.child(BASELINE_DIR), baseline)
     meta = {
         "config": config.to_dict(),
         "num_layers": num_layers,
         "baseline": {"key": baseline.key, **asdict(baseline.metrics)},
     }
     search.write_json(SEARCH_META_FILE, meta)
+
+
+_EVENTS_PREFIX = "events.out.tfevents."
+
+
+def write_baseline_events(store: Store, baseline: Baseline) -> None:
+    """The baseline as a TensorBoard run in ``store``: the adversarial epochs' loss and
+    training accuracy under the tags trials report their f_b epochs with (``ray/tune/loss``,
+    ``ray/tune/train_acc``: one chart holds both), the regular epochs under
+    ``ray/tune/baseline/...``, and Acc*, Acc*_val and the clean accuracy as the trials' final
+    reports name them."""
+    from tensorboardX import SummaryWriter  # Tune's own TensorBoard writer
+
+    metrics = baseline.metrics
+    history = metrics.history or []
+    with tempfile.TemporaryDirectory() as tmp:
+        writer = SummaryWriter(tmp, flush_secs=3600)
+        for h in history:
+            prefix = "ray/tune/" if h["stage"] == "adversarial" else "ray/tune/baseline/regular_"
+            writer.add_scalar(f"{prefix}loss", h["loss"], h["epoch"])
+            writer.add_scalar(f"{prefix}train_acc", h["train_acc"], h["epoch"])
+        last = max((h["epoch"] for h in history if h["stage"] == "adversarial"), default=1)
+        for tag, value in (
+            ("acc_star", metrics.acc_star),
+            ("acc_star_val", metrics.acc_star_val),
+            ("clean_acc", metrics.clean_acc_robust),
+        ):
+            writer.add_scalar(f"ray/tune/{tag}", value, last)
+        writer.close()
+        for old in store.files():  # a recomputed baseline replaces its run, not adds to it
+            if old.startswith(_EVENTS_PREFIX):
+                store.delete(old)
+        for path in Path(tmp).iterdir():
+            store.write_bytes(path.name, path.read_bytes())
 
 
 def load_search_baseline(where: Store | str | os.PathLike) -> Baseline | None:

@@ -3,6 +3,7 @@
 import contextlib
 import io
 import json
+import logging
 import os
 import re
 import signal
@@ -41,6 +42,10 @@ def doc(ray_local, tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.chdir(root)
     mp.setenv("SEMIROBUST_CACHE", str(root / "cache"))
+    # A bare notebook: no logging configured (pytest's capture handlers set aside), so the
+    # API's progress lines reach stdout as a notebook would show them.
+    mp.setattr(logging.getLogger(), "handlers", [])
+    mp.setattr(logging.getLogger("semirobust_ray"), "handlers", [])
     namespace: dict = {}
     out = io.StringIO()
     try:

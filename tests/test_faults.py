@@ -360,7 +360,7 @@ def test_damaged_cache_entry_is_detected_and_rebuilt_never_used(
 
     trained = []
 
-    def retrain(exp, *, key, path, log):  # stands in for minutes of training
+    def retrain(exp, *, key, path):  # stands in for minutes of training
         trained.append(key)
         return dataclasses.replace(good, path=path, reused=False)
 

@@ -109,7 +109,7 @@ def test_tensorboard_events_hold_the_reported_scalars(searches):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     d = Path(searches["grid"].experiment_dir)
-    events = sorted(d.glob("*/events.out.tfevents.*"))
+    events = sorted(d.glob("fb*/events.out.tfevents.*"))  # one run per trial
     assert len(events) == 3
     tags = set()
     for ev in events:
@@ -118,6 +118,23 @@ def test_tensorboard_events_hold_the_reported_scalars(searches):
         tags |= set(acc.Tags()["scalars"])
     for tag in ("acc", "val_robust_acc", "gap", "loss", "acc_sr", "I_j/06"):
         assert f"ray/tune/{tag}" in tags, tag
+
+
+def test_the_baseline_is_a_tensorboard_run_beside_the_trials(searches):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    d = Path(searches["grid"].experiment_dir)
+    (events,) = sorted((d / "baseline").glob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    adversarial = [e.value for e in acc.Scalars("ray/tune/loss")]
+    regular = [e.value for e in acc.Scalars("ray/tune/baseline/regular_loss")]
+    assert len(adversarial) == CI_SEARCH["baseline_adv_epochs"]
+    assert len(regular) == CI_SEARCH["baseline_epochs"]
+    history = searches["grid"].results["baseline"]["history"]
+    assert adversarial == pytest.approx([h["loss"] for h in history if h["stage"] == "adversarial"])
+    (acc_star,) = acc.Scalars("ray/tune/acc_star")
+    assert acc_star.value == pytest.approx(searches["grid"].results["baseline"]["acc_star"])
 
 
 def test_a_lost_acc_sr_board_leaves_each_trial_measuring_acc_sr_itself(ray_local):
