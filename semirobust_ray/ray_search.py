@@ -681,7 +681,7 @@ def _check_gpus(c: ExperimentConfig) -> None:
                 "nodes (--address), or run on the CPU with device: cpu --gpus-per-trial 0"
             )
         raise SearchError(
-            f"gpus_per_trial={c.gpus_per_trial} but the largest node has {best:g} GPUs "
+            f"gpus_per_trial={c.gpus_per_trial:g} but the largest node has {best:g} GPUs "
             f"(cluster total {ray.cluster_resources().get('GPU', 0):g}); "
             f"lower --gpus-per-trial or add GPU nodes"
         )
