@@ -303,7 +303,7 @@ def test_gpu_requests_the_cluster_cannot_meet(tmp_path, capsys, monkeypatch):
     try:
         code, _, err = run_cli([*base, "--gpus-per-trial", "4"], capsys)
         assert_one_line_error(
-            code, err, "gpus_per_trial=4.0 but the largest node has 0 GPUs (cluster total 0); "
+            code, err, "gpus_per_trial=4 but the largest node has 0 GPUs (cluster total 0); "
         )
         if not torch.cuda.is_available():  # the same local Ray: started by the first run
             code, _, err = run_cli([*base, "--set", "device=cuda", "--gpus-per-trial", "1"], capsys)
