@@ -113,7 +113,11 @@ def table1(results: dict[str, Any]) -> pd.DataFrame:
 
 
 def table1_markdown(df: pd.DataFrame) -> str:
-    """A GitHub-flavoured markdown table: accuracies in percent (1 decimal), ρ in bits (2)."""
+    """A GitHub-flavoured markdown table: accuracies in percent (1 decimal), ρ in bits (2).
+
+    ρ columns empty in every row (ρ_{n-15} of an 8-layer AlexNet) are left out; ``table1.csv``
+    keeps them, so its columns are the same for every network.
+    """
     # Not DataFrame.to_markdown: tabulate re-parses cells (60.0 -> 60), keeps "|" and pads cells.
 
     def cell(col: str, v: Any) -> str:
@@ -127,7 +131,8 @@ def table1_markdown(df: pd.DataFrame) -> str:
             return "yes" if v else "no"
         return str(v)
 
-    cols = list(df.columns)
+    rho = set(RHO_COLUMNS) | set(RHO_BEST_COLUMNS)
+    cols = [c for c in df.columns if c not in rho or not df[c].isna().all()]
     # A literal "|" (as in |f_b|) would split the cell; GitHub markdown wants it escaped.
     header = [c.replace("|", "\\|") + (" (%)" if c in ACC_COLUMNS else "") for c in cols]
     lines = ["| " + " | ".join(header) + " |"]
@@ -165,7 +170,7 @@ def rho_vs_depth_plot(results: dict[str, Any]) -> Any:
         ax.plot(xs, ys, marker="o", label=f"|f_b| = {s.fb_layers}")
         plotted += 1
     ax.set_xlabel("layer depth x (pair ending at layer n − x)")
-    ax.set_ylabel("ρ_j = min over trials of I_{j,t} (bits)")
+    ax.set_ylabel(r"$\rho_j = \min_t\, I_{j,t}$ (bits)")
     # Two lines: a width-scaled model name and a file-stem dataset name overflow one.
     ax.set_title(f"{model} / {dataset}\nconnectivity ρ in f_b (n = {n}), min over trials")
     ax.grid(True, alpha=0.3)

@@ -169,6 +169,18 @@ def test_markdown_is_percent(results: dict[str, Any]) -> None:
     assert " 60.0 " in row4 and " 59.0 " in row4 and " 1.0 " in row4  # Acc*, Acc, Diff
 
 
+def test_markdown_leaves_out_rho_columns_no_depth_fills(results: dict[str, Any]) -> None:
+    """A 6-layer network has no ρ_{n-7}: the markdown drops the column, the CSV keeps it."""
+    df = table1(results)
+    assert rho_column(7) in df.columns and df[rho_column(7)].isna().all()
+    header = table1_markdown(df).splitlines()[0]
+    assert "ρ_{n-3}" in header and "ρ_{n-3} (best)" in header
+    assert "ρ_{n-7}" not in header and "ρ_{n-11}" not in header
+    lines = table1_markdown(df).replace("\\|", "").splitlines()
+    cells = [len(line.split("|")) for line in lines]
+    assert len(set(cells)) == 1  # every row has the header's columns
+
+
 def test_minimal_split_gives_both_readings_of_the_answer(results: dict[str, Any]) -> None:
     m = minimal_split(results)
     # Default target: the smallest robust f*_a = the LARGEST reaching |f_b| (4 of 6 layers).
