@@ -1,9 +1,9 @@
 """Does a stronger per-epoch stop check track AutoAttack, and what does it cost? (VGG16 repro)
 
-On ``search_spaces/repro_cifar10_subset_vgg16.yaml`` every trial passed the PGD-7 validation
-check and then fell 5.6-10.4 points short of Acc* under AutoAttack (docs/REPRODUCTION.md). This
-benchmark replays trial t = 0 of chosen split depths WITHOUT stopping, for E epochs, and after
-every epoch measures the current network
+On ``search_spaces/repro_cifar10_subset_vgg16.yaml``'s first edition every trial passed the
+PGD-7 validation check and then fell 5.6-10.4 points short of Acc* under AutoAttack
+(docs/reproduction/first-edition/). This benchmark replays trial t = 0 of chosen split depths
+WITHOUT stopping, for E epochs, and after every epoch measures the current network
 
 * on the validation images the search's check uses (``Experiment.eval_split("val")``): robust
   accuracy under each check attack (PGD-7, the current check; APGD-CE at 7, 20 and 100
