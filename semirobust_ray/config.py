@@ -375,9 +375,15 @@ class ExperimentConfig(BaseModel):
         costs more than the epoch, and PGD's check passed VGG16 trials that AutoAttack then
         failed (BENCHMARKS.md, "Stop attack").
         """
-        if self.stop_attack:
-            return self.stop_attack
-        return "apgd-ce" if self.eval_attack_name == "autoattack" else self.eval_attack_name
+        return resolve_stop_attack(self.stop_attack, self.eval_attack_name)
+
+
+def resolve_stop_attack(stop_attack: str | None, eval_attack: str) -> str:
+    """The attack of the per-epoch check (:attr:`ExperimentConfig.stop_attack_name`), from a
+    config's ``stop_attack`` and its evaluation attack; for stored configs read back as dicts."""
+    if stop_attack:
+        return stop_attack
+    return "apgd-ce" if eval_attack == "autoattack" else eval_attack
 
 
 def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ import pandas as pd
 
 from semirobust_ray.algorithm1 import DepthSummary, TrialResult, reached_by_depth
 from semirobust_ray.answer import answer_summary
+from semirobust_ray.config import resolve_stop_attack
 from semirobust_ray.frontier import frontier_figure, frontier_table
 from semirobust_ray.options import add_search_dir, error, standalone
 from semirobust_ray.plots import new_figure, png_bytes
@@ -268,7 +269,8 @@ def _test_diff_warning(chosen: DepthSummary | None, config: dict[str, Any]) -> s
     k = config.get("k")
     if not (chosen and k is not None and chosen.diff > k):
         return None
-    attack = config.get("stop_attack") or config.get("eval_attack") or config.get("attack")
+    eval_attack = config.get("eval_attack") or config.get("attack")
+    attack = resolve_stop_attack(config.get("stop_attack"), eval_attack)
     return (
         f"on the test split Acc* - Acc = {100 * chosen.diff:.1f} points > k at the answer's "
         f"|f_b| = {chosen.fb_layers}: the validation check ({attack}) overstated robustness; "

@@ -251,6 +251,9 @@ def test_minimal_split_warns_when_test_diff_exceeds_k(results: dict[str, Any]) -
     assert m["answer"]["fb_layers"] == 4
     assert m["warning"].startswith("on the test split Acc* - Acc = 9.0 points > k")
     assert "(pgd)" in m["warning"]
+    # Unset under an AutoAttack evaluation, the check was APGD-CE: the warning names that.
+    results["config"].update(stop_attack=None, eval_attack="autoattack")
+    assert "the validation check (apgd-ce) overstated" in minimal_split(results)["warning"]
 
 
 def test_minimal_split_none_reached(results: dict[str, Any]) -> None:
