@@ -270,8 +270,10 @@ def test_worker_killed_mid_epoch_resumes_from_checkpoint_with_the_same_report(
     assert outcome.answer_fb_layers == clean.answer_fb_layers
     got = sorted((_numbers(t) for t in outcome.results["trials"]), key=lambda t: t["fb_layers"])
     want = sorted((_numbers(t) for t in clean.results["trials"]), key=lambda t: t["fb_layers"])
-    assert [t["epochs_run"] for t in want] == [FAULT_SEARCH["epochs"]], (
-        "the fault must hit a trial that runs every epoch"
+    # The fault strikes in epoch 2, so the clean trial must train at least 2 epochs; how many
+    # (2 or all 3, k = 0) depends on the machine's floating-point sums.
+    assert [t["epochs_run"] >= 2 for t in want] == [True], (
+        "the fault (mid-epoch 2) must hit a trial that trains at least 2 epochs"
     )
     assert got == want
     d = Path(outcome.experiment_dir)
