@@ -173,10 +173,11 @@ def test_markdown_leaves_out_rho_columns_no_depth_fills(results: dict[str, Any])
     """A 6-layer network has no ρ_{n-7}: the markdown drops the column, the CSV keeps it."""
     df = table1(results)
     assert rho_column(7) in df.columns and df[rho_column(7)].isna().all()
-    header = table1_markdown(df).splitlines()[0]
+    md = table1_markdown(df)
+    header = md.splitlines()[0]
     assert "ρ_{n-3}" in header and "ρ_{n-3} (best)" in header
     assert "ρ_{n-7}" not in header and "ρ_{n-11}" not in header
-    lines = table1_markdown(df).replace("\\|", "").splitlines()
+    lines = md.replace("\\|", "").splitlines()
     cells = [len(line.split("|")) for line in lines]
     assert len(set(cells)) == 1  # every row has the header's columns
 
