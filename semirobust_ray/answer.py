@@ -1,30 +1,43 @@
-"""What a search answers, from whether each split depth reached Acc* − k.
+"""What a search answers, in words, from every trial's outcome.
 
 The paper's question, and the default target (``minimise: robust_fa``): the **smallest robust
-f*_a**, i.e. the LARGEST |f_b| whose trials, adversarially training f_b alone for at most E
-epochs from its regular weights, bring the network within k of Acc*. It is reported as the
-number of robust layers a = n − |f_b| and as |f_b|: "the first a of n layers must be robust;
-the last |f_b| can be trained in E epochs". The second reading (``minimise: fb``) is the smallest
-reaching |f_b|, usually 1 (retraining the classifier on robust features recovers Acc*).
+f*_a**, i.e. the LARGEST |f_b| that adversarially training f_b alone for at most E epochs from
+its regular weights brings within k of Acc*. It is reported as the number of robust layers
+a = n − |f_b| and as |f_b|: "the first a of n layers must be robust; the last |f_b| can be
+trained in E epochs". The second reading (``minimise: fb``) is the smallest such |f_b|, usually
+1 (retraining the classifier on robust features recovers Acc*).
 
-Neither reading needs any assumption when every candidate depth was tried (``grid``). A search
-that tries only some depths (``bisection``) assumes a premise, and this module says which and
-checks it against the outcomes: for ``robust_fa``, that a smaller f_b (a larger robust f*_a) is
-at least as easy to recover, so "reached" holds up to some depth and fails beyond it; for
-``fb``, the mirror image, that a larger f_b is at least as easy. The paper states neither.
+A trial's outcome is noisy (one seed, a finite validation set), so "reaches" is a probability:
+a depth reaches when one trial's probability p(d) of coming within k is at least q
+(``reach_probability``) under a monotone fit, and every answer comes with its 90 % interval
+(:mod:`semirobust_ray.decision` says how and why). The premise behind the fit, for
+``robust_fa``: a smaller f_b (a larger robust f*_a) is at least as easy to recover; for ``fb``
+the mirror image. The paper states neither, so the depths whose own reach rate contradicts it
+are listed (the fit pools them), and an interval whose confident reach lies beyond a confident
+miss is marked contradicted.
 
-Everything here works on plain ``{depth: reached}`` mappings, so the searcher (while a search
-runs) and the report (from stored results) judge the same evidence the same way.
+:func:`answer_summary` works on plain ``{depth: [reached, ...]}`` mappings, so the runner, the
+report (from stored results) and a notebook judge the same evidence the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-#: Config values of ``minimise``: what the search minimises (the first is the default).
-TARGETS: tuple[str, ...] = ("robust_fa", "fb")
+from semirobust_ray.decision import (
+    LEVEL,
+    TARGETS,
+    Decision,
+    check_target,
+    decide,
+    default_answer_width,
+    default_max_trials,
+    premise_order,
+)
+
+__all__ = ["TARGETS", "premise_order", "answer_summary", "statement", "premise"]
 
 _PREMISES = {
     "robust_fa": "a smaller f_b (a larger robust f*_a) is at least as easy to recover",
@@ -32,31 +45,17 @@ _PREMISES = {
 }
 
 
-def _check_target(target: str) -> None:
-    if target not in TARGETS:
-        raise ValueError(f"minimise: unknown value {target!r}; valid: {', '.join(TARGETS)}")
-
-
 def premise(target: str) -> str:
-    """The monotonicity a partial search over depths assumes for ``target``, in words."""
-    _check_target(target)
+    """The monotonicity the answer of ``target`` assumes, in words."""
+    check_target(target)
     return _PREMISES[target]
 
 
-def premise_order(depths: Iterable[int], target: str) -> list[int]:
-    """Depths in the order in which the premise expects every reaching depth to come first.
-
-    ``robust_fa``: ascending |f_b|; ``fb``: descending. The answer is then the LAST reaching
-    depth of this order in both cases, the one just before the boundary.
-    """
-    _check_target(target)
-    return sorted(set(depths), reverse=target == "fb")
-
-
 def answer_depth(reached: Mapping[int, bool], target: str) -> int | None:
-    """The answer among the depths tried: the largest reaching |f_b| for ``robust_fa``, the
-    smallest for ``fb``; None when no depth reached."""
-    _check_target(target)
+    """The noiseless reading among the depths tried (what a bisection trusting each probe
+    finds): the largest reaching |f_b| for ``robust_fa``, the smallest for ``fb``; None when
+    no depth reached."""
+    check_target(target)
     hits = [d for d, ok in reached.items() if ok]
     if not hits:
         return None
@@ -89,34 +88,9 @@ def premise_violations(reached: Mapping[int, bool], target: str) -> list[Violati
     return out
 
 
-def established(
-    reached: Mapping[int, bool], candidates: Iterable[int], target: str
-) -> tuple[bool, str]:
-    """Whether the evidence pins the answer down without assuming more than the premise, and why.
-
-    It is established when the depth just beyond the answer in premise order was tried and
-    missed (or the answer is the last candidate), i.e. both sides of the boundary were probed;
-    with no reaching depth, when the first candidate in premise order was tried and missed.
-    """
-    order = premise_order(candidates, target)
-    best = answer_depth(reached, target)
-    if best is None:
-        first = order[0]
-        if first in reached:
-            return True, f"|f_b| = {first}, the first candidate in premise order, missed"
-        return False, f"|f_b| = {first} was not tried"
-    i = order.index(best) if best in order else len(order) - 1
-    if i == len(order) - 1:
-        return True, f"|f_b| = {best} is the last candidate in premise order"
-    beyond = order[i + 1]
-    if beyond not in reached:
-        return False, f"|f_b| = {beyond}, next to the answer, was not tried"
-    return True, f"|f_b| = {best} reached and |f_b| = {beyond} did not"
-
-
 def statement(target: str, fb_layers: int | None, num_layers: int, epochs: int, k: Any) -> str:
     """The answer of ``target`` in plain words."""
-    _check_target(target)
+    check_target(target)
     n = num_layers
     epochs = f"{epochs} epoch" + ("" if epochs == 1 else "s")
     if fb_layers is None:
@@ -140,34 +114,149 @@ def statement(target: str, fb_layers: int | None, num_layers: int, epochs: int, 
     )
 
 
+def _words(decision: Decision, num_layers: int) -> str:
+    """The interval of a reading in words ("90 % interval: between 2 and 5 of the 6 layers must
+    be robust")."""
+    n, level = num_layers, f"{100 * decision.level:.0f} % interval"
+    if decision.target == "robust_fa":
+        lo, hi = sorted(n if d is None else n - d for d in (decision.low, decision.high))
+        if lo == hi:
+            return f"{level}: exactly {lo} of the {n} layers must be robust"
+        return f"{level}: between {lo} and {hi} of the {n} layers must be robust"
+    if decision.high is None:
+        return f"{level}: no |f_b| reaches"
+    if decision.low is None:
+        return f"{level}: |f_b| of at least {decision.high}, or none reaches"
+    lo, hi = sorted((decision.low, decision.high))
+    return f"{level}: |f_b| = {lo}" if lo == hi else f"{level}: |f_b| between {lo} and {hi}"
+
+
+def _reading(
+    decision: Decision, num_layers: int, epochs: int, k: Any, answer_width: int
+) -> dict[str, Any]:
+    """One reading of the answer (:func:`answer_summary`)."""
+    n, fb = num_layers, decision.fb_layers
+    determined = decision.width <= answer_width and not decision.contradicted
+    interval = {
+        "fb_layers": [decision.low, decision.high],
+        "robust_layers": [n if d is None else n - d for d in (decision.low, decision.high)],
+        "level": decision.level,
+    }
+    if decision.contradicted:
+        why = "the premise is contradicted: a confident reach lies beyond a confident miss"
+    elif determined:
+        why = f"the interval spans {decision.width} candidate step(s) (answer_width {answer_width})"
+    else:
+        why = (
+            f"undetermined: the interval spans {decision.width} candidate steps, more than "
+            f"answer_width {answer_width}; more trials near the boundary (or more validation "
+            "images, see noise_floor) would narrow it"
+        )
+    return {
+        "fb_layers": fb,
+        "robust_layers": None if fb is None else n - fb,
+        "statement": statement(decision.target, fb, n, epochs, k),
+        "interval": interval,
+        "interval_statement": _words(decision, n),
+        "width": decision.width,
+        "determined": determined,
+        "contradicted": decision.contradicted,
+        "why": why,
+        "reach": [d.to_dict() for d in decision.depths],
+    }
+
+
 def answer_summary(
-    reached: Mapping[int, bool],
+    outcomes: Mapping[int, Sequence[bool]],
     candidates: Iterable[int],
     target: str,
     num_layers: int,
     epochs: int,
     k: Any,
+    *,
+    q: float = 0.5,
+    answer_width: int | None = None,
+    trials_per_depth: int | None = None,
 ) -> dict[str, Any]:
-    """Both readings of the answer, the premise, whether it holds, and whether each reading is
-    established; JSON-serialisable (``minimal_split.json`` holds it)."""
-    candidates = sorted(set(candidates))
+    """Both readings of the answer with their intervals, the premise and the depths whose own
+    reach rate contradicts it; JSON-serialisable (``minimal_split.json`` holds it).
+
+    ``outcomes`` maps each depth tried to its trials' outcomes; ``candidates`` are every depth
+    the search could answer. ``answer_width`` (default: a tenth of the candidates) is how narrow
+    the interval must be to call the answer determined; ``trials_per_depth`` the T of the
+    best-of-T figure.
+    """
+    candidates = sorted(set(candidates) | set(outcomes))
+    width = default_answer_width(len(candidates)) if answer_width is None else answer_width
     readings = {}
     for t in TARGETS:
-        fb = answer_depth(reached, t)
-        ok, why = established(reached, candidates, t)
-        readings[t] = {
-            "fb_layers": fb,
-            "robust_layers": None if fb is None else num_layers - fb,
-            "statement": statement(t, fb, num_layers, epochs, k),
-            "established": ok,
-            "why": why,
-        }
+        decision = decide(
+            outcomes, candidates, t, q=q, level=LEVEL, trials_per_depth=trials_per_depth
+        )
+        readings[t] = _reading(decision, num_layers, epochs, k, width)
+    rates = {d: sum(map(bool, o)) / len(o) >= q for d, o in outcomes.items() if len(o)}
     return {
         "minimise": target,
+        "reach_probability": q,
+        "level": LEVEL,
+        "answer_width": width,
         "answer": readings[target],
         "smallest_robust_fa": readings["robust_fa"],
         "smallest_fb": readings["fb"],
         "premise": premise(target),
-        "premise_violations": [v.to_dict() for v in premise_violations(reached, target)],
+        "premise_violations": [v.to_dict() for v in premise_violations(rates, target)],
         "candidates": candidates,
     }
+
+
+def outcomes_of(results: Mapping[str, Any]) -> dict[int, list[bool]]:
+    """Every trial outcome of stored ``results`` by depth: each finished trial's ``reached``,
+    and each failed trial (a diverged loss) as not reaching."""
+    out: dict[int, list[bool]] = {}
+    for t in results.get("trials", []):
+        out.setdefault(int(t["fb_layers"]), []).append(bool(t["reached"]))
+    for f in results.get("failed", []):
+        if f.get("fb_layers") is not None:
+            out.setdefault(int(f["fb_layers"]), []).append(False)
+    return dict(sorted(out.items()))
+
+
+def search_answer(results: Mapping[str, Any], candidates: Iterable[int]) -> dict[str, Any]:
+    """:func:`answer_summary` of stored ``results`` (a results dict: ``config``,
+    ``num_layers``, ``trials``, ``failed``), with ``stop``: why the search ended."""
+    config = results["config"]
+    outcomes = outcomes_of(results)
+    summary = answer_summary(
+        outcomes,
+        candidates,
+        config.get("minimise", "robust_fa"),
+        int(results["num_layers"]),
+        config.get("epochs"),
+        config.get("k"),
+        q=config.get("reach_probability", 0.5),
+        answer_width=config.get("answer_width"),
+        trials_per_depth=config.get("seeds"),
+    )
+    trials = sum(len(o) for o in outcomes.values())
+    summary["stop"] = stop_reason(config, summary["answer"], trials, len(summary["candidates"]))
+    return summary
+
+
+def stop_reason(
+    config: Mapping[str, Any], reading: Mapping[str, Any], trials: int, candidates: int
+) -> str:
+    """Why a search with ``config`` ended, given its answer's ``reading`` and ``trials``."""
+    search = config.get("search", "grid")
+    if search == "adaptive":
+        budget = config.get("max_trials") or default_max_trials(candidates)
+        if reading["determined"]:
+            return f"adaptive: {reading['why']}, after {trials} trials"
+        return f"adaptive: max_trials = {budget} spent ({trials} trials); {reading['why']}"
+    if search == "grid":
+        return f"grid: every candidate depth tried (T = {config.get('seeds')}), {trials} trials"
+    if search == "bisection":
+        return (
+            f"bisection: its probes decided the boundary ({trials} trials); it trusts each "
+            "probe's T trials as noiseless, so read the interval, not its end point"
+        )
+    return f"{search}: its sample budget spent ({trials} trials)"

@@ -33,7 +33,9 @@ from pydantic.fields import FieldInfo
 from semirobust_ray.answer import TARGETS
 from semirobust_ray.names import did_you_mean, unknown_keys
 
-SEARCH_ALGORITHMS = ("grid", "bisection", "optuna")
+#: ``search`` values; each is an entry of ``semirobust_ray.searchers.STRATEGIES`` (a test holds
+#: the two to each other; this module stays free of Ray).
+SEARCH_ALGORITHMS = ("adaptive", "grid", "bisection", "optuna")
 SCHEDULERS = ("none", "asha")
 BASELINE_INITS = ("scratch", "regular")
 MI_ESTIMATORS = ("edge", "ksg")
@@ -200,7 +202,7 @@ class ExperimentConfig(BaseModel):
         lt=1,
         allow_inf_nan=False,
     )
-    seeds: int = _key(10, "T: trials per split depth", ge=1)
+    seeds: int = _key(10, "T: trials per split depth (`grid`, `bisection`)", ge=1)
     seed: int = _key(
         0,
         "fixes data order, augmentation, initialisation and attacks",
@@ -256,7 +258,30 @@ class ExperimentConfig(BaseModel):
     )
     # search and resources
     search: Literal[SEARCH_ALGORITHMS] = _key(
-        "grid", "`grid` (every depth), `bisection` (the frontier), `optuna` (README: Searches)"
+        "grid",
+        "`adaptive` (trials where they narrow the answer, until its 90 % interval is "
+        "`answer_width` wide), `grid` (every depth × T), `bisection` (assumes noiseless "
+        "outcomes), `optuna` (README: Searches)",
+    )
+    reach_probability: float = _key(
+        0.5,
+        "q: a depth reaches when one trial's probability p(d) of coming within k of Acc* is at "
+        "least q (under a monotone fit across depths)",
+        gt=0,
+        lt=1,
+        allow_inf_nan=False,
+    )
+    answer_width: int | None = _key(
+        None,
+        "adaptive: stop once the answer's 90 % interval spans at most this many candidate steps",
+        shown="max(1, candidates / 10)",
+        ge=0,
+    )
+    max_trials: int | None = _key(
+        None,
+        "adaptive: the trial budget; the answer is then reported with the interval reached",
+        shown="max(16, 2 × candidates)",
+        ge=1,
     )
     scheduler: Literal[SCHEDULERS] = _key("none", "`asha` stops trials that fall behind")
     device: Literal[DEVICES] = _key(

@@ -8,8 +8,10 @@ so a user sees what training only f_b saved.
 
 - ``frontier.csv``: one row per finished trial (columns in :data:`FRONTIER_COLUMNS`); the
   ``depth_*`` columns repeat the depth's summary on each of its rows.
-- ``frontier.png``: Diff against |f_b|, every trial a point (filled: reached), the best trial per
-  depth joined, the k band, the answer marked, ρ_{a+1} on a second axis in both readings.
+- ``frontier.png``: above, each depth's reach probability p(d) (the rate of its trials with
+  their Wilson interval, the monotone fit the answer is read from, the level q) with the answer
+  and its 90 % interval; below, Diff against |f_b|, every trial a point (filled: reached), the
+  best trial per depth joined, the k band, ρ_{a+1} on a second axis in both readings.
 """
 
 from __future__ import annotations
@@ -19,9 +21,8 @@ from typing import Any
 
 import pandas as pd
 
-from semirobust_ray.algorithm1 import DepthSummary, reached_by_depth
-from semirobust_ray.answer import answer_depth
-from semirobust_ray.plots import new_figure, png_bytes
+from semirobust_ray.algorithm1 import DepthSummary
+from semirobust_ray.plots import png_bytes
 from semirobust_ray.results import depth_summaries, labels, trial_results
 
 FRONTIER_COLUMNS: tuple[str, ...] = (
@@ -37,11 +38,14 @@ FRONTIER_COLUMNS: tuple[str, ...] = (
     "epochs_run",
     "epochs_to_reach",
     "rho_a1",  # this trial's I_{a+1}, bits (NaN when a = 0: f_a has no layer)
-    "depth_reached",
+    "depth_reached",  # how many of the depth's trials reached
+    "depth_trials",
+    "depth_p_fit",  # the monotone fit of the depth's reach probability p(d)
     "depth_diff",  # the best trial's Diff
     "depth_rho_a1_min",  # rho_{a+1} as the pseudo-code takes it: min over trials
     "depth_rho_a1_best",  # rho_{a+1} of the best trial, as the paper's prose reports it
-    "answer",  # this depth is the search's answer (its ``minimise`` target)
+    "answer",  # this depth is the search's point answer (its ``minimise`` target)
+    "in_interval",  # this depth lies inside the answer's 90 % interval
     "train_seconds",
     "eval_seconds",
     "mi_seconds",
@@ -55,12 +59,33 @@ def rho_a1(summary_or_rho: DepthSummary | dict[int, float], num_layers: int, fb:
     return float(rho.get(num_layers - fb + 1, math.nan))
 
 
-def frontier_table(results: dict[str, Any]) -> pd.DataFrame:
-    """One row per finished trial, smallest |f_b| first (see :data:`FRONTIER_COLUMNS`)."""
+def _answer(results: dict[str, Any], answer: dict[str, Any] | None) -> dict[str, Any]:
+    from semirobust_ray.report import minimal_split  # the report builds on this module
+
+    return answer or minimal_split(results)
+
+
+def in_interval(reading: dict[str, Any], fb_layers: int, target: str) -> bool:
+    """Whether ``fb_layers`` lies inside a reading's 90 % interval. Its ends are in premise
+    order; a None end is "no depth reaches", which sits before every candidate in that order
+    (below |f_b| = 1 for ``robust_fa``, above the largest for ``fb``)."""
+    low, high = reading["interval"]["fb_layers"]
+    if high is None:
+        return False
+    if low is None:
+        return fb_layers <= high if target == "robust_fa" else fb_layers >= high
+    return min(low, high) <= fb_layers <= max(low, high)
+
+
+def frontier_table(results: dict[str, Any], answer: dict[str, Any] | None = None) -> pd.DataFrame:
+    """One row per finished trial, smallest |f_b| first (see :data:`FRONTIER_COLUMNS`);
+    ``answer`` is :func:`semirobust_ray.report.minimal_split` of ``results`` (computed when not
+    given)."""
     n = int(results["num_layers"])
     summaries = {s.fb_layers: s for s in depth_summaries(results)}
-    target = results["config"].get("minimise", "robust_fa")
-    answer = answer_depth(reached_by_depth(list(summaries.values())), target)
+    answer = _answer(results, answer)
+    reading, target = answer["answer"], answer["minimise"]
+    reach = {r["fb_layers"]: r for r in reading["reach"]}
     adv_seconds = results.get("baseline", {}).get("adv_train_seconds")
     rows = []
     for t in sorted(trial_results(results), key=lambda t: (t.fb_layers, t.trial)):
@@ -80,11 +105,14 @@ def frontier_table(results: dict[str, Any]) -> pd.DataFrame:
                 "epochs_run": t.epochs_run,
                 "epochs_to_reach": t.epochs_to_reach,
                 "rho_a1": t.mi_bits(j),
-                "depth_reached": s.reached,
+                "depth_reached": reach[t.fb_layers]["reached"],
+                "depth_trials": reach[t.fb_layers]["trials"],
+                "depth_p_fit": reach[t.fb_layers]["fit"],
                 "depth_diff": s.diff,
                 "depth_rho_a1_min": rho_a1(s.rho, n, t.fb_layers),
                 "depth_rho_a1_best": rho_a1(s.rho_best, n, t.fb_layers),
-                "answer": t.fb_layers == answer,
+                "answer": t.fb_layers == reading["fb_layers"],
+                "in_interval": in_interval(reading, t.fb_layers, target),
                 "train_seconds": t.train_seconds,
                 "eval_seconds": t.eval_seconds,
                 "mi_seconds": t.mi_seconds,
@@ -95,39 +123,47 @@ def frontier_table(results: dict[str, Any]) -> pd.DataFrame:
     return df.astype({"epochs_to_reach": "Int64"})
 
 
-def frontier_figure(results: dict[str, Any]) -> bytes:
+def frontier_figure(results: dict[str, Any], answer: dict[str, Any] | None = None) -> bytes:
     """``frontier.png`` (see the module docstring), as PNG bytes."""
-    return png_bytes(frontier_plot(results))
+    return png_bytes(frontier_plot(results, answer))
 
 
-def frontier_plot(results: dict[str, Any]) -> Any:
-    """The frontier (see the module docstring) as a matplotlib Figure."""
+def frontier_plot(results: dict[str, Any], answer: dict[str, Any] | None = None) -> Any:
+    """The frontier (see the module docstring) as a matplotlib Figure: the reach probability
+    with the answer and its interval above, the trials' Diff below."""
+    from matplotlib.figure import Figure
+
     n = int(results["num_layers"])
     config = results["config"]
     model, dataset = labels(config)
-    df = frontier_table(results)
+    answer = _answer(results, answer)
+    df = frontier_table(results, answer)
     summaries = depth_summaries(results)
-    fig, ax = new_figure(figsize=(7.6, 5.4), dpi=120)
-    ax.set_title(
+    fig = Figure(figsize=(7.6, 8.0), dpi=120)
+    top, ax = fig.subplots(2, 1, sharex=True, height_ratios=[1, 1.35])
+    top.set_title(
         f"{model} / {dataset}: the semirobustness frontier (n = {n}, "
-        f"E = {config.get('epochs', '?')}, T = {config.get('seeds', '?')})\n"
-        "Diff on the test split; reached = within k on the validation check",
+        f"E = {config.get('epochs', '?')}, {len(df)} trials)\n"
+        "above: reach probability p(d) on the validation check; below: Diff on the test split",
         fontsize=9,
     )
     if df.empty:
         ax.text(0.5, 0.5, "no finished trials", ha="center", va="center", transform=ax.transAxes)
         return fig
     depths = [s.fb_layers for s in summaries]
+    _plot_reach(top, answer, n)
     _plot_trials(ax, df, summaries, float(config.get("k", math.nan)))
-    _mark_answers(ax, summaries, config.get("minimise", "robust_fa"), n)
+    _mark_answers(ax, answer, n)
     ax.set_xlabel("|f_b| (layers adversarially trained)")
     ax.set_ylabel("Diff = Acc* − Acc (points)")
     ax.set_xticks(depths)
-    top = ax.secondary_xaxis("top", functions=(lambda v: n - v, lambda v: n - v))
-    top.set_xlabel("a = robust layers of f*_a", fontsize=8)
-    top.set_xticks([n - d for d in depths])
-    ax.grid(True, alpha=0.25)
+    second = top.secondary_xaxis("top", functions=(lambda v: n - v, lambda v: n - v))
+    second.set_xlabel("a = robust layers of f*_a", fontsize=8)
+    second.set_xticks([n - d for d in depths])
+    for a in (top, ax):
+        a.grid(True, alpha=0.25)
     rho = _plot_rho(ax.twinx(), summaries, n)
+    top.legend(fontsize=7, loc="best", frameon=False)
     handles, names = ax.get_legend_handles_labels()
     more, more_names = rho.get_legend_handles_labels()
     # Below the axes: inside, it would hide the points it explains.
@@ -142,6 +178,47 @@ def frontier_plot(results: dict[str, Any]) -> Any:
     )
     fig.tight_layout()
     return fig
+
+
+def _plot_reach(ax: Any, answer: dict[str, Any], n: int) -> None:
+    """Each depth's reach rate with its Wilson interval, the monotone fit, q, and the answer's
+    point and 90 % interval (shaded)."""
+    reading = answer["answer"]
+    reach = reading["reach"]
+    depths = [r["fb_layers"] for r in reach]
+    rates = [r["rate"] for r in reach]
+    err = [[r["rate"] - r["low"] for r in reach], [r["high"] - r["rate"] for r in reach]]
+    q = float(answer["reach_probability"])
+    low, high = reading["interval"]["fb_layers"]
+    if high is not None:
+        start = (0.5 if answer["minimise"] == "robust_fa" else n + 0.5) if low is None else low
+        ax.axvspan(
+            min(start, high) - 0.3,
+            max(start, high) + 0.3,
+            color="tab:red",
+            alpha=0.08,
+            lw=0,
+            label=f"{100 * reading['interval']['level']:.0f} % interval of the answer",
+        )
+    ax.errorbar(
+        depths,
+        rates,
+        yerr=err,
+        fmt="o",
+        color="tab:blue",
+        ms=4,
+        capsize=2,
+        lw=1,
+        label="reached / trials (Wilson interval)",
+    )
+    ax.step(depths, [r["fit"] for r in reach], where="mid", color="tab:purple", lw=1.2,
+            label="monotone fit p(d)")  # fmt: skip
+    ax.axhline(q, color="0.4", ls="--", lw=1, label=f"q = {q:g}")
+    if reading["fb_layers"] is not None:
+        ax.axvline(reading["fb_layers"], color="tab:red", lw=1.6,
+                   label=f"answer: |f_b| = {reading['fb_layers']} (a = {n - reading['fb_layers']})")  # fmt: skip
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_ylabel("p(d): P(one trial reaches)")
 
 
 def _plot_trials(ax: Any, df: pd.DataFrame, summaries: list[DepthSummary], k: float) -> None:
@@ -172,11 +249,12 @@ def _plot_trials(ax: Any, df: pd.DataFrame, summaries: list[DepthSummary], k: fl
     ax.set_ylim(low, high)
 
 
-def _mark_answers(ax: Any, summaries: list[DepthSummary], target: str, n: int) -> None:
-    """A vertical line at each reading's answer: solid red for the search's target."""
-    evidence = reached_by_depth(summaries)
+def _mark_answers(ax: Any, answer: dict[str, Any], n: int) -> None:
+    """A vertical line at each reading's point answer: solid red for the search's target."""
+    target = answer["minimise"]
     for t, style in ((target, "-"), ("fb" if target == "robust_fa" else "robust_fa", ":")):
-        d = answer_depth(evidence, t)
+        key = "smallest_robust_fa" if t == "robust_fa" else "smallest_fb"
+        d = answer[key]["fb_layers"]
         if d is None:
             continue
         what = "smallest robust f*_a" if t == "robust_fa" else "smallest f_b"

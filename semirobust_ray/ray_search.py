@@ -1,12 +1,7 @@
 """Assemble and run the Ray Tune search for the minimal robust split.
 
-- ``grid``: every candidate split depth × T trials (the paper's protocol).
-- ``bisection``: :class:`BisectionSearcher` probes depths in binary-search order, T trials per
-  probed depth, and ends the search once the answer of the ``minimise`` target is established
-  (it reaches, the depth beyond it does not), checking its premise on the way.
-- ``optuna``: TPE over split depth and learning rate, minimising the target (the robust layers
-  a, or |f_b|) subject to reaching Acc* − k (:func:`semirobust_ray.trial.objective`), behind a
-  ConcurrencyLimiter.
+The search strategies (``adaptive``, ``grid``, ``bisection``, ``optuna``) and their searchers
+live in :mod:`semirobust_ray.searchers`; this module puts the Tuner together around them.
 
 The baseline is trained once per search, as a Ray task with a trial's resources (a GPU when
 trials get one), cached on disk, saved under the search's directory with checksums, and handed to
@@ -18,9 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
-import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,9 +22,7 @@ from typing import Any
 
 import ray
 from ray import tune
-from ray.tune.search import ConcurrencyLimiter, Searcher
 
-from semirobust_ray.answer import premise, premise_order, premise_violations
 from semirobust_ray.baseline import Baseline, baseline_key, get_baseline
 from semirobust_ray.config import ExperimentConfig
 from semirobust_ray.experiment import Experiment, prepare
@@ -53,6 +44,7 @@ from semirobust_ray.searchdir import (
     save_search_files,
     stored_config,
 )
+from semirobust_ray.searchers import strategy
 from semirobust_ray.storage import CorruptFileError, Store, first_line, is_uri
 from semirobust_ray.training import DeviceError, resolve_device
 from semirobust_ray.trial import algorithm1_trainable, start_acc_sr_board
@@ -66,154 +58,6 @@ class SearchError(SearchDirError):
 
 class SearchInterrupted(KeyboardInterrupt):
     """Tune stopped early (SIGINT, SIGUSR1) and left trials unfinished: resume to finish them."""
-
-
-# --- bisection ----------------------------------------------------------------------------
-
-
-class BisectionSearcher(Searcher):
-    """Binary search over the candidate depths for the answer of ``target``, checked as it goes.
-
-    It probes in binary-search order under the target's premise (see
-    :mod:`semirobust_ray.answer`; for ``robust_fa``, that a smaller f_b is at least as easy to
-    recover, so the depths that reach come first in ascending |f_b|), and ends once the answer
-    reaches and the depth just beyond it does not: both sides of the boundary probed. Each probe
-    runs T trials; it is decided as soon as one trial reaches (the depth reaches) or all T finish
-    without reaching. Trials of a decided probe keep running to completion (ρ is a minimum over
-    all T trials).
-
-    With ``parallel_probes`` > 1 (a cluster with room for more than T trials) it probes the
-    midpoints of several undecided stretches at once. Outcomes may then contradict the premise
-    (a depth reaches beyond one that did not): it says so in the log, probes every undecided depth
-    in between, and searches on beyond the reaching depth rather than return an answer its own
-    evidence contradicts. The report lists every such contradiction (``premise_violations``).
-    """
-
-    def __init__(
-        self,
-        depths: list[int],
-        trials_per_depth: int,
-        target: str = "robust_fa",
-        parallel_probes: int = 1,
-    ) -> None:
-        super().__init__(metric="reached", mode="max")
-        self.order = premise_order(depths, target)
-        self.target = target
-        self.trials_per_depth = trials_per_depth
-        self.parallel_probes = max(1, int(parallel_probes))
-        self.issued: dict[int, int] = {}  # index in order -> trials issued
-        self.outcomes: dict[int, list[bool]] = {}  # index -> finished trials' reached flags
-        self.live: dict[str, int] = {}
-        self.reported: set[tuple[int, int]] = set()
-
-    # -- what the evidence says ------------------------------------------------------------
-
-    def _state(self, i: int) -> bool | None:
-        """True: index i reached; False: all T trials missed; None: undecided or untried."""
-        outcomes = self.outcomes.get(i, [])
-        if any(outcomes):
-            return True
-        if len(outcomes) >= self.trials_per_depth:
-            return False
-        return None
-
-    def _bounds(self) -> tuple[int, int]:
-        """(r, h): the last reaching index, and the first missed index after it."""
-        m = len(self.order)
-        r = max((i for i in range(m) if self._state(i) is True), default=-1)
-        h = min((i for i in range(r + 1, m) if self._state(i) is False), default=m)
-        return r, h
-
-    def _contradicted(self, r: int) -> list[int]:
-        """Undecided indices between the first miss before ``r`` and ``r`` (must be probed)."""
-        misses = [i for i in range(r) if self._state(i) is False]
-        if not misses:
-            return []
-        return [i for i in range(misses[0] + 1, r) if self._state(i) is None]
-
-    @property
-    def finished(self) -> bool:
-        r, h = self._bounds()
-        return h == r + 1 and not self._contradicted(r)
-
-    @property
-    def minimal_depth(self) -> int | None:
-        """The answer once :attr:`finished`: the last reaching depth in premise order, or None."""
-        if not self.finished:
-            return None
-        r, _ = self._bounds()
-        return self.order[r] if r >= 0 else None
-
-    def _next_index(self) -> int | None:
-        """Where to probe next: an undecided depth inside a contradiction first, else the middle
-        of the largest untried stretch between the last reach and the first miss after it."""
-        r, h = self._bounds()
-        untried = [i for i in self._contradicted(r) if i not in self.issued]
-        if untried:
-            return untried[len(untried) // 2]
-        runs: list[list[int]] = [[]]
-        for i in range(r + 1, h):
-            if i in self.issued:
-                runs.append([])
-            else:
-                runs[-1].append(i)
-        best = max(runs, key=len)
-        return best[len(best) // 2] if best else None
-
-    # -- Tune's interface ------------------------------------------------------------------
-
-    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-        if self.finished:
-            return self.FINISHED
-        open_probes = [
-            i
-            for i, n in self.issued.items()
-            if self._state(i) is None and n < self.trials_per_depth
-        ]
-        if not open_probes:
-            undecided = sum(1 for i in self.issued if self._state(i) is None)
-            index = self._next_index() if undecided < self.parallel_probes else None
-            if index is None:
-                return None  # wait for the probes in flight
-            open_probes = [index]
-        index = open_probes[0]
-        trial = self.issued.get(index, 0)
-        self.issued[index] = trial + 1
-        self.live[trial_id] = index
-        return {"fb_layers": self.order[index], "trial": trial}
-
-    def on_trial_complete(
-        self, trial_id: str, result: dict | None = None, error: bool = False
-    ) -> None:
-        index = self.live.pop(trial_id, None)
-        if index is None:
-            return
-        reached = bool(result and not error and result.get("reached"))
-        self.outcomes.setdefault(index, []).append(reached)
-        self._report_contradictions()
-
-    def _report_contradictions(self) -> None:
-        decided = {self.order[i]: self._state(i) for i in self.outcomes}
-        evidence = {d: ok for d, ok in decided.items() if ok is not None}
-        for v in premise_violations(evidence, self.target):
-            for missed in v.missed_before:
-                if (v.reached, missed) not in self.reported:
-                    self.reported.add((v.reached, missed))
-                    logger.warning(
-                        f"[bisection] premise contradicted: |f_b| = {v.reached} reached although "
-                        f"|f_b| = {missed} did not ({premise(self.target)} does not hold here); "
-                        "probing the depths in between"
-                    )
-
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        # Tune's own experiment state is pickled in the same directory; both come from the
-        # user's own search directory, which must be trusted (see Tuner.restore's warning).
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
 
 
 class _FinishWatch(tune.Callback):
@@ -289,19 +133,7 @@ def _param_space(exp: Experiment) -> dict[str, Any]:
     c = exp.config
     # Constant settings ride along so TensorBoard's HParams view can compare searches.
     constants = {"epochs": c.epochs, "k": c.k, "lr": c.lr, "batch_size": c.batch_size}
-    if c.search == "grid":
-        return {
-            "fb_layers": tune.grid_search(exp.split_depths),
-            "trial": tune.grid_search(list(range(c.seeds))),
-            **constants,
-        }
-    if c.search == "optuna":
-        return {
-            **constants,
-            "fb_layers": tune.choice(exp.split_depths),
-            "lr": tune.loguniform(c.lr / 4, c.lr * 4),
-        }
-    return constants
+    return {**constants, **strategy(c.search).space(exp)}
 
 
 def trial_slots(c: ExperimentConfig) -> int:
@@ -338,36 +170,23 @@ def _tune_config(exp: Experiment) -> tune.TuneConfig:
             max_t=c.epochs,
             grace_period=1,
         )
-    # Reusing trial processes saves each trial a fresh Python + torch start-up (seconds);
-    # every trial reseeds everything it uses, so results do not depend on the process.
-    common = {
-        "scheduler": scheduler,
-        "reuse_actors": True,
-        "trial_name_creator": trial_name,
-        "trial_dirname_creator": trial_dirname,
-    }
-    if c.search == "grid":
-        return tune.TuneConfig(num_samples=1, max_concurrent_trials=c.max_concurrent, **common)
-    if c.search == "bisection":
-        # Probes beyond the first use slots that would otherwise idle: T trials fill one.
-        searcher = BisectionSearcher(
-            exp.split_depths,
-            c.seeds,
-            target=c.minimise,
-            parallel_probes=max(1, trial_slots(c) // c.seeds),
-        )
-        return tune.TuneConfig(
-            search_alg=searcher,
-            num_samples=-1,
-            max_concurrent_trials=c.max_concurrent,
-            **common,
-        )
-    from ray.tune.search.optuna import OptunaSearch  # imports optuna: only when asked for
-
-    searcher = OptunaSearch(metric="objective", mode="min", seed=c.seed)
-    limited = ConcurrencyLimiter(searcher, max_concurrent=c.max_concurrent or 2)
-    samples = c.num_samples or max(4, math.ceil(c.seeds * len(exp.split_depths) / 2))
-    return tune.TuneConfig(search_alg=limited, num_samples=samples, **common)
+    chosen = strategy(c.search)
+    searcher = chosen.searcher(exp, trial_slots(c)) if chosen.searcher else None
+    # Tune keeps one trial pending for a custom searcher unless max_concurrent_trials is set
+    # (it then wraps the searcher in a ConcurrencyLimiter): the adaptive search asks for one
+    # trial per slot, so trials run side by side.
+    limit = c.max_concurrent or (trial_slots(c) if c.search == "adaptive" else None)
+    return tune.TuneConfig(
+        search_alg=searcher,
+        num_samples=chosen.num_samples(exp),
+        max_concurrent_trials=None if c.search == "optuna" else limit,
+        scheduler=scheduler,
+        # Reusing trial processes saves each trial a fresh Python + torch start-up (seconds);
+        # every trial reseeds everything it uses, so results do not depend on the process.
+        reuse_actors=True,
+        trial_name_creator=trial_name,
+        trial_dirname_creator=trial_dirname,
+    )
 
 
 def default_name(config: ExperimentConfig) -> str:

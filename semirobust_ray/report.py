@@ -30,8 +30,8 @@ from typing import Any
 
 import pandas as pd
 
-from semirobust_ray.algorithm1 import DepthSummary, TrialResult, reached_by_depth
-from semirobust_ray.answer import answer_summary
+from semirobust_ray.algorithm1 import DepthSummary, TrialResult
+from semirobust_ray.answer import search_answer
 from semirobust_ray.config import resolve_stop_attack
 from semirobust_ray.frontier import frontier_figure, frontier_table
 from semirobust_ray.options import add_search_dir, error, standalone
@@ -64,7 +64,7 @@ TABLE1_COLUMNS: tuple[str, ...] = (
     + ACC_COLUMNS
     + RHO_COLUMNS
     + RHO_BEST_COLUMNS
-    + ("Reached", "Trials")
+    + ("Reached", "Trials", "p(d)")
 )
 
 
@@ -82,14 +82,18 @@ def rho_in_fb(summary: DepthSummary, num_layers: int, offset: int, best: bool = 
     return float((summary.rho_best if best else summary.rho).get(j, math.nan))
 
 
-def table1(results: dict[str, Any]) -> pd.DataFrame:
+def table1(results: dict[str, Any], answer: dict[str, Any] | None = None) -> pd.DataFrame:
     """Table 1 of the paper, one row per split depth (smallest |f_b| first).
 
     Accuracies are fractions (``Diff`` = Acc* − Acc), ρ in bits, NaN where a pair lies outside
     f_b or was not measured. ``Acc`` is the best trial's, ``ρ_j`` the minimum over trials and
-    ``ρ_j (best)`` the best trial's.
+    ``ρ_j (best)`` the best trial's. ``Reached`` counts the trials that came within k,
+    ``p(d)`` is the monotone fit of the reach probability the answer is read from
+    (``answer``: :func:`minimal_split` of ``results``, computed here when not given).
     """
     n = int(results["num_layers"])
+    answer = answer or minimal_split(results)
+    reach = {r["fb_layers"]: r for r in answer["answer"]["reach"]}
     model, dataset = labels(results["config"])
     rows = []
     for s in depth_summaries(results):
@@ -105,12 +109,14 @@ def table1(results: dict[str, Any]) -> pd.DataFrame:
         for x in RHO_OFFSETS:
             row[rho_column(x)] = rho_in_fb(s, n, x)
             row[rho_column(x, best=True)] = rho_in_fb(s, n, x, best=True)
-        row["Reached"] = s.reached
-        row["Trials"] = s.trials
+        r = reach.get(s.fb_layers)
+        row["Reached"] = r["reached"] if r else int(s.reached)
+        row["Trials"] = r["trials"] if r else s.trials
+        row["p(d)"] = r["fit"] if r else math.nan
         rows.append(row)
     df = pd.DataFrame(rows, columns=list(TABLE1_COLUMNS))
     # An empty frame would otherwise give every column dtype object.
-    return df.astype({c: float for c in ACC_COLUMNS + RHO_COLUMNS + RHO_BEST_COLUMNS})
+    return df.astype({c: float for c in ACC_COLUMNS + RHO_COLUMNS + RHO_BEST_COLUMNS + ("p(d)",)})
 
 
 def table1_markdown(df: pd.DataFrame) -> str:
@@ -128,8 +134,8 @@ def table1_markdown(df: pd.DataFrame) -> str:
             return f"{100 * v:.1f}"
         if col in RHO_COLUMNS or col in RHO_BEST_COLUMNS:
             return f"{v:.2f}"
-        if col == "Reached":
-            return "yes" if v else "no"
+        if col == "p(d)":
+            return f"{v:.2f}"
         return str(v)
 
     rho = set(RHO_COLUMNS) | set(RHO_BEST_COLUMNS)
@@ -201,28 +207,37 @@ def _num(v: float | None) -> float | None:
 
 
 def minimal_split(results: dict[str, Any]) -> dict[str, Any]:
-    """The answer of the search, in both readings, with the evidence for it.
+    """The answer of the search, in both readings, with its uncertainty and the evidence.
 
     Keys: ``minimise`` (the target) and ``answer`` (that target's reading); the two readings
-    ``smallest_robust_fa`` and ``smallest_fb``, each with ``fb_layers`` (|f_b|, null when no depth
-    reached), ``robust_layers`` (a = n − |f_b|), ``statement`` (plain words), ``established``
-    and ``why``, and the depth's ``acc``, ``diff``, ``acc_sr``; ``premise`` (what a search that
-    skips depths assumes) and ``premise_violations`` (every depth that reached beyond depths that
-    did not: then the answer rests on the evidence, not the premise); ``warning`` (set when the
-    answer reached on the validation check but its test Diff exceeds k: the check's attack or
-    split overstated robustness); ``cost`` (seconds of all trials, by kind, beside the baseline's
-    adversarial training); ``evidence`` (every depth tried); ``failed`` (trials that ended without
-    a result, and why) and ``unfinished`` (trials that never reported a final result), neither
-    counted in the evidence.
+    ``smallest_robust_fa`` and ``smallest_fb``, each with ``fb_layers`` (the point answer |f_b|,
+    null when no depth reaches), ``robust_layers`` (a = n − |f_b|), ``statement`` (plain words),
+    ``interval`` (its 90 % interval as |f_b| and as a), ``interval_statement``, ``width``,
+    ``determined`` (the interval is at most ``answer_width`` candidate steps wide), ``why``,
+    ``reach`` (every depth tried: trials, how many reached, the rate with its Wilson interval,
+    the monotone fit p(d), the best-of-T figure), and the depth's ``acc``, ``diff``, ``acc_sr``;
+    ``reach_probability`` (q), ``level``, ``answer_width``, ``stop`` (why the search ended);
+    ``premise`` and ``premise_violations`` (depths whose own rate is at least q beyond depths
+    whose rate is not: the fit pools them); ``warning`` (set when the answer's test Diff exceeds
+    k); ``cost`` (seconds of all trials, by kind, beside the baseline's adversarial training);
+    ``evidence`` (every depth tried); ``failed`` (trials that ended without a result, and why;
+    counted as not reaching) and ``unfinished`` (trials that never reported a final result, not
+    counted).
     """
     summaries = depth_summaries(results)
     by_depth = {s.fb_layers: s for s in summaries}
     config = results["config"]
     n = int(results["num_layers"])
-    summary = _readings(results, summaries, by_depth)
+    summary = search_answer(results, candidate_depths(results))
+    for key in ("answer", "smallest_robust_fa", "smallest_fb"):
+        chosen = by_depth.get(summary[key]["fb_layers"])
+        summary[key].update(
+            {f: _num(getattr(chosen, f)) if chosen else None for f in ("acc", "diff", "acc_sr")}
+        )
     chosen = by_depth.get(summary["answer"]["fb_layers"])
     baseline = results.get("baseline", {})
     acc_star = chosen.acc_star if chosen else baseline.get("acc_star")
+    reach = {r["fb_layers"]: r for r in summary["answer"]["reach"]}
     return {
         "model": config.get("model"),
         "dataset": config.get("dataset"),
@@ -235,32 +250,10 @@ def minimal_split(results: dict[str, Any]) -> dict[str, Any]:
         **summary,
         "warning": _test_diff_warning(chosen, config),
         "cost": _cost(trial_results(results), baseline),
-        "evidence": [_evidence(s, n) for s in summaries],
+        "evidence": [_evidence(s, n, reach.get(s.fb_layers)) for s in summaries],
         "failed": list(results.get("failed", [])),
         "unfinished": list(results.get("unfinished", [])),
     }
-
-
-def _readings(
-    results: dict[str, Any], summaries: list[DepthSummary], by_depth: dict[int, DepthSummary]
-) -> dict[str, Any]:
-    """:func:`~semirobust_ray.answer.answer_summary`'s readings, each with its depth's ``acc``,
-    ``diff`` and ``acc_sr`` (null when no depth reached)."""
-    config = results["config"]
-    summary = answer_summary(
-        reached_by_depth(summaries),
-        candidate_depths(results),
-        config.get("minimise", "robust_fa"),
-        int(results["num_layers"]),
-        config.get("epochs"),
-        config.get("k"),
-    )
-    for key in ("answer", "smallest_robust_fa", "smallest_fb"):
-        chosen = by_depth.get(summary[key]["fb_layers"])
-        summary[key].update(
-            {f: _num(getattr(chosen, f)) if chosen else None for f in ("acc", "diff", "acc_sr")}
-        )
-    return summary
 
 
 def _test_diff_warning(chosen: DepthSummary | None, config: dict[str, Any]) -> str | None:
@@ -290,16 +283,18 @@ def _cost(trials: list[TrialResult], baseline: dict[str, Any]) -> dict[str, Any]
     }
 
 
-def _evidence(s: DepthSummary, num_layers: int) -> dict[str, Any]:
-    """One depth tried, as ``minimal_split.json``'s ``evidence`` lists it."""
+def _evidence(s: DepthSummary, num_layers: int, reach: dict[str, Any] | None) -> dict[str, Any]:
+    """One depth tried, as ``minimal_split.json``'s ``evidence`` lists it: its best trial's
+    numbers, its trials, how many reached and the fitted reach probability."""
     return {
         "fb_layers": s.fb_layers,
         "robust_layers": num_layers - s.fb_layers,
         "acc": _num(s.acc),
         "acc_sr": _num(s.acc_sr),
         "diff": _num(s.diff),
-        "reached": s.reached,
+        "reached": reach["reached"] if reach else int(s.reached),
         "trials": s.trials,
+        "p_fit": reach["fit"] if reach else None,
         "epochs": s.epochs,
         "best_trial": s.best_trial,
     }
@@ -311,16 +306,19 @@ def answer_lines(answer: dict[str, Any]) -> list[str]:
     for key in ("smallest_robust_fa", "smallest_fb"):
         reading = answer[key]
         line = reading["statement"][0].upper() + reading["statement"][1:]
-        if reading["fb_layers"] is not None:
+        if reading["fb_layers"] is not None and reading.get("acc") is not None:
             line += f" (Acc {100 * reading['acc']:.1f}% vs Acc* {100 * answer['acc_star']:.1f}%)"
-        if not reading["established"]:
-            line += f"; not established: {reading['why']}"
+        line += f"; {reading['interval_statement']}"
+        if not reading["determined"]:
+            line += f" ({reading['why']})"
         lines.append(line + ".")
+    lines.append(f"Search: {answer['stop']}.")
     for v in answer["premise_violations"]:
         missed = ", ".join(str(d) for d in v["missed_before"])
         lines.append(
-            f"Premise contradicted ({answer['premise']}): |f_b| = {v['reached']} reached although "
-            f"|f_b| = {missed} did not."
+            f"Against the premise ({answer['premise']}): |f_b| = {v['reached']} reached in at "
+            f"least {answer['reach_probability']:g} of its trials although |f_b| = {missed} did "
+            "not; the monotone fit pools them."
         )
     source = answer.get("baseline_source")
     if source:
@@ -370,15 +368,17 @@ def write_report(results: dict[str, Any], out: Store | str | os.PathLike) -> dic
     file is (keys of :data:`REPORT_FILES`).
     """
     store = Store.of(out)
-    df = table1(results)
-    answer = minimal_split(results)
+    answer = minimal_split(results)  # once: the table, the text and the JSON share it
+    df = table1(results, answer)
     document = table1_markdown(df) + "\n" + "\n\n".join(answer_lines(answer)) + "\n"
     contents = {
         "table1_csv": df.to_csv(index=False, float_format="%.6g").encode(),
         "table1_md": document.encode(),
         "figure": rho_vs_depth_figure(results),
-        "frontier_csv": frontier_table(results).to_csv(index=False, float_format="%.6g").encode(),
-        "frontier_png": frontier_figure(results),
+        "frontier_csv": frontier_table(results, answer)
+        .to_csv(index=False, float_format="%.6g")
+        .encode(),
+        "frontier_png": frontier_figure(results, answer),
     }
     for key, data in contents.items():
         store.write_bytes(REPORT_FILES[key], data)

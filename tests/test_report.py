@@ -193,16 +193,24 @@ def test_minimal_split_gives_both_readings_of_the_answer(results: dict[str, Any]
         "smallest robust f*_a: the first 2 of 6 layers must be robust; the last 4 layers can be "
         "trained in 3 epochs to come within k = 0.05 of Acc*"
     )
-    # |f_b| = 4 is the largest candidate: nothing beyond it to probe.
-    assert m["answer"]["established"] is True
-    # The second reading: the smallest reaching |f_b|, with |f_b| = 2 tried and missed below it.
+    # Two trials a depth settle nothing at 90 %: the interval runs from "no depth" to |f_b| = 4,
+    # i.e. anywhere from all 6 layers to the first 2 robust, and the answer is undetermined.
+    assert m["answer"]["interval"]["fb_layers"] == [None, 4]
+    assert m["answer"]["interval"]["robust_layers"] == [6, 2]
+    assert m["answer"]["interval_statement"] == (
+        "90 % interval: between 2 and 6 of the 6 layers must be robust"
+    )
+    assert m["answer"]["determined"] is False and m["answer"]["why"].startswith("undetermined")
+    # The monotone fit pools 1..4 (0, 0, 2 and 2 of 2 reached) into one rate, 4 of 8 = q.
+    assert [r["fit"] for r in m["answer"]["reach"]] == pytest.approx([0.5] * 4)
+    # The second reading: the smallest reaching |f_b| (its fit: 1 at 3 and 4, 0 below).
     assert m["smallest_fb"]["fb_layers"] == 3 and m["smallest_fb"]["robust_layers"] == 3
     assert m["smallest_fb"]["acc"] == pytest.approx(0.58)
-    assert m["smallest_fb"]["established"] is True
+    assert [r["fit"] for r in m["smallest_fb"]["reach"]] == pytest.approx([0, 0, 1, 1])
     assert m["acc_star"] == pytest.approx(ACC_STAR) and m["k"] == K and m["epochs"] == 3
     ev = {e["fb_layers"]: e for e in m["evidence"]}
     assert sorted(ev) == [1, 2, 3, 4]
-    assert [ev[d]["reached"] for d in (1, 2, 3, 4)] == [False, False, True, True]
+    assert [ev[d]["reached"] for d in (1, 2, 3, 4)] == [0, 0, 2, 2]
     assert ev[3]["epochs"] == 3 and ev[3]["trials"] == 2 and ev[3]["best_trial"] == 1
     assert ev[2]["acc"] == pytest.approx(0.52) and ev[2]["robust_layers"] == 4
     json.dumps(m, allow_nan=False)  # strict JSON: no NaN
@@ -224,21 +232,44 @@ def test_minimal_split_lists_outcomes_that_contradict_the_premise(
     assert m["answer"]["fb_layers"] == 3 and m["premise_violations"] == []
 
 
+def _replicated(results: dict[str, Any], trials: int, reaches: Any) -> None:
+    """``trials`` trials at each depth of ``results``, reaching where ``reaches(depth)``."""
+    first = {t["fb_layers"]: t for t in results["trials"] if t["trial"] == 0}
+    results["trials"] = [
+        {**first[d], "trial": t, "reached": bool(reaches(d))}
+        for d in sorted(first)
+        for t in range(trials)
+    ]
+
+
 def test_minimal_split_on_a_monotone_frontier(results: dict[str, Any]) -> None:
-    """Small f_b reaches, large f_b does not: the answer is the boundary, both sides tried."""
-    for t in results["trials"]:
-        t["reached"] = t["fb_layers"] <= 2
+    """Small f_b reaches, large f_b does not, six trials a depth: the 90 % interval closes on
+    the boundary; without the depth beyond it, it keeps that untried depth inside."""
     results["config"]["split_depths"] = [1, 2, 3, 4, 5, 6]
+    _replicated(results, 6, lambda d: d <= 2)
     m = minimal_split(results)
-    assert m["answer"]["fb_layers"] == 2 and m["answer"]["established"] is True
-    assert m["answer"]["why"] == "|f_b| = 2 reached and |f_b| = 3 did not"
+    assert m["answer"]["fb_layers"] == 2 and m["answer"]["interval"]["fb_layers"] == [2, 2]
+    assert m["answer"]["determined"] is True and m["answer"]["width"] == 0
+    assert m["answer"]["interval_statement"] == (
+        "90 % interval: exactly 4 of the 6 layers must be robust"
+    )
     assert m["premise_violations"] == []
-    assert m["smallest_fb"]["fb_layers"] == 1 and m["smallest_fb"]["established"] is True
-    # Depth 3 not tried: the boundary is not established.
+    assert m["smallest_fb"]["fb_layers"] == 1
+    # Depth 3 not tried: 3 may reach or not, so it stays inside the interval (2 to 3).
     results["trials"] = [t for t in results["trials"] if t["fb_layers"] != 3]
     m = minimal_split(results)
-    assert m["answer"]["fb_layers"] == 2 and m["answer"]["established"] is False
-    assert m["answer"]["why"] == "|f_b| = 3, next to the answer, was not tried"
+    assert m["answer"]["fb_layers"] == 2 and m["answer"]["interval"]["fb_layers"] == [2, 3]
+    assert m["answer"]["width"] == 1 and m["answer"]["determined"] is True  # answer_width 1
+    results["config"]["answer_width"] = 0
+    m = minimal_split(results)
+    assert m["answer"]["determined"] is False and "answer_width 0" in m["answer"]["why"]
+
+
+def test_minimal_split_counts_a_failed_trial_as_a_miss(results: dict[str, Any]) -> None:
+    _replicated(results, 6, lambda d: d <= 2)
+    results["failed"] = [{"trial_dir": "x", "failure": "diverged: nan", "fb_layers": 2}]
+    reach = {r["fb_layers"]: r for r in minimal_split(results)["answer"]["reach"]}
+    assert (reach[2]["reached"], reach[2]["trials"]) == (6, 7)
 
 
 def test_minimal_split_warns_when_test_diff_exceeds_k(results: dict[str, Any]) -> None:
