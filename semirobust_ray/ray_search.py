@@ -44,7 +44,7 @@ from semirobust_ray.searchdir import (
     save_search_files,
     stored_config,
 )
-from semirobust_ray.searchers import strategy
+from semirobust_ray.searchers import SearchEnd, strategy
 from semirobust_ray.storage import CorruptFileError, Store, first_line, is_uri
 from semirobust_ray.training import DeviceError, resolve_device
 from semirobust_ray.trial import algorithm1_trainable, start_acc_sr_board
@@ -253,6 +253,7 @@ def run_search(
         _resources(config),
     )
     _FinishWatch.unfinished = 0
+    SearchEnd.reached = False
     if resume:
         tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_errored=True)
         _apply_resume_settings(tuner, config)
@@ -264,6 +265,8 @@ def run_search(
         # stopped or never started marked TERMINATED. That search is not finished, and a report
         # written now would look final.
         raise SearchInterrupted(f"{_FinishWatch.unfinished} trial(s) unfinished")
+    if strategy(config.search).ends_itself and not SearchEnd.reached:
+        raise SearchInterrupted(f"the {config.search} search had not ended")
     return _report(search, exp_dir, start)
 
 

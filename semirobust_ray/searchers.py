@@ -38,6 +38,18 @@ from semirobust_ray.experiment import Experiment
 logger = logging.getLogger(__name__)
 
 
+class SearchEnd:
+    """Whether one of our searchers ended the search in this process (returned FINISHED).
+
+    Tune's loop also ends on an interrupt, with the trials it has not yet been given never
+    created: only the searcher knows the search is not over. A class attribute, as
+    ``Tuner.restore`` runs its own unpickled copy of the searcher, not the one built here;
+    :func:`semirobust_ray.ray_search.run_search` resets it before each run.
+    """
+
+    reached = False
+
+
 class _PickledState:
     """Tune checkpoints a searcher with ``save`` and puts it back with ``restore`` on a resume.
 
@@ -148,6 +160,7 @@ class BisectionSearcher(_PickledState, Searcher):
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         if self.finished:
+            SearchEnd.reached = True
             return self.FINISHED
         open_probes = [
             i
@@ -225,6 +238,7 @@ class AdaptiveSearcher(_PickledState, Searcher):
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         nxt = self.search.suggest()
         if nxt is None:
+            SearchEnd.reached = True
             if not self.announced:
                 self.announced = True
                 logger.info(f"[adaptive] no more trials: {self.search.why}")
@@ -263,6 +277,9 @@ class Strategy:
     space: Callable[[Experiment], dict[str, Any]]
     searcher: Callable[[Experiment, int], Any] | None = None
     num_samples: Callable[[Experiment], int] = lambda exp: -1
+    # The searcher decides when the search is over (it sets SearchEnd.reached): a Tune loop
+    # that ended before it did was interrupted.
+    ends_itself: bool = False
 
 
 def _grid_space(exp: Experiment) -> dict[str, Any]:
@@ -311,9 +328,9 @@ def _optuna_samples(exp: Experiment) -> int:
 
 #: ``search`` value -> its :class:`Strategy`; the config's ``search`` key lists these names.
 STRATEGIES: dict[str, Strategy] = {
-    "adaptive": Strategy(space=lambda exp: {}, searcher=_adaptive),
+    "adaptive": Strategy(space=lambda exp: {}, searcher=_adaptive, ends_itself=True),
     "grid": Strategy(space=_grid_space, num_samples=lambda exp: 1),
-    "bisection": Strategy(space=lambda exp: {}, searcher=_bisection),
+    "bisection": Strategy(space=lambda exp: {}, searcher=_bisection, ends_itself=True),
     "optuna": Strategy(space=_optuna_space, searcher=_optuna, num_samples=_optuna_samples),
 }
 
