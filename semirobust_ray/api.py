@@ -81,13 +81,35 @@ class SearchResult:
 
     @property
     def fb_layers(self) -> int | None:
-        """|f_b| of the answer to the config's ``minimise`` target; None if no depth reached."""
+        """|f_b| of the point answer to the config's ``minimise`` target (the last depth whose
+        fitted reach probability is at least q); None if none is. See :attr:`interval`."""
         return self.answer["answer"]["fb_layers"]
 
     @property
     def robust_layers(self) -> int | None:
         """a = n − |f_b|: how many leading layers f*_a must be robust; None if no depth reached."""
         return self.answer["answer"]["robust_layers"]
+
+    @property
+    def interval(self) -> tuple[int, int]:
+        """The 90 % interval of a (robust layers) for ``robust_fa``, of |f_b| for ``fb``, low
+        first; a = n stands for "no depth reaches"."""
+        key = "robust_layers" if self.answer["minimise"] == "robust_fa" else "fb_layers"
+        ends = self.answer["answer"]["interval"][key]
+        if None in ends:  # fb: "none reaches" sits beyond the largest |f_b|
+            return (min(e for e in ends if e is not None), self.num_layers)
+        return (min(ends), max(ends))
+
+    @property
+    def determined(self) -> bool:
+        """Whether the interval is at most ``answer_width`` candidate steps wide."""
+        return bool(self.answer["answer"]["determined"])
+
+    @property
+    def reach(self) -> pd.DataFrame:
+        """Each depth tried: trials, how many reached, the rate with its Wilson interval, the
+        monotone fit p(d) the answer is read from, and the best-of-T figure."""
+        return pd.DataFrame(self.answer["answer"]["reach"])
 
     @property
     def acc_star(self) -> float | None:

@@ -146,7 +146,7 @@ def _print_summary(outcome) -> None:
     from semirobust_ray.report import answer_lines, table1, table1_markdown
 
     print()
-    print(table1_markdown(table1(outcome.results)))
+    print(table1_markdown(table1(outcome.results, outcome.answer)))
     for line in answer_lines(outcome.answer):
         print(line)
     print()
