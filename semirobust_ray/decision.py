@@ -381,7 +381,10 @@ class AdaptiveSearch:
         """Why the search is over (None while it is not)."""
         width = self.decision().width
         if width <= self.answer_width:
-            return f"the {self.level:.0%} interval is {width} step(s) wide (answer_width {self.answer_width})"
+            return (
+                f"the {100 * self.level:.0f} % interval is {width} step(s) wide "
+                f"(answer_width {self.answer_width})"
+            )
         if self.used >= self.max_trials:
             return f"max_trials = {self.max_trials} spent; the interval is {width} step(s) wide"
         return None

@@ -150,7 +150,11 @@ def frontier_plot(results: dict[str, Any], answer: dict[str, Any] | None = None)
     if df.empty:
         ax.text(0.5, 0.5, "no finished trials", ha="center", va="center", transform=ax.transAxes)
         return fig
-    depths = [s.fb_layers for s in summaries]
+    # Every candidate on the axis, tried or not: the interval may hold untried depths.
+    candidates = answer["candidates"]
+    step = max(1, len(candidates) // 16)
+    depths = candidates[::step]
+    ax.set_xlim(min(candidates) - 0.6, max(candidates) + 0.6)
     _plot_reach(top, answer, n)
     _plot_trials(ax, df, summaries, float(config.get("k", math.nan)))
     _mark_answers(ax, answer, n)

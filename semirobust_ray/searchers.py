@@ -261,7 +261,7 @@ class AdaptiveSearcher(_PickledState, Searcher):
         logger.info(
             f"[adaptive] |f_b| = {depth} {'reached' if reached else 'missed'} "
             f"({self.search.hits[depth]}/{self.search.trials[depth]} there); answer |f_b| = "
-            f"{point}, {d.level:.0%} interval {ends[0]}..{ends[1]} ({d.width} step(s), "
+            f"{point}, {100 * d.level:.0f} % interval {ends[0]}..{ends[1]} ({d.width} step(s), "
             f"{self.search.used}/{self.search.max_trials} trials)"
         )
 
