@@ -91,7 +91,7 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     (
         "unknown search algorithm",
         lambda t: ["--set", "search=bisect"],
-        "search: unknown value 'bisect' (did you mean 'bisection'?); valid: bisection, grid, optuna",
+        "search: unknown value 'bisect' (did you mean 'bisection'?); valid: adaptive, bisection, grid, optuna",
     ),
     (
         "split depth 0",
