@@ -5,8 +5,9 @@
 Trial outcomes are simulated from a known reach probability p(d) (a trial at depth d reaches
 with probability p(d)), so the true answer, the largest |f_b| with p(d) ≥ q = 0.5, is known.
 Scenarios: logistic p(d) = 0.1 + 0.8 / (1 + exp((d − c) / s)) (exactly 0.5 at c) for n = 6, 16
-and 54 at several slopes s, and a plateau (ResNet50-like: 0.95, then 0.7 over most depths, then
-0.15). Strategies, each run on its own random stream:
+and 54 at several slopes s, and two plateaus (ResNet50-like: 0.95 over the first quarter, then
+0.7 over most depths, then 0.15, truth at the plateau's end; and the same plateau at 0.3, below
+q, truth at the first quarter's end, where "any of T trials reached" is most misleading). Strategies, each run on its own random stream:
 
 - ``grid T=1`` / ``grid T=2``: every depth T times (n or 2n trials);
 - ``bisection T=2``: :class:`semirobust_ray.searchers.BisectionSearcher` as the search runs it,
@@ -45,8 +46,10 @@ def logistic(n: int, centre: float, slope: float) -> dict[int, float]:
     return {d: 0.1 + 0.8 / (1 + math.exp((d - centre) / slope)) for d in range(1, n + 1)}
 
 
-def plateau(n: int) -> dict[int, float]:
-    return {d: 0.95 if d <= n // 4 else 0.7 if d <= n - 6 else 0.15 for d in range(1, n + 1)}
+def plateau(n: int, level: float) -> dict[int, float]:
+    """0.95 over the first quarter, ``level`` up to n − 6, 0.15 (0.05 below q) beyond."""
+    tail = 0.15 if level >= Q else 0.05
+    return {d: 0.95 if d <= n // 4 else level if d <= n - 6 else tail for d in range(1, n + 1)}
 
 
 SCENARIOS: dict[str, dict[int, float]] = {
@@ -54,7 +57,8 @@ SCENARIOS: dict[str, dict[int, float]] = {
     "n=16 logistic s=2": logistic(16, 9, 2),
     "n=54 logistic s=4": logistic(54, 30, 4),
     "n=54 logistic s=8": logistic(54, 30, 8),
-    "n=54 plateau": plateau(54),
+    "n=54 plateau 0.7": plateau(54, 0.7),
+    "n=54 plateau 0.3": plateau(54, 0.3),
 }
 
 

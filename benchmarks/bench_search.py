@@ -5,8 +5,9 @@
 - ``search_epoch_ratio``: trial-epochs spent by the ``bisection`` search divided by those of the
   ``grid`` search on the same problem (12 candidate depths of the 12-layer ``smallvgg`` on the
   digits data), for the default target (the smallest robust f*_a), both required to find the
-  same answer; the wall-time ratio beside it, and grid's outcome per depth (``grid_reached``,
-  R = reached) with the number of outcomes that contradict bisection's premise.
+  same answer; the wall-time ratio beside it, grid's outcome per depth (``grid_reached``,
+  reached/trials) with the number of depths that contradict bisection's premise, and the 90 %
+  interval the report reads from each search's trials.
 - ``ray_overhead_fraction``: (search wall time − time spent inside trials) / search wall time for
   a search of sequential trials lasting ≥ 30 s each, Ray's start-up included. The baseline is
   taken from a warm cache first, so the figure is Ray's cost, not stage 1's.
@@ -89,10 +90,13 @@ def search_epoch_ratio(root: Path, quick: bool) -> dict[str, Any]:
         "grid_answer_fb_layers": grid.answer_fb_layers,
         "bisection_answer_fb_layers": bis.answer_fb_layers,
         "same_answer": grid.answer_fb_layers == bis.answer_fb_layers,
-        "bisection_answer_established": bis.answer["answer"]["established"],
+        # The 90 % interval the report reads from each search's own trials (|f_b|, ends in
+        # premise order; None: "no depth").
+        "grid_answer_interval": grid.answer["answer"]["interval"]["fb_layers"],
+        "bisection_answer_interval": bis.answer["answer"]["interval"]["fb_layers"],
         # Depths of grid's outcome table that contradict bisection's premise (none: monotone).
         "grid_premise_violations": len(grid.answer["premise_violations"]),
-        "grid_reached": "".join("R" if e["reached"] else "." for e in grid.answer["evidence"]),
+        "grid_reached": " ".join(f"{e['reached']}/{e['trials']}" for e in grid.answer["evidence"]),
         "candidate_depths": 12,
         "seeds": config.seeds,
     }
