@@ -241,7 +241,7 @@ def test_join_errors_name_the_token_only_where_it_may_be_the_cause(monkeypatch):
     """Without the cluster's fixture: the messages for failures Ray does not mark as token
     refusals. A Ray Client without RAY_AUTH_MODE=token is not refused but times out (Ray 2.60,
     after 30 s; seen against this module's cluster), so its message names the token."""
-    from semirobust_ray.ray_search import _join_problem
+    from semirobust_ray.cluster import _join_problem
 
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
     timeout = ConnectionError("ray client connection timeout")
