@@ -1,7 +1,8 @@
 """``semirobust``: the command line, one program with subcommands (``search`` is the default).
 
 ``semirobust search`` (also ``launch/search.py`` and ``semirobust-search``) finds the minimal
-robust split with Ray Tune; ``run``, ``report`` and ``reevaluate`` come from their modules.
+robust split with Ray Tune, ``report`` rebuilds a search's report from its storage; ``run`` and
+``reevaluate`` come from their modules.
 
 Every input is validated before Ray starts; a mistake ends the program with exit code 2 and one
 line on stderr, never a traceback.
@@ -11,17 +12,21 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 from semirobust_ray.config import config_path, config_values, load_config
 from semirobust_ray.options import (
     Command,
     add_config_options,
+    add_search_dir,
     add_verbosity,
     error,
     run_command,
     standalone,
 )
-from semirobust_ray.storage import CorruptFileError
+from semirobust_ray.storage import CorruptFileError, is_uri
 
 #: ``semirobust search``: one line, for the command list.
 SUMMARY = "find the minimal robust subnetwork with Ray Tune (the default command)"
@@ -101,14 +106,72 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- semirobust report --------------------------------------------------------------------
+
+
+def _report_lines(m: dict[str, Any], paths: dict[str, str]) -> Iterable[str]:
+    """The answer, the trials not counted and the files written, for ``semirobust report``."""
+    from semirobust_ray.report import answer_lines
+
+    yield from answer_lines(m)
+    for f in m["failed"]:
+        yield f"failed trial |f_b| = {f.get('fb_layers', '?')}: {f['failure']}"
+    if m["unfinished"]:
+        yield f"{len(m['unfinished'])} unfinished trial(s) not counted"
+    for p in paths.values():
+        yield f"wrote {p}"
+
+
+#: ``semirobust report``: one line, for the command list.
+REPORT_SUMMARY = "rebuild Table 1, the figures, the frontier and the answer from stored results"
+
+
+def add_report_arguments(p: argparse.ArgumentParser) -> None:
+    """``semirobust report``'s ``DIR`` and ``--out``."""
+    add_search_dir(p, runner_results=True)
+    p.add_argument("--out", default=None, help="where to write (default: DIR itself)")
+
+
+def report(args: argparse.Namespace) -> int:
+    """Rebuild the report of ``args.dir``; print Table 1 and where the files are."""
+    from semirobust_ray.report import minimal_split, table1, table1_markdown, write_report
+    from semirobust_ray.results import load_results
+
+    try:
+        results = load_results(args.dir)
+        is_file = not is_uri(args.dir) and Path(args.dir).is_file()
+        out = args.out or (str(Path(args.dir).parent) if is_file else args.dir)
+        answer = minimal_split(results)  # once, for the files and the lines printed here
+        paths = write_report(results, out, answer)
+    except (ValueError, CorruptFileError) as err:  # ReportError and config errors alike
+        return error(err)
+    except OSError as err:
+        return error(f"cannot write the report: {err}")
+    print(table1_markdown(table1(results, answer)), end="")
+    for line in _report_lines(answer, paths):
+        print(line)
+    return 0
+
+
+def report_main(argv: list[str] | None = None) -> int:
+    """``python -m semirobust_ray.report DIR [--out OUT]`` (the same as ``semirobust report``)."""
+    description = (
+        "Rebuild Table 1, the ρ-vs-depth figure, the frontier and minimal_split.json from "
+        "stored results (a runner results.json or a Tune search directory)."
+    )
+    return standalone(
+        "python -m semirobust_ray.report", description, (add_report_arguments, report), argv
+    )
+
+
 def commands() -> dict[str, tuple[str, Command]]:
     """``semirobust``'s subcommands: name -> (one-line summary, (add_arguments, run))."""
-    from semirobust_ray import reevaluate, report, runner
+    from semirobust_ray import reevaluate, runner
 
     return {
         "search": (SUMMARY, (add_arguments, run)),
         "run": (runner.SUMMARY, (runner.add_arguments, runner.run)),
-        "report": (report.SUMMARY, (report.add_arguments, report.run)),
+        "report": (REPORT_SUMMARY, (add_report_arguments, report)),
         "reevaluate": (reevaluate.SUMMARY, (reevaluate.add_arguments, reevaluate.run)),
     }
 

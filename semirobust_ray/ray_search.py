@@ -339,10 +339,11 @@ def _new_tuner(
 def _report(search: Store, exp_dir: str, start: float) -> SearchOutcome:
     """Read every finished trial (this run's and earlier runs') and write the report."""
     results = load_results(search)
-    paths = write_report(results, search)
+    answer = minimal_split(results)  # once: the report's files and the outcome share it
+    paths = write_report(results, search, answer)
     return SearchOutcome(
         experiment_dir=exp_dir,
-        answer=minimal_split(results),
+        answer=answer,
         results=results,
         report_paths=paths,
         seconds=time.perf_counter() - start,

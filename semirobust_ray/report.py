@@ -1,6 +1,6 @@
 """Table 1, Fig. 1, the frontier and the answer, rebuilt from stored results alone.
 
-``python -m semirobust_ray.report DIR`` reads either the runner's ``results.json`` or a Ray Tune
+``semirobust report DIR`` (its command line is in :mod:`semirobust_ray.cli`) reads either the runner's ``results.json`` or a Ray Tune
 experiment directory (see :mod:`semirobust_ray.results`) and writes, into ``DIR``:
 
 - ``table1.csv``: one row per split depth; accuracies as FRACTIONS (six significant digits, so
@@ -20,12 +20,9 @@ experiment directory (see :mod:`semirobust_ray.results`) and writes, into ``DIR`
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
-from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -34,16 +31,14 @@ from semirobust_ray.algorithm1 import DepthSummary, TrialResult
 from semirobust_ray.answer import search_answer
 from semirobust_ray.config import resolve_stop_attack
 from semirobust_ray.frontier import frontier_figure, frontier_table
-from semirobust_ray.options import add_search_dir, error, standalone
 from semirobust_ray.plots import new_figure, png_bytes
 from semirobust_ray.results import (
     candidate_depths,
     depth_summaries,
     labels,
-    load_results,
     trial_results,
 )
-from semirobust_ray.storage import CorruptFileError, Store, is_uri
+from semirobust_ray.storage import Store
 
 # Table 1 reports ρ for the pairs ending at layers n, n−3, n−7, n−11 and n−15 (x = 0, 3, ...).
 RHO_OFFSETS: tuple[int, ...] = (0, 3, 7, 11, 15)
@@ -359,7 +354,11 @@ REPORT_FILES: dict[str, str] = {
 }
 
 
-def write_report(results: dict[str, Any], out: Store | str | os.PathLike) -> dict[str, str]:
+def write_report(
+    results: dict[str, Any],
+    out: Store | str | os.PathLike,
+    answer: dict[str, Any] | None = None,
+) -> dict[str, str]:
     """Write ``table1.csv``, ``table1.md``, ``rho_vs_depth.png``, ``frontier.csv``,
     ``frontier.png`` and ``minimal_split.json`` into ``out`` (a directory, a storage URI or a
     :class:`~semirobust_ray.storage.Store`).
@@ -368,7 +367,7 @@ def write_report(results: dict[str, Any], out: Store | str | os.PathLike) -> dic
     file is (keys of :data:`REPORT_FILES`).
     """
     store = Store.of(out)
-    answer = minimal_split(results)  # once: the table, the text and the JSON share it
+    answer = answer or minimal_split(results)  # once: the table, text, figure and JSON share it
     df = table1(results, answer)
     document = table1_markdown(df) + "\n" + "\n\n".join(answer_lines(answer)) + "\n"
     contents = {
@@ -386,52 +385,7 @@ def write_report(results: dict[str, Any], out: Store | str | os.PathLike) -> dic
     return {key: store.uri(name) for key, name in REPORT_FILES.items()}
 
 
-def _summary_lines(results: dict[str, Any], paths: dict[str, str]) -> Iterable[str]:
-    m = minimal_split(results)
-    yield from answer_lines(m)
-    for f in m["failed"]:
-        yield f"failed trial |f_b| = {f.get('fb_layers', '?')}: {f['failure']}"
-    if m["unfinished"]:
-        yield f"{len(m['unfinished'])} unfinished trial(s) not counted"
-    for p in paths.values():
-        yield f"wrote {p}"
+if __name__ == "__main__":  # python -m semirobust_ray.report DIR: the same as semirobust report
+    from semirobust_ray.cli import report_main
 
-
-#: ``semirobust report``: one line, for the command list.
-SUMMARY = "rebuild Table 1, the figures, the frontier and the answer from stored results"
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """``DIR`` and ``--out``."""
-    add_search_dir(p, runner_results=True)
-    p.add_argument("--out", default=None, help="where to write (default: DIR itself)")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Rebuild the report of ``args.dir``; print Table 1 and where the files are."""
-    try:
-        results = load_results(args.dir)
-        is_file = not is_uri(args.dir) and Path(args.dir).is_file()
-        out = args.out or (str(Path(args.dir).parent) if is_file else args.dir)
-        paths = write_report(results, out)
-    except (ValueError, CorruptFileError) as err:  # ReportError and config errors alike
-        return error(err)
-    except OSError as err:
-        return error(f"cannot write the report: {err}")
-    print(table1_markdown(table1(results)), end="")
-    for line in _summary_lines(results, paths):
-        print(line)
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m semirobust_ray.report DIR [--out OUT]`` (the same as ``semirobust report``)."""
-    description = (
-        "Rebuild Table 1, the ρ-vs-depth figure, the frontier and minimal_split.json from "
-        "stored results (a runner results.json or a Tune search directory)."
-    )
-    return standalone("python -m semirobust_ray.report", description, (add_arguments, run), argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(report_main())

@@ -14,16 +14,15 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from semirobust_ray.cli import report_main
 from semirobust_ray.report import (
-    load_results,
-    main,
     minimal_split,
     rho_column,
     table1,
     table1_markdown,
     write_report,
 )
-from semirobust_ray.results import ReportError
+from semirobust_ray.results import ReportError, load_results
 
 N = 6  # layers of the hand-built model
 ACC_STAR = 0.60
@@ -382,7 +381,7 @@ def test_rebuild_from_tune_dir(results: dict[str, Any], tmp_path: Path) -> None:
     assert [u["params"]["fb_layers"] for u in loaded["unfinished"]] == [5]
     assert loaded["unfinished"][0]["reports"] == 1
     pd.testing.assert_frame_equal(table1(loaded), table1(results))
-    assert main([str(root)]) == 0
+    assert report_main([str(root)]) == 0
     m = json.loads((root / "minimal_split.json").read_text())
     assert m["answer"]["fb_layers"] == 4 and len(m["unfinished"]) == 1
     assert 5 not in [e["fb_layers"] for e in m["evidence"]]
@@ -392,10 +391,10 @@ def test_rebuild_from_tune_dir(results: dict[str, Any], tmp_path: Path) -> None:
 def test_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(ReportError, match="neither"):
         load_results(tmp_path)
-    assert main([str(tmp_path)]) == 2
+    assert report_main([str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err
-    assert main([str(tmp_path / "missing")]) == 2
+    assert report_main([str(tmp_path / "missing")]) == 2
     (tmp_path / "results.json").write_text('{"config": {}, "num_l')
     with pytest.raises(ReportError, match="not valid JSON"):
         load_results(tmp_path)

@@ -10,6 +10,7 @@ import torch
 from conftest import DIGITS_SEARCH, package_logs
 
 from semirobust_ray import report
+from semirobust_ray.cli import report_main
 from semirobust_ray.config import ExperimentConfig
 from semirobust_ray.ray_search import SearchError, run_search
 from semirobust_ray.searchers import BisectionSearcher
@@ -97,7 +98,7 @@ def test_report_is_rebuilt_from_stored_results_alone(searches, capsys):
     before = (d / "table1.md").read_text()
     for name in ("table1.md", "table1.csv", "rho_vs_depth.png", "minimal_split.json"):
         (d / name).unlink()
-    assert report.main([str(d)]) == 0
+    assert report_main([str(d)]) == 0
     assert (d / "table1.md").read_text() == before
     assert (d / "rho_vs_depth.png").stat().st_size > 1000
     capsys.readouterr()
