@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         return error(err)
     answer = results["answer"]
     for reading in ("smallest_robust_fa", "smallest_fb"):
-        print(answer[reading]["statement"])
+        print(f"{answer[reading]['statement']}; {answer[reading]['interval_statement']}")
     print(f"results: {Path(args.out) / 'results.json'}")
     return 0
 
