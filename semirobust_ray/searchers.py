@@ -65,6 +65,14 @@ class _PickledState:
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
+        # A finished search resumed (to rewrite its report) is never asked to suggest again.
+        if self.ended:
+            SearchEnd.reached = True
+
+    @property
+    def ended(self) -> bool:
+        """Whether this searcher has nothing more to suggest."""
+        raise NotImplementedError
 
 
 class BisectionSearcher(_PickledState, Searcher):
@@ -131,6 +139,10 @@ class BisectionSearcher(_PickledState, Searcher):
     def finished(self) -> bool:
         r, h = self._bounds()
         return h == r + 1 and not self._contradicted(r)
+
+    @property
+    def ended(self) -> bool:
+        return self.finished
 
     @property
     def minimal_depth(self) -> int | None:
@@ -234,6 +246,10 @@ class AdaptiveSearcher(_PickledState, Searcher):
         )
         self.live: dict[str, int] = {}  # trial id -> depth
         self.announced = False
+
+    @property
+    def ended(self) -> bool:
+        return self.search.why is not None
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         nxt = self.search.suggest()

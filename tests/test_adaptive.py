@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -68,26 +66,25 @@ def test_adaptive_search_runs_trials_side_by_side_and_reports_an_interval(ray_lo
     assert minimal["answer"]["interval_statement"].startswith("90 % interval")
 
 
-def test_adaptive_search_resumed_mid_search_keeps_every_outcome(ray_local, tmp_path):
-    """SIGINT once three trials have finished, then --resume: the finished trials are neither
-    run again nor forgotten by the searcher, and the budget counts them."""
+def test_adaptive_search_resumed_mid_search_keeps_every_outcome(ray_local, tmp_path, monkeypatch):
+    """SIGINT once the searcher has seen three trials finish, then --resume: the finished
+    trials are neither run again nor forgotten by the searcher, and the budget counts them."""
+    from semirobust_ray.searchers import AdaptiveSearcher
+
     storage, name = tmp_path / "runs", "stopped"
     config = _config(tmp_path, max_concurrent=1)
     exp_dir = storage / name
+    complete = AdaptiveSearcher.on_trial_complete
 
-    def interrupt() -> None:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if exp_dir.is_dir() and len(_finished_trials(exp_dir)) >= 3:
-                os.kill(os.getpid(), signal.SIGINT)
-                return
-            time.sleep(0.2)
+    def interrupt_after_three(self, trial_id, result=None, error=False):
+        complete(self, trial_id, result, error)
+        if sum(self.search.trials.values()) == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # in the driver, where the searcher runs
 
-    watcher = threading.Thread(target=interrupt, daemon=True)
-    watcher.start()
+    monkeypatch.setattr(AdaptiveSearcher, "on_trial_complete", interrupt_after_three)
     with pytest.raises(SearchInterrupted):
         run_search(config, storage_path=str(storage), name=name, verbose=0)
-    watcher.join(timeout=5)
+    monkeypatch.setattr(AdaptiveSearcher, "on_trial_complete", complete)
     before = {d: r["_rows"] for d, r in _finished_trials(exp_dir).items()}
     assert 3 <= len(before) < 8
 
