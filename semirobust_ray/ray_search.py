@@ -31,6 +31,7 @@ import ray
 from ray import tune
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
+from semirobust_ray import final_eval
 from semirobust_ray.answer import premise, premise_order, premise_violations
 from semirobust_ray.baseline import Baseline, baseline_key, get_baseline
 from semirobust_ray.config import ExperimentConfig
@@ -38,6 +39,7 @@ from semirobust_ray.experiment import Experiment, prepare
 from semirobust_ray.logs import configure as configure_logging
 from semirobust_ray.logs import level as log_level
 from semirobust_ray.models import model_slug
+from semirobust_ray.paired import warn_noise_floor
 from semirobust_ray.pretrained import BaselineSourceError
 from semirobust_ray.report import minimal_split, write_report
 from semirobust_ray.results import load_results
@@ -421,6 +423,7 @@ def run_search(
         baseline = _baseline_on_cluster(exp)
         save_search_files(search, exp.config, exp.num_layers, baseline)
     logger.info(f"[search] Acc* = {baseline.acc_star:.4f}; candidate |f_b|: {exp.split_depths}")
+    warn_noise_floor(baseline.metrics.acc_star_val, len(exp.eval_split("val")[1]), config.k)
 
     trainable = tune.with_resources(
         tune.with_parameters(
@@ -445,7 +448,28 @@ def run_search(
         # stopped or never started marked TERMINATED. That search is not finished, and a report
         # written now would look final.
         raise SearchInterrupted(f"{_FinishWatch.unfinished} trial(s) unfinished")
+    _test_evaluations(exp, baseline, search)
     return _report(search, exp_dir, start)
+
+
+def _test_evaluations(exp: Experiment, baseline: Baseline, search: Store) -> None:
+    """The test-set evaluations the report still needs (``test_eval``; see
+    :mod:`semirobust_ray.final_eval`), as Ray tasks with one trial's resources, each stored as
+    it completes: a search stopped here and resumed redoes none that finished."""
+    c = exp.config
+    todo = final_eval.pending(load_results(search), c.test_eval)
+    if not todo:
+        return
+    logger.info(f"[search] test-set evaluation of {len(todo)} trial(s) (test_eval: {c.test_eval})")
+    task = ray.remote(num_cpus=c.cpus_per_trial, num_gpus=c.gpus_per_trial)(
+        final_eval.evaluate_stored
+    )
+    exp_ref, baseline_ref = ray.put(exp), ray.put(baseline)
+    refs = {task.remote(exp_ref, baseline_ref, search.uri(), t): t for t in todo}
+    while refs:
+        done, _ = ray.wait(list(refs), num_returns=1)
+        refs.pop(done[0])
+        final_eval.save_evaluation(search, ray.get(done[0]))
 
 
 def _search_config(
