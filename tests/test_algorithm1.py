@@ -575,16 +575,22 @@ def test_test_eval_best_evaluates_the_final_network_after_the_trial_exactly_as_a
 
 
 @pytest.mark.parametrize("test_eval", ["best", "all"])
-def test_runner_test_eval_evaluates_the_best_trial_per_depth_or_all(digits, test_eval):
+def test_runner_test_eval_evaluates_the_best_trial_per_depth_or_all(digits, test_eval, logs):
     import math
 
-    exp, _ = digits
+    from semirobust_ray.paired import noise_floor
+    from semirobust_ray.runner import run_algorithm1
+
+    exp, baseline = digits
     config = exp.config.replace(
         test_eval=test_eval, seeds=2, split_depths=(1, 6), epochs=1, mi=True, mi_samples=60
     )
-    from semirobust_ray.runner import run_algorithm1
-
     results = run_algorithm1(config)
+    # The noise floor, once, before the trials (digits: 144 validation images, k = 0.05).
+    floor = noise_floor(baseline.metrics.acc_star_val, baseline.metrics.val_images, config.k)
+    warned = [line for line in logs if line.startswith("[noise floor]")]
+    assert floor["warning"] and warned == [f"[noise floor] {floor['warning']}"]
+    assert results["baseline"]["val_images"] == len(exp.data.y_val)
     for depth in (1, 6):
         ours = [t for t in results["trials"] if t["fb_layers"] == depth]
         best = max(ours, key=lambda t: (t["val_acc"], -t["trial"]))
