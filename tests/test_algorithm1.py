@@ -292,6 +292,16 @@ def test_cifar10_subset_trial_runs_on_real_images(tmp_path):
     baseline = get_baseline(exp)
     result = run_trial(exp, baseline, 2, 0)
     assert 0.0 <= result.acc <= 1.0 and result.epochs_run == 1
+    # The outcome is paired on every validation image of the real images.
+    from semirobust_ray.paired import unpack_correct, within_k
+
+    n = len(exp.data.y_val)
+    assert baseline.metrics.val_images == result.val_images == n
+    assert unpack_correct(baseline.metrics.val_correct).sum() == round(
+        baseline.metrics.acc_star_val * n
+    )
+    assert result.gap_images == round((baseline.metrics.acc_star_val - result.val_acc) * n)
+    assert result.reached == within_k(result.gap_images, n, exp.config.k)
 
 
 @pytest.mark.parametrize("method", ["fast", "free"])
