@@ -316,6 +316,107 @@ def vgg16_layer_mi(n_images: int) -> dict:
     }
 
 
+def bench_trial_mi(baseline_epochs: int = 1) -> dict:
+    """Where a quickstart trial's MI seconds go: ``trial_mi`` on the quickstart's network
+    (``search_spaces/quickstart.yaml``, digits) for every |f_b| = 1..6, each inside a Ray task
+    that holds one CPU in a placement group reserving one more for MI (``cpus_per_trial: 1``,
+    ``mi_cpus: 1``: a trial of the quickstart), on a fresh 2-CPU Ray instance. Per depth, in
+    that order: in-process (``use_ray=False``), Ray tasks (``use_ray=True``: what every trial
+    did before the in-process threshold), and the default (``use_ray=None``: Ray only above
+    :data:`semirobust_ray.mi.RAY_MIN_WORK`). The baseline is trained for ``baseline_epochs``
+    + ``baseline_epochs`` epochs instead of the quickstart's 6 + 6: the MI's cost depends on the
+    shapes (images, classes, layers), not on the weights' values.
+    """
+    import tempfile
+
+    import ray
+    import torch
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from semirobust_ray.algorithm1 import semirobust_model, trial_seed
+    from semirobust_ray.baseline import get_baseline
+    from semirobust_ray.config import config_path, load_config
+    from semirobust_ray.experiment import prepare
+    from semirobust_ray.mi import RAY_MIN_WORK
+    from semirobust_ray.training import predict_adversarial
+
+    config = load_config(
+        config_path("quickstart"),
+        [
+            f"baseline_epochs={baseline_epochs}",
+            f"baseline_adv_epochs={baseline_epochs}",
+            f"cache_dir={tempfile.mkdtemp(prefix='bench-trial-mi-')}",
+        ],
+    )
+    exp = prepare(config)
+    baseline = get_baseline(exp)
+    x_test, y_test = exp.eval_split("test")
+    nets = []
+    for depth in exp.split_depths:
+        s = semirobust_model(exp, baseline, depth)
+        seed = trial_seed(config.seed, depth, 0)
+        x_adv, _ = predict_adversarial(
+            s.model, x_test, y_test, attack=exp.eval_attack(s.model, seed),
+            batch_size=config.eval_batch, device=exp.device,
+        )  # fmt: skip
+        nets.append((depth, s, x_adv, seed))
+
+    def trial(exp, depth, s, x_adv, y, seed) -> dict:
+        import dataclasses
+        import time
+
+        import semirobust_ray.mi as mi_module
+        from semirobust_ray.algorithm1 import trial_mi
+
+        original = mi_module.layer_mi
+        times, values = {}, {}
+        for mode, use_ray in [("in_process", False), ("ray", True), ("default", None)]:
+            # trial_mi's own switch is mi_cpus; here the mode is forced through layer_mi.
+            def forced(*a, _use_ray=use_ray, **kw):
+                return original(*a, **{**kw, "use_ray": _use_ray})
+
+            mi_module.layer_mi = forced
+            try:
+                t0 = time.perf_counter()
+                values[mode] = trial_mi(dataclasses.replace(exp), s, x_adv, y, seed)
+                times[mode] = time.perf_counter() - t0
+            finally:
+                mi_module.layer_mi = original
+        same = values["in_process"] == values["ray"] == values["default"]
+        return {"depth": depth, "pairs": len(values["ray"]), "identical": same, **times}
+
+    rows = []
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        for depth, s, x_adv, seed in nets:
+            pg = ray.util.placement_group([{"CPU": 1}, {"CPU": 1}])
+            ray.get(pg.ready())
+            strategy = PlacementGroupSchedulingStrategy(
+                placement_group=pg,
+                placement_group_bundle_index=0,
+                placement_group_capture_child_tasks=True,
+            )
+            remote = ray.remote(num_cpus=1, scheduling_strategy=strategy)(trial)
+            rows.append(ray.get(remote.remote(exp, depth, s, x_adv, y_test, seed)))
+            ray.util.remove_placement_group(pg)
+    finally:
+        ray.shutdown()
+    classes = int(torch.unique(y_test).numel())
+    for r in rows:
+        r["work"] = r["pairs"] * len(y_test)  # sum over (pair, class) estimates of class sizes
+    total = {m: sum(r[m] for r in rows) for m in ("in_process", "ray", "default")}
+    return {
+        "test_images": len(y_test),
+        "classes": classes,
+        "ray_min_work": RAY_MIN_WORK,
+        "rows": rows,
+        "total": total,
+        "ray_over_in_process": total["ray"] / total["in_process"],
+        "default_over_in_process": total["default"] / total["in_process"],
+        "ray_over_default": total["ray"] / total["default"],
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small N, skip the 100k scaling point")
@@ -326,9 +427,25 @@ def main() -> None:
         help="the reference EDGE_4_4_1.py, to run side by side (default: $EDGE_REFERENCE)",
     )
     ap.add_argument("--vgg-only", type=int, metavar="N", help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--trial-mi",
+        action="store_true",
+        help="only the quickstart trials' MI: in-process vs Ray tasks vs the default",
+    )
+    ap.add_argument(
+        "--search-mi",
+        action="store_true",
+        help="only the quickstart search's MI seconds per trial, Ray tasks vs the default",
+    )
     args = ap.parse_args()
     if args.vgg_only:
         print(json.dumps(vgg16_layer_mi(args.vgg_only)))
+        return
+    if args.trial_mi:
+        print_trial_mi(bench_trial_mi(), args.json)
+        return
+    if args.search_mi:
+        print_search_mi(bench_search_mi(), args.json)
         return
 
     n_acc = 5000 if args.quick else 20000
@@ -442,6 +559,115 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
         print(f"\nwrote {args.json}")
+
+
+def bench_search_mi() -> dict:
+    """The quickstart search itself (``search_spaces/quickstart.yaml``: bisection, 2 trials per
+    probe, MI on, ``test_eval: all`` so every trial measures its MI as before), run twice on
+    one local 2-CPU Ray instance with one shared baseline: first with every trial's MI as Ray
+    tasks (``RAY_MIN_WORK = 0`` set inside each trial's process: the behaviour before the
+    threshold), then with the default threshold. Per trial: its MI, training and evaluation
+    seconds as the trial recorded them."""
+    import tempfile
+
+    import ray
+
+    from semirobust_ray.config import config_path, load_config
+    from semirobust_ray.mi import RAY_MIN_WORK
+    from semirobust_ray.ray_search import run_search
+    from semirobust_ray.trial import algorithm1_trainable
+
+    def with_threshold(threshold: int):
+        def trainable(config, **shared):
+            import semirobust_ray.mi as mi_module
+
+            # Set in the trial's own process (a reused one may have run the other search).
+            mi_module.RAY_MIN_WORK = threshold
+            return algorithm1_trainable(config, **shared)
+
+        return trainable
+
+    root = Path(tempfile.mkdtemp(prefix="bench-search-mi-"))
+    config = load_config(
+        config_path("quickstart"), [f"cache_dir={root / 'cache'}", "test_eval=all"]
+    )
+    out: dict = {"ray_min_work": RAY_MIN_WORK}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        # before: RAY_MIN_WORK = 0, every trial_mi as Ray tasks (the behaviour before it).
+        for label, fn in (("before", with_threshold(0)), ("after", with_threshold(RAY_MIN_WORK))):
+            t0 = time.perf_counter()
+            outcome = run_search(
+                config, storage_path=str(root), name=label, verbose=0, trainable_fn=fn
+            )
+            trials = sorted(outcome.results["trials"], key=lambda t: (t["fb_layers"], t["trial"]))
+            out[label] = {
+                "search_seconds": time.perf_counter() - t0,
+                "trials": [
+                    {
+                        k: t[k]
+                        for k in (
+                            "fb_layers",
+                            "trial",
+                            "mi_seconds",
+                            "train_seconds",
+                            "eval_seconds",
+                            "seconds",
+                        )
+                    }  # fmt: skip
+                    for t in trials
+                ],
+                "mi": [t["mi"] for t in trials],
+            }
+            for key in ("mi_seconds", "train_seconds", "eval_seconds"):
+                out[label][key] = sum(t[key] for t in trials)
+    finally:
+        ray.shutdown()
+    out["identical_mi"] = out["before"]["mi"] == out["after"]["mi"]
+    out["mi_before_over_after"] = out["before"]["mi_seconds"] / out["after"]["mi_seconds"]
+    return out
+
+
+def print_search_mi(res: dict, json_path: Path | None) -> None:
+    b, a = res["before"], res["after"]
+    print("\n# quickstart search (bisection, test_eval: all): MI per trial, seconds")
+    print("| |f_b| | t | MI, Ray tasks (before) | MI, default (after) | f_b training |")
+    print("|---|---|---|---|---|")
+    for tb, ta in zip(b["trials"], a["trials"], strict=True):
+        print(
+            f"| {tb['fb_layers']} | {tb['trial']} | {tb['mi_seconds']:.2f} | "
+            f"{ta['mi_seconds']:.2f} | {ta['train_seconds']:.2f} |"
+        )
+    print(
+        f"| all {len(a['trials'])} | | **{b['mi_seconds']:.1f}** | **{a['mi_seconds']:.1f}** | "
+        f"{a['train_seconds']:.1f} |\nMI before / after: {res['mi_before_over_after']:.0f}x; "
+        f"identical I_j: {res['identical_mi']}; search wall {b['search_seconds']:.0f} s (before, "
+        f"baseline included) / {a['search_seconds']:.0f} s (after, baseline cached)"
+    )
+    if json_path:
+        json_path.write_text(json.dumps(res, indent=2))
+
+
+def print_trial_mi(res: dict, json_path: Path | None) -> None:
+    print(
+        f"\n# quickstart trial MI ({res['test_images']} test images, {res['classes']} classes), "
+        f"inside a trial holding 1 CPU + 1 reserved for MI; RAY_MIN_WORK = {res['ray_min_work']}"
+    )
+    print("| |f_b| | pairs | work | in-process s | Ray tasks s | default s | identical |")
+    print("|---|---|---|---|---|---|---|")
+    for r in res["rows"]:
+        print(
+            f"| {r['depth']} | {r['pairs']} | {r['work']:,} | {r['in_process']:.3f} | "
+            f"{r['ray']:.3f} | {r['default']:.3f} | {r['identical']} |"
+        )
+    t = res["total"]
+    print(
+        f"| all 6 | | | {t['in_process']:.2f} | {t['ray']:.2f} | {t['default']:.2f} | |\n"
+        f"Ray tasks / in-process {res['ray_over_in_process']:.1f}x, "
+        f"before (Ray tasks) / after (default) {res['ray_over_default']:.1f}x"
+    )
+    if json_path:
+        json_path.write_text(json.dumps(res, indent=2))
 
 
 if __name__ == "__main__":

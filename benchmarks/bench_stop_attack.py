@@ -14,9 +14,10 @@ WITHOUT stopping, for E epochs, and after every epoch measures the current netwo
 
 The baseline (the project's cached ``get_baseline``) gives Acc* under AutoAttack and, measured
 here, Acc*_val under every check attack. From the trajectories, for each check attack: the epoch
-at which ``Acc*_val - val_acc <= k`` would have stopped the trial (or, if it never does within
-E, the best-validation epoch the trial would report), the AutoAttack Diff = Acc* - Acc at that
-epoch, and the check's seconds per epoch against a training epoch's.
+at which the search's predicate ``within_k`` (the gap in whole images) would have stopped the
+trial (or, if it never does within E, the best-validation epoch the trial would report), the
+AutoAttack Diff = Acc* - Acc at that epoch, and the check's seconds per epoch against a
+training epoch's.
 
 The replay is exactly trial t = 0 of ``run_trial`` (same seed, optimiser, data order and
 per-epoch attack seeds): the check attacks use private generators and restore the global RNG,
@@ -62,6 +63,7 @@ from semirobust_ray.attacks import create_attack  # noqa: E402
 from semirobust_ray.baseline import get_baseline  # noqa: E402
 from semirobust_ray.config import ExperimentConfig, load_config  # noqa: E402
 from semirobust_ray.experiment import Experiment, prepare  # noqa: E402
+from semirobust_ray.paired import within_k  # noqa: E402
 from semirobust_ray.storage import load_state, read_json, save_state, write_json  # noqa: E402
 from semirobust_ray.training import (  # noqa: E402
     AttackFn,
@@ -294,6 +296,12 @@ def summarise(res: dict[str, Any], checks: list[str], k: float, epochs: int) -> 
     """
     base = res["baseline"]
     acc_star = base["acc_star"]
+    n_val, n_test = res["setup"]["val_images"], res["setup"]["test_images"]
+
+    def within(target: float, acc: float, n: int) -> bool:
+        # The search's one predicate, on whole images (accuracies are counts over n images).
+        return within_k(round(target * n) - round(acc * n), n, k)
+
     out: dict[str, Any] = {}
     for depth, d in res["depths"].items():
         ep = {int(e): v for e, v in d["epochs"].items()}
@@ -305,7 +313,7 @@ def summarise(res: dict[str, Any], checks: list[str], k: float, epochs: int) -> 
             vals = {e: ep[e]["val"][label]["acc"] for e in trained if label in ep[e].get("val", {})}
             if len(vals) < len(trained) or not vals:
                 continue
-            stop = next((e for e in sorted(vals) if target - vals[e] <= k), None)
+            stop = next((e for e in sorted(vals) if within(target, vals[e], n_val)), None)
             report = stop if stop is not None else max(sorted(vals), key=lambda e: vals[e])
             aa = ep[report].get("test", {}).get("acc")
             check_s = [ep[e]["val"][label]["seconds"] for e in sorted(vals)]
@@ -327,7 +335,7 @@ def summarise(res: dict[str, Any], checks: list[str], k: float, epochs: int) -> 
         # do: the first epoch within k of Acc*, once every epoch has been measured.
         if all(e in aa_by_epoch for e in trained) and trained:
             rows["autoattack_test_stop_epoch"] = next(
-                (e for e in trained if acc_star - aa_by_epoch[e] <= k), None
+                (e for e in trained if within(acc_star, aa_by_epoch[e], n_test)), None
             )
         out[depth] = rows
     return out

@@ -1,13 +1,18 @@
 """Algorithm 1 of the paper in plain Python: trials of f_b adversarial training, and their summary.
 
 One trial (:func:`run_trial`) takes the frozen f*_a and the regularly trained f_b, adversarially
-trains f_b for up to E epochs and stops as soon as Acc* − Acc ≤ k, then measures the
-class-conditional layer MI I_{j,t}. The semirobust accuracy Acc_sr of (f*_a, regular f_b) is a
-property of the depth, not of the trial: one trial of each depth measures it and shares it with
-the others (:class:`AccSrShare`). A split depth's result (:func:`summarise_depth`) is Acc = the
-best trial's accuracy and ρ_j in both readings: the minimum over trials (the pseudo-code) and the
-best trial's (the prose: "results are reported for the trial which achieves the highest
-adversarial testing accuracy").
+trains f_b for up to E epochs and stops as soon as it is within k of Acc*_val, decided by the
+paired check of :mod:`semirobust_ray.paired` (the same validation images and attack randomness
+as the baseline's, the gap counted in whole images). Its outcome is that check on its final
+network (f_b at its best validation epoch). With ``test_eval: all`` it then measures its test
+Acc and the class-conditional layer MI I_{j,t}; with ``best`` (the default) only the best trial
+of each depth is, after the search (:mod:`semirobust_ray.final_eval`). The semirobust accuracy
+Acc_sr of (f*_a, regular f_b) is a property of the depth, not of the trial: one trial of each
+depth measures it and shares it with the others (:class:`AccSrShare`). A split depth's result
+(:func:`summarise_depth`) is Acc = the test accuracy of the trial with the best validation
+accuracy and ρ_j in both readings: the minimum over trials (the pseudo-code) and the best
+trial's (the prose: "results are reported for the trial which achieves the highest adversarial
+testing accuracy"; we choose that trial on validation, so the test set picks nothing).
 
 Validation versus test (a deliberate difference from the paper's pseudo-code, which stops on
 test accuracy): the k-stop and the choice of a trial's best epoch use robust accuracy on the
@@ -38,6 +43,13 @@ from semirobust_ray.baseline import Baseline
 from semirobust_ray.data import TEST_SEED, stratified_subset
 from semirobust_ray.experiment import Experiment
 from semirobust_ray.models import Split, split, trainable_layers
+from semirobust_ray.paired import (
+    PairedCheck,
+    count_check,
+    paired_check,
+    unpack_correct,
+    within_k,
+)
 from semirobust_ray.training import (
     accuracy,
     cuda_rng_states,
@@ -98,16 +110,28 @@ class LocalAccSr:
 
 @dataclass(frozen=True)
 class EpochRecord:
-    """One epoch of f_b training: the numbers a trial reports after every epoch."""
+    """One epoch of f_b training: the numbers a trial reports after every epoch.
+
+    The check is paired with the baseline's Acc*_val (:mod:`semirobust_ray.paired`): the same
+    validation images, in the same order, under the stop attack with the same seed. The trial
+    stops once ``within_k(gap_images, val_images, k)``.
+    """
 
     epoch: int
     loss: float
     train_acc: float
     val_robust_acc: float
-    gap: float  # Acc*_val - val robust accuracy; the trial stops once gap <= k
+    gap: float  # Acc*_val - val robust accuracy, a fraction (gap_images / val_images)
     seconds: float
     train_seconds: float = 0.0  # the f_b training part of ``seconds``
     check_seconds: float = 0.0  # the validation check part
+    gap_images: int = 0  # the baseline's correct validation images minus this network's
+    val_images: int = 0  # validation images checked
+    gap_se: float = 0.0  # standard error of ``gap`` from the paired per-image outcomes
+
+    def within(self, k: float) -> bool:
+        """Whether this epoch's network is within k of Acc*_val (the one predicate)."""
+        return within_k(self.gap_images, self.val_images, k)
 
 
 @dataclass
@@ -150,7 +174,16 @@ class TrialState:
 
 @dataclass
 class TrialResult:
-    """The outcome of one Algorithm 1 trial; accuracies are fractions on the test split."""
+    """The outcome of one Algorithm 1 trial; accuracies are fractions on the test split.
+
+    The trial's final network is f_b at its best validation epoch (the stopping epoch when it
+    reached), and its outcome is that epoch's paired check against the baseline: ``reached`` =
+    ``within_k(gap_images, val_images, k)``, with ``gap_se`` its paired standard error and
+    ``val_acc`` its validation robust accuracy. ``acc``, ``clean_acc`` and ``mi`` (the test
+    evaluation) are measured inside the trial only with ``test_eval: all``; with ``best`` they
+    are NaN and empty (``test_evaluated`` False) until :mod:`semirobust_ray.final_eval`
+    evaluates the best trial of the depth.
+    """
 
     fb_layers: int
     trial: int
@@ -171,6 +204,15 @@ class TrialResult:
     eval_seconds: float = 0.0
     mi_seconds: float = 0.0
     measured_acc_sr: bool = False  # this trial ran the depth's (shared) Acc_sr evaluation
+    # The final network's paired check on the validation images (None: stored before it was
+    # recorded): the gap in images, the images, the gap's standard error (a fraction), and the
+    # final network's validation robust accuracy.
+    gap_images: int | None = None
+    val_images: int | None = None
+    gap_se: float | None = None
+    val_acc: float | None = None
+    # Whether acc, clean_acc and mi were measured (results stored before test_eval: True).
+    test_evaluated: bool = True
     # The trial's final f_b (the network Acc was measured on, with f*_a); not part of to_dict.
     fb_state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
@@ -352,15 +394,17 @@ def _train_fb(
 ) -> bool:
     """Adversarial f_b epochs until within k of Acc*_val or E epochs; True when it reached."""
     c = exp.config
-    reached = bool(state.history) and state.history[-1]["gap"] <= c.k
+    reached = bool(state.history) and epoch_check(exp, baseline, state.history[-1]).within(c.k)
     while not reached and state.epoch < c.epochs:
         record = _fb_epoch(exp, baseline, s.model, optimizer, gen, seed, state.epoch + 1)
         _record_epoch(state, record, s, optimizer, gen)
-        reached = record.gap <= c.k
+        reached = record.within(c.k)
         logger.info(
             f"{tag} epoch {record.epoch}/{c.epochs}: "
             f"loss {record.loss:.4f}, val robust {record.val_robust_acc:.4f}, "
-            f"gap to Acc* {record.gap:+.4f}" + (" -> within k, stopping" if reached else "")
+            f"gap to Acc*_val {record.gap_images:+d} of {record.val_images} images "
+            f"(± {record.gap_se * record.val_images:.1f})"
+            + (" -> within k, stopping" if reached else "")
         )
         if on_epoch is not None:
             on_epoch(record, state)
@@ -396,26 +440,61 @@ def _fb_epoch(
         device=exp.device,
     )
     t1 = time.perf_counter()
-    x_val, y_val = exp.eval_split("val")
-    val = evaluate(
-        model,
-        x_val,
-        y_val,
-        attack=exp.stop_attack(model, epoch_seed),
-        batch_size=c.eval_batch,
-        device=exp.device,
-    )
+    check = validation_check(exp, baseline, model)
     t2 = time.perf_counter()
     return EpochRecord(
         epoch=epoch,
         loss=stats.loss,
         train_acc=stats.accuracy,
-        val_robust_acc=val,
-        gap=baseline.metrics.acc_star_val - val,
+        val_robust_acc=check.accuracy,
+        gap=check.gap,
         seconds=t2 - t0,
         train_seconds=t1 - t0,
         check_seconds=t2 - t1,
+        gap_images=check.gap_images,
+        val_images=check.n_images,
+        gap_se=check.se,
     )
+
+
+def validation_check(exp: Experiment, baseline: Baseline, model: torch.nn.Module) -> PairedCheck:
+    """``model`` against the baseline on the validation images: the paired check.
+
+    The stop attack is seeded exactly as for the baseline's Acc*_val (the config's ``seed``,
+    the same images in the same order, batches of ``eval_batch``), so both networks meet the
+    same attack randomness and the comparison is paired image by image. Against a baseline
+    stored without per-image outcomes (``val_correct`` None) it compares counts
+    (:func:`semirobust_ray.paired.count_check`).
+    """
+    c = exp.config
+    x_val, y_val = exp.eval_split("val")
+    _, preds = predict_adversarial(
+        model,
+        x_val,
+        y_val,
+        attack=exp.stop_attack(model, c.seed),
+        batch_size=c.eval_batch,
+        device=exp.device,
+        keep_inputs=False,
+    )
+    correct = preds == y_val.cpu()
+    m = baseline.metrics
+    if m.val_correct is None:
+        return count_check(m.acc_star_val, len(correct), int(correct.sum()))
+    return paired_check(unpack_correct(m.val_correct), correct)
+
+
+def epoch_check(exp: Experiment, baseline: Baseline, h: dict[str, Any]) -> PairedCheck:
+    """The paired check of a recorded epoch (``EpochRecord`` as a dict). An epoch recorded
+    before the check was paired (a checkpoint of an older version) has only fractions: its
+    counts are recovered on the validation images (:func:`semirobust_ray.paired.count_check`).
+    """
+    if h.get("val_images"):
+        n, gap = int(h["val_images"]), int(h["gap_images"])
+        base = round(baseline.metrics.acc_star_val * n)
+        return PairedCheck(n, base, base - gap, gap, float(h["gap_se"]) * n)
+    n = len(exp.eval_split("val")[1])
+    return count_check(baseline.metrics.acc_star_val, n, round(float(h["val_robust_acc"]) * n))
 
 
 def _record_epoch(
@@ -451,10 +530,68 @@ def _final_evaluation(
     seed: int,
 ) -> TrialResult:
     """The trial's network (f_b at its best validation epoch, the stopping epoch if it reached)
-    on the test split: Acc under ``eval_attack``, clean accuracy, and the layer MI."""
+    and its outcome: that epoch's paired check. With ``test_eval: all`` also its test
+    evaluation (:func:`final_test_evaluation`); with ``best`` that is left to
+    :mod:`semirobust_ray.final_eval`, for the best trial of each depth only."""
     c = exp.config
     if state.best_epoch:
         s.load_fb_state(state.best_fb_state)
+    best = next((h for h in state.history if h["epoch"] == state.best_epoch), None)
+    check = (
+        epoch_check(exp, baseline, best)
+        if best is not None
+        else validation_check(exp, baseline, s.model)
+    )
+    # The same decision as the epoch loop's: an epoch within k is the best epoch so far (every
+    # earlier one had fewer correct images), so the trial stops at its best epoch.
+    if check.within(c.k) != reached:
+        raise AssertionError(f"trial outcome {check} disagrees with the epoch loop ({reached})")
+    ev = final_test_evaluation(exp, s, seed) if c.test_eval == "all" else None
+    return TrialResult(
+        fb_layers=s.fb_layers,
+        trial=trial,
+        seed=seed,
+        acc_star=baseline.acc_star,
+        acc_sr=state.acc_sr,
+        acc=ev.acc if ev else math.nan,
+        clean_acc=ev.clean_acc if ev else math.nan,
+        best_epoch=state.best_epoch,
+        epochs_run=state.epoch,
+        reached=check.within(c.k),
+        seconds=0.0,
+        history=state.history,
+        mi=ev.mi if ev else [],
+        train_seconds=state.train_seconds,
+        eval_seconds=state.eval_seconds + (ev.eval_seconds if ev else 0.0),
+        mi_seconds=ev.mi_seconds if ev else 0.0,
+        measured_acc_sr=state.measured_acc_sr,
+        gap_images=check.gap_images,
+        val_images=check.n_images,
+        gap_se=check.se,
+        val_acc=check.accuracy,
+        test_evaluated=ev is not None,
+        fb_state=s.fb_state(),
+    )
+
+
+@dataclass(frozen=True)
+class FinalEvaluation:
+    """A trial's final network on the test split: Acc under ``eval_attack`` (seeded with the
+    trial's seed), clean accuracy, the layer MI (empty with ``mi: false``), and their seconds."""
+
+    acc: float
+    clean_acc: float
+    mi: list[dict[str, Any]]
+    eval_seconds: float
+    mi_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def final_test_evaluation(exp: Experiment, s: Split, seed: int) -> FinalEvaluation:
+    """Acc, clean Acc and I_{j,t} of the network ``s`` holds (f*_a with the trial's final f_b)."""
+    c = exp.config
     x_test, y_test = exp.eval_split("test")
     kw = {"batch_size": c.eval_batch, "device": exp.device}
     t0 = time.perf_counter()
@@ -464,25 +601,12 @@ def _final_evaluation(
     clean_acc = evaluate(s.model, exp.data.x_test, exp.data.y_test, **kw)
     t1 = time.perf_counter()
     mi = trial_mi(exp, s, x_adv, y_test, seed) if c.mi else []
-    return TrialResult(
-        fb_layers=s.fb_layers,
-        trial=trial,
-        seed=seed,
-        acc_star=baseline.acc_star,
-        acc_sr=state.acc_sr,
+    return FinalEvaluation(
         acc=accuracy(preds, y_test),
         clean_acc=clean_acc,
-        best_epoch=state.best_epoch,
-        epochs_run=state.epoch,
-        reached=reached,
-        seconds=0.0,
-        history=state.history,
         mi=mi,
-        train_seconds=state.train_seconds,
-        eval_seconds=state.eval_seconds + (t1 - t0),
+        eval_seconds=t1 - t0,
         mi_seconds=time.perf_counter() - t1,
-        measured_acc_sr=state.measured_acc_sr,
-        fb_state=s.fb_state(),
     )
 
 
@@ -528,7 +652,7 @@ class DepthSummary:
     fb_layers: int
     acc_star: float
     acc_sr: float
-    acc: float  # best trial's test robust accuracy
+    acc: float  # test robust accuracy of the best trial (by validation accuracy)
     reached: bool  # some trial came within k of Acc* (on validation)
     trials: int
     epochs: int  # trial-epochs spent on this depth
@@ -549,11 +673,25 @@ class DepthSummary:
         return d
 
 
+def best_trial(trials: list[TrialResult]) -> TrialResult:
+    """The depth's best trial: the highest final validation robust accuracy (``val_acc``; ties:
+    the lowest trial index). Results stored before ``val_acc`` was recorded fall back to the
+    test ``acc`` (the old rule). The one choice both the summary and the ``test_eval: best``
+    evaluations make, so the trial Table 1 reports is the trial that was evaluated."""
+    if not trials:
+        raise ValueError("no trials to choose from")
+    if all(t.val_acc is not None for t in trials):
+        return max(trials, key=lambda t: (t.val_acc, -t.trial))
+    return max(trials, key=lambda t: (t.acc if not math.isnan(t.acc) else -math.inf, -t.trial))
+
+
 def summarise_depth(trials: list[TrialResult]) -> DepthSummary:
-    """Acc = max_t Acc_t; ρ_j = min_t I_{j,t} (pseudo-code) and the best trial's I_{j,t}."""
+    """The depth's best trial (:func:`best_trial`, by validation accuracy) gives Acc, its test
+    robust accuracy; ρ_j = min_t I_{j,t} over the trials whose MI was measured (pseudo-code;
+    with ``test_eval: best`` that is the best trial's alone) and the best trial's I_{j,t}."""
     if not trials:
         raise ValueError("no trials to summarise")
-    best = max(trials, key=lambda t: t.acc)
+    best = best_trial(trials)
     rho: dict[int, float] = {}
     for t in trials:
         for pair in t.mi:

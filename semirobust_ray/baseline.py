@@ -28,12 +28,15 @@ import torch
 
 from semirobust_ray.experiment import Experiment
 from semirobust_ray.models import external_code_fingerprint, model_slug
+from semirobust_ray.paired import pack_correct
 from semirobust_ray.pretrained import load_networks
 from semirobust_ray.storage import CorruptFileError, Store
 from semirobust_ray.training import (
     AttackFn,
+    accuracy,
     evaluate,
     make_optimizer,
+    predict_adversarial,
     seed_everything,
     train_epoch,
 )
@@ -64,6 +67,7 @@ BASELINE_FIELDS = (
     "eval_attack",
     "stop_attack",
     "eval_samples",
+    "val_samples",
     "eval_batch_size",
     "seed",
     "batch_size",
@@ -99,6 +103,13 @@ class BaselineMetrics:
     # Every training epoch: {"stage": "regular" | "adversarial", "epoch", "loss", "train_acc",
     # "seconds"}; the baseline's TensorBoard run. None for given networks and older baselines.
     history: list[dict[str, Any]] | None = None
+    # The validation images Acc*_val was measured on, and which of them (f*_a, f*_b) classified
+    # correctly under the stop attack seeded with the config's seed, packed
+    # (semirobust_ray.paired.pack_correct): every trial's check is paired with it image by
+    # image. None in baselines stored before they were recorded: trials against such a
+    # baseline compare counts only (semirobust_ray.paired.count_check).
+    val_images: int | None = None
+    val_correct: str | None = None
 
 
 @dataclass
@@ -258,7 +269,8 @@ def measure_robust(
     start: float,
     **extra: Any,
 ) -> BaselineMetrics:
-    """Acc* (test, ``eval_attack``), Acc*_val (validation, ``stop_attack``) and the robust
+    """Acc* (test, ``eval_attack``), Acc*_val (validation, ``stop_attack`` seeded with the
+    config's seed, with its per-image correctness for the trials' paired checks) and the robust
     network's clean accuracy, beside ``regular_acc`` (:func:`measure_regular`); ``extra``
     fills the remaining metric fields."""
     c = exp.config
@@ -266,17 +278,25 @@ def measure_robust(
     d = exp.data
     x_test, y_test = exp.eval_split("test")
     x_val, y_val = exp.eval_split("val")
+    # Per image, so each trial's check can be paired with it (same images, order, attack seed).
+    _, val_preds = predict_adversarial(
+        robust, x_val, y_val, attack=exp.stop_attack(robust, c.seed), keep_inputs=False, **kw
+    )
+    val_correct = val_preds == y_val.cpu()
     metrics = BaselineMetrics(
         acc_star=evaluate(robust, x_test, y_test, attack=exp.eval_attack(robust, c.seed), **kw),
-        acc_star_val=evaluate(robust, x_val, y_val, attack=exp.stop_attack(robust, c.seed), **kw),
+        acc_star_val=accuracy(val_preds, y_val),
         clean_acc_robust=evaluate(robust, d.x_test, d.y_test, **kw),
         clean_acc_regular=regular_acc[0],
         robust_acc_regular=regular_acc[1],
         seconds=time.perf_counter() - start,
+        val_images=len(y_val),
+        val_correct=pack_correct(val_correct),
         **extra,
     )
     logger.info(
-        f"[baseline] Acc* = {metrics.acc_star:.4f} (val {metrics.acc_star_val:.4f}), "
+        f"[baseline] Acc* = {metrics.acc_star:.4f} (val {metrics.acc_star_val:.4f} on "
+        f"{len(y_val)} images), "
         f"clean {metrics.clean_acc_robust:.4f}, {metrics.seconds:.1f} s"
     )
     return metrics

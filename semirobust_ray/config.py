@@ -175,10 +175,23 @@ class ExperimentConfig(BaseModel):
     )
     eval_samples: int | None = _key(
         None,
-        "cap on validation/test images per robust evaluation: a class-stratified subset, the "
-        "same test images for every `seed`",
+        "cap on test images per robust evaluation (Acc*, Acc_sr, Acc): a class-stratified "
+        "subset, the same test images for every `seed`",
         shown="all",
         ge=1,
+    )
+    val_samples: int | None = _key(
+        None,
+        "cap on the validation images of Acc*_val and the per-epoch check (a class-stratified "
+        "subset drawn with `seed`); fewer images make the check noisier (README)",
+        shown="all",
+        ge=1,
+    )
+    test_eval: Literal["best", "all"] = _key(
+        "best",
+        "which trials get the test-set Acc and ρ: `best`, each depth's trial with the best "
+        "validation accuracy, after the search; `all`, every trial (costs a test attack and "
+        "MI per trial)",
     )
     eval_batch_size: int | None = _key(
         None,
@@ -197,7 +210,8 @@ class ExperimentConfig(BaseModel):
     epochs: int = _key(10, "E: adversarial training epochs of f_b per trial", ge=1)
     k: float = _key(
         0.05,
-        "tolerance: a trial reaches when its accuracy is within k of Acc*",
+        "tolerance: a trial reaches when its validation robust accuracy is within k of "
+        "Acc*_val, counted in whole images (a gap of at most ⌊k · N⌋ of N)",
         ge=0,
         lt=1,
         allow_inf_nan=False,

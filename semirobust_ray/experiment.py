@@ -87,18 +87,19 @@ class Experiment:
     def eval_split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``val`` or ``test`` images and labels robust accuracy is measured on.
 
-        With ``eval_samples`` set, a seeded, class-stratified subset of that many (the whole
+        Every image of the split by default. With a cap (``eval_samples`` for ``test``,
+        ``val_samples`` for ``val``), a seeded, class-stratified subset of that many (the whole
         split when it is smaller), not the first images: a class-sorted split (torchvision's
         Imagenette) would otherwise be scored on a few classes. The test subset does not depend
         on the run seed (every seed is scored on the same images); the validation subset is
         drawn with the config's seed. Computed once per split: the baseline and every trial
-        ask for it.
+        ask for it, and the paired check needs the very same images in the same order.
         """
         if split not in _EVAL_SPLITS:
             raise ValueError(f"unknown split {split!r}; valid: {', '.join(_EVAL_SPLITS)}")
         if split not in self._eval_cache:
             x, y = getattr(self.data, f"x_{split}"), getattr(self.data, f"y_{split}")
-            cap = self.config.eval_samples
+            cap = self.config.eval_samples if split == "test" else self.config.val_samples
             if cap is not None and cap < len(y):
                 seed = TEST_SEED if split == "test" else self.config.seed
                 idx = stratified_subset(y, cap, seed)

@@ -677,13 +677,30 @@ def _run_jobs(
     return values
 
 
+#: Below this much work (the sum, over the per-(pair, class) estimates, of the samples each
+#: one sees: pairs x images), ``use_ray=None`` computes in-process even where Ray is running.
+#: Measured (BENCHMARKS.md, "MI inside a trial: where the quickstart's 42 s went"): the MI
+#: tasks of a trial start in a cold Ray worker that imports torch and this package, 4.4-10 s
+#: on 2 cores (5.2-7.8 s per quickstart trial, against 0.05-0.15 s in-process), while EDGE
+#: computes about 7.9 us per sample in-process (100,000 samples in 0.79 s, "Layer MI:
+#: sequential vs Ray tasks"). However many CPUs the tasks get, they save at most the
+#: in-process time, so they can only pay off above about 4.4 s / 7.9 us = 560,000 samples.
+RAY_MIN_WORK = 500_000
+
+
 def _estimate_jobs(
     task_args: list[tuple[Any, ...]],
     costs: list[float],
     use_ray: bool | None,
     ray_tasks: int | None,
 ) -> list[float]:
-    """Every estimate, as Ray tasks when wanted, else in-process; the values are the same."""
+    """Every estimate, as Ray tasks when wanted, else in-process; the values are the same.
+
+    ``use_ray=None`` wants Ray only when it is running and the work is at least
+    :data:`RAY_MIN_WORK`: below it the tasks' overhead exceeds what they would compute.
+    """
+    if use_ray is None and sum(costs) < RAY_MIN_WORK:
+        return _estimate_chunk(task_args)
     if _ray_wanted(use_ray):
         return _run_jobs(task_args, costs, ray_tasks)
     return _estimate_chunk(task_args)
@@ -784,7 +801,9 @@ def layer_mi(
         estimator: ``"edge"`` (default) or ``"ksg"``.
         device: where the forward pass runs.
         use_ray: run the per-(pair, class) estimates as Ray tasks; ``None`` means "if Ray is
-            initialised". Ray and sequential give identical numbers. An estimate takes only
+            initialised and the work (pairs x images) is at least :data:`RAY_MIN_WORK`", below
+            which a cold Ray worker costs more than the estimates. Ray and sequential give
+            identical numbers. An estimate takes only
             milliseconds, so they are grouped: a few tasks (4) per CPU the caller can use
             (inside a trial, the CPUs its placement group reserves for MI), each computing a
             chunk of estimates of similar total size, and a caller that holds a CPU (a trial)

@@ -21,6 +21,7 @@ from typing import Any
 import ray
 from ray import tune
 
+from semirobust_ray import final_eval
 from semirobust_ray.baseline import Baseline, baseline_key, get_baseline
 from semirobust_ray.cluster import (
     SearchError,
@@ -34,6 +35,7 @@ from semirobust_ray.experiment import Experiment, prepare
 from semirobust_ray.logs import configure as configure_logging
 from semirobust_ray.logs import level as log_level
 from semirobust_ray.models import model_slug
+from semirobust_ray.paired import warn_noise_floor
 from semirobust_ray.pretrained import BaselineSourceError
 from semirobust_ray.report import minimal_split, write_report
 from semirobust_ray.results import load_results
@@ -125,7 +127,10 @@ def _baseline_on_cluster(exp: Experiment) -> Baseline:
 
 def _resources(c: ExperimentConfig) -> tune.PlacementGroupFactory:
     bundles = [{"CPU": c.cpus_per_trial, "GPU": c.gpus_per_trial}]
-    bundles += [{"CPU": 1}] * (c.mi_cpus if c.mi else 0)
+    # CPUs for MI tasks only where trials measure MI: with test_eval: best the test-set
+    # evaluation and the MI of each depth's best trial run after the trials, as their own tasks.
+    trials_measure_mi = c.mi and c.test_eval == "all"
+    bundles += [{"CPU": 1}] * (c.mi_cpus if trials_measure_mi else 0)
     return tune.PlacementGroupFactory(bundles)
 
 
@@ -240,6 +245,7 @@ def run_search(
         baseline = _baseline_on_cluster(exp)
         save_search_files(search, exp.config, exp.num_layers, baseline)
     logger.info(f"[search] Acc* = {baseline.acc_star:.4f}; candidate |f_b|: {exp.split_depths}")
+    warn_noise_floor(baseline.metrics.acc_star_val, len(exp.eval_split("val")[1]), config.k)
 
     trainable = tune.with_resources(
         tune.with_parameters(
@@ -267,7 +273,28 @@ def run_search(
         raise SearchInterrupted(f"{_FinishWatch.unfinished} trial(s) unfinished")
     if strategy(config.search).ends_itself and not SearchEnd.reached:
         raise SearchInterrupted(f"the {config.search} search had not ended")
+    _test_evaluations(exp, baseline, search)
     return _report(search, exp_dir, start)
+
+
+def _test_evaluations(exp: Experiment, baseline: Baseline, search: Store) -> None:
+    """The test-set evaluations the report still needs (``test_eval``; see
+    :mod:`semirobust_ray.final_eval`), as Ray tasks with one trial's resources, each stored as
+    it completes: a search stopped here and resumed redoes none that finished."""
+    c = exp.config
+    todo = final_eval.pending(load_results(search), c.test_eval)
+    if not todo:
+        return
+    logger.info(f"[search] test-set evaluation of {len(todo)} trial(s) (test_eval: {c.test_eval})")
+    task = ray.remote(num_cpus=c.cpus_per_trial, num_gpus=c.gpus_per_trial)(
+        final_eval.evaluate_stored
+    )
+    exp_ref, baseline_ref = ray.put(exp), ray.put(baseline)
+    refs = {task.remote(exp_ref, baseline_ref, search.uri(), t): t for t in todo}
+    while refs:
+        done, _ = ray.wait(list(refs), num_returns=1)
+        refs.pop(done[0])
+        final_eval.save_evaluation(search, ray.get(done[0]))
 
 
 def _search_config(

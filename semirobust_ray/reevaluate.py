@@ -53,6 +53,7 @@ from semirobust_ray.results import (
     FINAL_FB_FILE,
     SEARCH_META_FILE,
     ReportError,
+    final_fb_file,
     load_results,
     search_meta_file,
 )
@@ -83,26 +84,19 @@ class FinalNetwork:
     fb_state: dict[str, torch.Tensor] | None
 
 
-def _checkpoint_number(rel: str) -> int:
-    folder = rel.split("/")[-2]  # .../checkpoint_000003/final_fb.pt
-    return int(folder.split("_")[-1]) if folder.startswith("checkpoint_") else -1
-
-
 def final_networks(search: Store, trials: list[dict]) -> list[FinalNetwork]:
     """The final network of every finished trial (``load_results(search)["trials"]``), in
     (|f_b|, trial) order; unfinished and failed trials reported nothing to check."""
     networks = []
     for trial in trials:
         trial_dir = trial["trial_dir"]
-        found = [
-            r for r in search.files(trial_dir, name=FINAL_FB_FILE) if _checkpoint_number(r) >= 0
-        ]
-        if not found:
+        found = final_fb_file(search, trial_dir)
+        if found is None:
             raise ReevaluationError(
                 f"{trial_dir.rsplit('/', 1)[-1]} finished but has no {FINAL_FB_FILE} checkpoint "
                 "(trials run before final_fb.pt was introduced did not save their final f_b)"
             )
-        final = search.load_state(max(found, key=_checkpoint_number))
+        final = search.load_state(found)
         networks.append(
             FinalNetwork(
                 name=f"|f_b|={final['fb_layers']} t={final['trial']}",
@@ -246,12 +240,19 @@ def _networks_to_check(
     fb_layers: list[int] | None,
 ) -> list[FinalNetwork]:
     """Acc*'s network (seeded with the search's ``seed``), then the final network of every
-    finished trial at ``fb_layers`` (None: at every |f_b|)."""
+    finished trial at ``fb_layers`` (None: at every |f_b|) that has a test Acc to check: with
+    ``test_eval: best`` only each depth's best trial was evaluated, and the others are skipped
+    (the log says how many)."""
+    wanted = [t for t in trials if fb_layers is None or t["fb_layers"] in fb_layers]
+    evaluated = [t for t in wanted if t.get("test_evaluated", True)]
+    if len(evaluated) < len(wanted):
+        logger.info(
+            f"[reevaluate] skipping {len(wanted) - len(evaluated)} of {len(wanted)} trial(s) "
+            "without a test evaluation (test_eval: best evaluates each depth's best trial only)"
+        )
     return [
         FinalNetwork("Acc* (f*_a, f*_b)", None, None, seed, baseline.acc_star, None),
-        *final_networks(
-            search, [t for t in trials if fb_layers is None or t["fb_layers"] in fb_layers]
-        ),
+        *final_networks(search, evaluated),
     ]
 
 

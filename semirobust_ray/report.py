@@ -301,7 +301,8 @@ def answer_lines(answer: dict[str, Any]) -> list[str]:
     for key in ("smallest_robust_fa", "smallest_fb"):
         reading = answer[key]
         line = reading["statement"][0].upper() + reading["statement"][1:]
-        if reading["fb_layers"] is not None and reading.get("acc") is not None:
+        # acc is null until the depth's best trial has its test evaluation (test_eval: best).
+        if reading["fb_layers"] is not None and reading["acc"] is not None:
             line += f" (Acc {100 * reading['acc']:.1f}% vs Acc* {100 * answer['acc_star']:.1f}%)"
         line += f"; {reading['interval_statement']}"
         if not reading["determined"]:

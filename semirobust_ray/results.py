@@ -16,6 +16,11 @@ Tune experiment directory format (what the search layer must write):
   string of ``TrialResult.to_dict()``. A trial whose last report carries ``"failure"`` instead
   (a diverged loss) is listed under ``failed`` with that reason; any other trial without a
   result line is listed as unfinished. Neither is used in the table.
+- ``<dir>/evaluations/<trial dir>.json``: the test-set evaluation of a trial done after the
+  search (``test_eval: best``, :mod:`semirobust_ray.final_eval`): ``acc``, ``clean_acc``,
+  ``mi``, ``eval_seconds``, ``mi_seconds`` with the trial's coordinates. Merged into that
+  trial's dict here (:func:`merge_evaluation`); a trial without one (and not evaluated inside
+  the trial) has ``acc`` and ``clean_acc`` NaN and ``test_evaluated`` false.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ CHECKPOINT_FILE = "trial_state.pt"
 #: In a trial's last checkpoint: the final f_b (the network Acc was measured on, with f*_a from
 #: the search's baseline/), with the trial's coordinates, seed and reported Acc.
 FINAL_FB_FILE = "final_fb.pt"
+#: Under a search's directory: one file per trial evaluated on the test split after the search.
+EVALUATIONS_DIR = "evaluations"
 
 _DISPLAY_NAMES = {
     "alexnet": "AlexNet",
@@ -167,6 +174,11 @@ def _load_tune_results(store: Store, meta_rel: str) -> dict[str, Any]:
             ) from None
         _trial_from_dict(trial, store.uri(result_rel))
         trials.append({**trial, "trial_dir": rel})
+    evaluations = _read_evaluations(store)
+    trials = [
+        merge_evaluation(t, evaluations[t["trial_dir"]]) if t["trial_dir"] in evaluations else t
+        for t in trials
+    ]
     return {
         **meta,
         "trials": trials,
@@ -174,6 +186,49 @@ def _load_tune_results(store: Store, meta_rel: str) -> dict[str, Any]:
         "failed": failed,
         "source": store.uri(),
     }
+
+
+def evaluation_file(trial_dir: str) -> str:
+    """Where the after-search test evaluation of the trial in ``trial_dir`` is stored."""
+    return f"{EVALUATIONS_DIR}/{trial_dir.replace('/', '__')}.json"
+
+
+def _read_evaluations(store: Store) -> dict[str, dict[str, Any]]:
+    """{trial dir: its stored test evaluation}. A damaged file counts as not evaluated (the
+    search evaluates that trial again on resume) rather than failing the report."""
+    found: dict[str, dict[str, Any]] = {}
+    for rel in store.files(EVALUATIONS_DIR):
+        with contextlib.suppress(OSError, CorruptFileError):
+            ev = store.read_json(rel)
+            if isinstance(ev, dict) and "trial_dir" in ev and "acc" in ev:
+                found[str(ev["trial_dir"])] = ev
+    return found
+
+
+def merge_evaluation(trial: dict[str, Any], ev: dict[str, Any]) -> dict[str, Any]:
+    """A trial's dict with its after-search test evaluation: Acc, clean Acc, MI, Diff, and
+    the evaluation's seconds added to its compute."""
+    return {
+        **trial,
+        "acc": float(ev["acc"]),
+        "clean_acc": float(ev["clean_acc"]),
+        "mi": list(ev.get("mi", [])),
+        "diff": float(trial["acc_star"]) - float(ev["acc"]),
+        "eval_seconds": float(trial.get("eval_seconds", 0.0)) + float(ev["eval_seconds"]),
+        "mi_seconds": float(trial.get("mi_seconds", 0.0)) + float(ev["mi_seconds"]),
+        "test_evaluated": True,
+    }
+
+
+def final_fb_file(store: Store, trial_dir: str) -> str | None:
+    """The ``final_fb.pt`` of the trial in ``trial_dir`` (in its latest checkpoint), or None."""
+    found = [r for r in store.files(trial_dir, name=FINAL_FB_FILE) if _checkpoint_number(r) >= 0]
+    return max(found, key=_checkpoint_number) if found else None
+
+
+def _checkpoint_number(rel: str) -> int:
+    folder = rel.split("/")[-2]  # .../checkpoint_000003/final_fb.pt
+    return int(folder.split("_")[-1]) if folder.startswith("checkpoint_") else -1
 
 
 def _scan_tune_result(store: Store, rel: str) -> tuple[str | None, dict[str, Any] | None, int]:

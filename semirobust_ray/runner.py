@@ -26,7 +26,9 @@ from semirobust_ray.answer import search_answer
 from semirobust_ray.baseline import get_baseline
 from semirobust_ray.config import ExperimentConfig, config_path, load_config
 from semirobust_ray.experiment import prepare
+from semirobust_ray.final_eval import apply_evaluation, chosen, evaluate_trial
 from semirobust_ray.options import add_config_options, error, standalone
+from semirobust_ray.paired import warn_noise_floor
 from semirobust_ray.storage import write_json
 
 logger = logging.getLogger(__name__)
@@ -37,11 +39,14 @@ def run_algorithm1(config: ExperimentConfig, out_dir: str | Path | None = None) 
 
     Every candidate depth is tried T times (the ``grid`` protocol); ``results["answer"]`` holds
     both readings of the answer with their 90 % intervals
-    (:func:`semirobust_ray.answer.search_answer`).
+    (:func:`semirobust_ray.answer.search_answer`). With ``test_eval: best`` each depth's best
+    trial by validation accuracy is evaluated on the test split once the depth's trials are
+    done (:mod:`semirobust_ray.final_eval`).
     """
     start = time.perf_counter()
     exp = prepare(config)
     baseline = get_baseline(exp)
+    warn_noise_floor(baseline.metrics.acc_star_val, len(exp.eval_split("val")[1]), config.k)
     trials: list[TrialResult] = []
     summaries = []
     acc_sr = LocalAccSr()  # each depth's Acc_sr is measured by its first trial, once
@@ -49,6 +54,10 @@ def run_algorithm1(config: ExperimentConfig, out_dir: str | Path | None = None) 
         depth_trials = [
             run_trial(exp, baseline, depth, t, acc_sr=acc_sr) for t in range(config.seeds)
         ]
+        # test_eval: best: the depth's best trial by validation, on the test split, here.
+        for t in chosen(depth_trials, config.test_eval):
+            if not t.test_evaluated:
+                apply_evaluation(t, evaluate_trial(exp, baseline, t))
         for t in depth_trials:
             t.fb_state = {}  # results.json holds numbers; T x depths f_b copies would pile up
         trials += depth_trials

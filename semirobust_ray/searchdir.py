@@ -50,6 +50,9 @@ RESUME_MAY_CHANGE = (
     "cache_dir",
     "data_root",
     "download",
+    # Which trials get a test evaluation, not what any trial measures: `--resume --set
+    # test_eval=all` evaluates the trials a `best` search left unevaluated.
+    "test_eval",
 )
 
 

@@ -127,7 +127,7 @@ def _trial_index(config: dict[str, Any]) -> int:
 def _epoch_metrics(
     record: EpochRecord, fb_layers: int, trial: int, exp: Experiment, baseline: Baseline
 ) -> dict[str, Any]:
-    reached = record.gap <= exp.config.k
+    reached = record.within(exp.config.k)
     return {
         **dataclasses.asdict(record),
         "fb_layers": fb_layers,
@@ -156,6 +156,12 @@ def final_metrics(
         "clean_acc": result.clean_acc,
         "diff": result.diff,
         "val_robust_acc": best_val,
+        # The outcome: the final network's paired check (the gap in images, its SE a fraction).
+        "val_acc": result.val_acc,
+        "gap_images": result.gap_images,
+        "val_images": result.val_images,
+        "gap_se": result.gap_se,
+        "test_evaluated": int(result.test_evaluated),
         "reached": int(result.reached),
         "epochs_run": result.epochs_run,
         "epoch": result.epochs_run,

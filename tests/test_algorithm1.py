@@ -37,6 +37,9 @@ DIGITS = dict(
     epochs=2,
     seeds=1,
     mi=False,
+    # Every trial measures its test Acc itself, so the tests below can compare trials' Acc;
+    # test_eval: best (the default) is tested in test_final_eval.py.
+    test_eval="all",
 )
 
 
@@ -210,6 +213,9 @@ def test_trial_resumed_from_checkpoint_matches_uninterrupted(digits, tmp_path):
 
     assert _numbers(resumed.history) == _numbers(full.history)
     assert resumed.acc == full.acc and resumed.acc_sr == full.acc_sr
+    # ... and the same outcome: the final network's paired check.
+    outcome = ("reached", "gap_images", "val_images", "gap_se", "val_acc", "best_epoch")
+    assert [getattr(resumed, f) for f in outcome] == [getattr(full, f) for f in outcome]
     plain = run_trial(prepare(exp.config.replace(augment=False)), baseline, 6, 0)
     assert _numbers(plain.history) != _numbers(full.history)  # augmentation did take part
 
@@ -286,6 +292,16 @@ def test_cifar10_subset_trial_runs_on_real_images(tmp_path):
     baseline = get_baseline(exp)
     result = run_trial(exp, baseline, 2, 0)
     assert 0.0 <= result.acc <= 1.0 and result.epochs_run == 1
+    # The outcome is paired on every validation image of the real images.
+    from semirobust_ray.paired import unpack_correct, within_k
+
+    n = len(exp.data.y_val)
+    assert baseline.metrics.val_images == result.val_images == n
+    assert unpack_correct(baseline.metrics.val_correct).sum() == round(
+        baseline.metrics.acc_star_val * n
+    )
+    assert result.gap_images == round((baseline.metrics.acc_star_val - result.val_acc) * n)
+    assert result.reached == within_k(result.gap_images, n, exp.config.k)
 
 
 @pytest.mark.parametrize("method", ["fast", "free"])
@@ -448,3 +464,149 @@ def test_mi_samples_take_a_class_stratified_subset(digits, monkeypatch):
     counts = torch.bincount(seen["y"], minlength=10)
     assert len(seen["y"]) == len(seen["x"]) == 30
     assert counts.min() >= 2 and counts.max() <= 4  # every class, in proportion
+
+
+def test_baseline_stores_its_per_image_validation_outcomes(digits):
+    """Acc*_val is every validation image's outcome under the stop attack seeded with ``seed``,
+    stored per image: the mean is Acc*_val and a re-run gives the very same vector."""
+    import numpy as np
+
+    from semirobust_ray.paired import unpack_correct
+    from semirobust_ray.training import predict_adversarial
+
+    exp, baseline = digits
+    m = baseline.metrics
+    x_val, y_val = exp.eval_split("val")
+    assert m.val_images == len(y_val) == len(exp.data.y_val)  # every validation image
+    correct = unpack_correct(m.val_correct)
+    assert correct.shape == (m.val_images,) and correct.mean() == pytest.approx(m.acc_star_val)
+    model = exp.build_model()
+    model.load_state_dict(baseline.robust_state)
+    _, preds = predict_adversarial(
+        model,
+        x_val,
+        y_val,
+        attack=exp.stop_attack(model, exp.config.seed),
+        batch_size=exp.config.eval_batch,
+        device=exp.device,
+    )
+    assert np.array_equal((preds == y_val).numpy(), correct)
+
+
+def test_the_check_is_paired_with_the_baseline_image_by_image(digits):
+    """The robust network itself, checked like a trial's: the same images, order and attack
+    randomness give exactly the baseline's outcomes, a gap of 0 images with no noise."""
+    from semirobust_ray.algorithm1 import validation_check
+
+    exp, baseline = digits
+    s = semirobust_model(exp, baseline, 3)
+    s.load_fb_state(s.fb_subset(baseline.robust_state))
+    check = validation_check(exp, baseline, s.model)
+    assert (check.gap_images, check.se_images) == (0, 0.0)
+    assert check.n_images == baseline.metrics.val_images
+
+
+def test_a_trials_outcome_is_its_best_epochs_paired_check(digits):
+    from semirobust_ray.algorithm1 import validation_check
+    from semirobust_ray.paired import within_k
+
+    exp, baseline = digits
+    exp = prepare(exp.config.replace(k=0.0, epochs=3))  # k = 0: it runs all three epochs
+    result = run_trial(exp, baseline, 4, 0)
+    best = max(result.history, key=lambda h: (h["val_robust_acc"], -h["epoch"]))
+    assert result.best_epoch == best["epoch"]
+    assert (result.gap_images, result.val_images) == (best["gap_images"], best["val_images"])
+    assert result.gap_se == best["gap_se"] and result.val_acc == best["val_robust_acc"]
+    assert result.reached == within_k(result.gap_images, result.val_images, 0.0)
+    for h in result.history:
+        assert h["gap"] == pytest.approx(h["gap_images"] / h["val_images"])
+    # The trial's final f_b is that epoch's network: checked again, the same numbers.
+    s = semirobust_model(exp, baseline, 4)
+    s.load_fb_state(result.fb_state)
+    again = validation_check(exp, baseline, s.model)
+    assert (again.gap_images, again.se) == (result.gap_images, result.gap_se)
+
+
+def test_val_samples_caps_the_validation_check_and_eval_samples_only_the_test(digits):
+    exp, _ = digits
+    capped = prepare(exp.config.replace(eval_samples=30))
+    assert len(capped.eval_split("test")[1]) == 30
+    assert len(capped.eval_split("val")[1]) == len(exp.data.y_val)
+    val = prepare(exp.config.replace(val_samples=50))
+    _, y = val.eval_split("val")
+    assert len(y) == 50 and torch.bincount(y, minlength=10).min() >= 4  # stratified
+    assert len(val.eval_split("test")[1]) == len(exp.data.y_test)
+    from semirobust_ray.baseline import baseline_key
+
+    assert baseline_key(val) != baseline_key(exp)  # another Acc*_val
+
+
+def test_best_trial_is_chosen_by_validation_and_rho_over_measured_trials():
+    import math
+
+    from semirobust_ray.algorithm1 import TrialResult, best_trial
+
+    def trial(i, val_acc, acc, mi):
+        return TrialResult(
+            fb_layers=2, trial=i, seed=i, acc_star=0.8, acc_sr=0.5, acc=acc, clean_acc=acc,
+            best_epoch=1, epochs_run=1, reached=False, seconds=1.0, history=[],
+            mi=[{"j": 6, "bits": b} for b in mi], val_acc=val_acc, test_evaluated=bool(mi),
+        )  # fmt: skip
+
+    nan = math.nan
+    trials = [trial(0, 0.70, nan, []), trial(1, 0.75, 0.6, [2.0]), trial(2, 0.75, nan, [])]
+    assert best_trial(trials).trial == 1  # highest val_acc, ties: the lower index
+    s = summarise_depth(trials)
+    assert s.best_trial == 1 and s.acc == 0.6 and s.rho == {6: 2.0} == s.rho_best
+    # Results stored before val_acc was recorded: the test Acc decides, as it used to.
+    old = [trial(0, None, 0.5, [1.0]), trial(1, None, 0.55, [3.0])]
+    s = summarise_depth(old)
+    assert s.best_trial == 1 and s.rho == {6: 1.0} and s.rho_best == {6: 3.0}
+
+
+def test_test_eval_best_evaluates_the_final_network_after_the_trial_exactly_as_all(digits):
+    """A trial under ``test_eval: best`` skips the test evaluation and MI; evaluating its final
+    f_b afterwards (final_eval) gives the numbers the trial measures itself under ``all``."""
+    import math
+
+    from semirobust_ray.final_eval import apply_evaluation, evaluate_trial
+
+    exp, baseline = digits
+    common = {"mi": True, "mi_samples": 60, "mi_cpus": 0}
+    every = run_trial(prepare(exp.config.replace(test_eval="all", **common)), baseline, 2, 0)
+    lazy_exp = prepare(exp.config.replace(test_eval="best", **common))
+    lazy = run_trial(lazy_exp, baseline, 2, 0)
+    assert not lazy.test_evaluated and math.isnan(lazy.acc) and lazy.mi == []
+    assert lazy.mi_seconds == 0.0 and every.test_evaluated
+    assert (lazy.gap_images, lazy.reached) == (every.gap_images, every.reached)
+    apply_evaluation(lazy, evaluate_trial(lazy_exp, baseline, lazy))
+    assert (lazy.acc, lazy.clean_acc, lazy.mi) == (every.acc, every.clean_acc, every.mi)
+    assert lazy.test_evaluated and lazy.mi_seconds > 0
+
+
+@pytest.mark.parametrize("test_eval", ["best", "all"])
+def test_runner_test_eval_evaluates_the_best_trial_per_depth_or_all(digits, test_eval, logs):
+    import math
+
+    from semirobust_ray.paired import noise_floor
+    from semirobust_ray.runner import run_algorithm1
+
+    exp, baseline = digits
+    config = exp.config.replace(
+        test_eval=test_eval, seeds=2, split_depths=(1, 6), epochs=1, mi=True, mi_samples=60
+    )
+    results = run_algorithm1(config)
+    # The noise floor, once, before the trials (digits: 144 validation images, k = 0.05).
+    floor = noise_floor(baseline.metrics.acc_star_val, baseline.metrics.val_images, config.k)
+    warned = [line for line in logs if line.startswith("[noise floor]")]
+    assert floor["warning"] and warned == [f"[noise floor] {floor['warning']}"]
+    assert results["baseline"]["val_images"] == len(exp.data.y_val)
+    for depth in (1, 6):
+        ours = [t for t in results["trials"] if t["fb_layers"] == depth]
+        best = max(ours, key=lambda t: (t["val_acc"], -t["trial"]))
+        summary = next(d for d in results["depths"] if d["fb_layers"] == depth)
+        assert summary["best_trial"] == best["trial"] and summary["acc"] == best["acc"]
+        for t in ours:
+            evaluated = test_eval == "all" or t is best
+            assert t["test_evaluated"] == evaluated
+            assert math.isnan(t["acc"]) != evaluated and bool(t["mi"]) == evaluated

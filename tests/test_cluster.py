@@ -88,15 +88,34 @@ def _nodes_that_ran(function_name: str) -> set[str]:
     }
 
 
+def mi_as_ray_tasks():
+    """The trainable with every trial's MI sent to Ray tasks (``RAY_MIN_WORK = 0`` in the
+    trial's process: this CI-sized MI would otherwise run in-process). A closure, so Ray ships
+    it by value to the other node's workers."""
+    from semirobust_ray.trial import algorithm1_trainable
+
+    def trainable(config, **shared):
+        import semirobust_ray.mi as mi_module
+
+        mi_module.RAY_MIN_WORK = 0
+        return algorithm1_trainable(config, **shared)
+
+    return trainable
+
+
 def test_mi_tasks_run_on_both_nodes_beside_their_trials(cluster, cache_dir, tmp_path):
     _, head_id, gpu_node = cluster
     # One CPU per trial plus one reserved for its MI tasks fills a 2-CPU node, so the two
-    # trials start at once on different nodes, each with its MI tasks in its placement group.
+    # trials start at once on different nodes, each with its MI tasks in its placement group
+    # (test_eval: all, so each trial measures its MI itself).
     outcome = run_search(
-        _config(cache_dir, split_depths=[2, 6], mi=True, mi_cpus=1, eval_samples=200),
+        _config(
+            cache_dir, split_depths=[2, 6], mi=True, mi_cpus=1, eval_samples=200, test_eval="all"
+        ),
         storage_path=str(tmp_path),
         name="mi",
         verbose=0,
+        trainable_fn=mi_as_ray_tasks(),
     )
     finals = _final_reports(outcome.experiment_dir)
     assert {f["node_id"] for f in finals} == {head_id, gpu_node.node_id}

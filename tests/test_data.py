@@ -392,9 +392,14 @@ def test_eval_samples_is_a_class_stratified_test_subset_shared_by_all_seeds(
     for seed in (1, 7):
         other = prepare(ExperimentConfig.from_dict({**values, "eval_samples": 30, "seed": seed}))
         assert torch.equal(other.eval_split("test")[0], x)  # every seed: the same test images
-    x_val, y_val = exp.eval_split("val")
+    # eval_samples caps the test images only; val_samples caps the validation images the
+    # same way (class-stratified, drawn with the seed).
+    assert torch.equal(exp.eval_split("val")[0], exp.data.x_val)
+    capped = prepare(ExperimentConfig.from_dict({**values, "val_samples": 30}))
+    x_val, y_val = capped.eval_split("val")
     assert len(y_val) == 30 and set(y_val.tolist()) == set(range(10))
-    assert torch.equal(x_val, prepare(exp.config).eval_split("val")[0])  # seeded
+    assert torch.equal(x_val, prepare(capped.config).eval_split("val")[0])  # seeded
+    assert torch.equal(capped.eval_split("test")[0], capped.data.x_test)
     whole = prepare(ExperimentConfig.from_dict({**values, "eval_samples": 1000}))
     x_cap, y_cap = whole.eval_split("test")
     assert torch.equal(x_cap, whole.data.x_test) and torch.equal(y_cap, whole.data.y_test)

@@ -26,8 +26,9 @@ pytestmark = pytest.mark.gpu
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "search_spaces" / "quickstart.yaml"
 
-#: The CI digits problem on the GPU.
-CUDA_DIGITS = {**DIGITS_SEARCH, "device": "cuda", "mi": False}
+#: The CI digits problem on the GPU; every trial measures its test Acc itself (test_eval: all),
+#: so run_trial's results carry the Acc the tests below compare.
+CUDA_DIGITS = {**DIGITS_SEARCH, "device": "cuda", "mi": False, "test_eval": "all"}
 
 #: A network whose f_b draws random numbers on the GPU: the 32x32 VGG16 (narrowed) has two
 #: Dropout layers between its three Linear layers, so at |f_b| = 3 every f_b update draws

@@ -417,7 +417,8 @@ def test_ray_inside_placement_group_uses_reserved_cpus(
         def trial() -> tuple[tuple[int, bool], list[LayerPairMI]]:
             # Only importable names in here: the function travels to the worker by value.
             hooked = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-            res = layer_mi(model, hooked, x, y, first_index=1, seed=9)  # Ray is up
+            # Ray tasks asked for: work this small would run in-process by default.
+            res = layer_mi(model, hooked, x, y, first_index=1, seed=9, use_ray=True)
             return _ray_slots(ray_session), res
 
         strategy = PlacementGroupSchedulingStrategy(
@@ -431,6 +432,26 @@ def test_ray_inside_placement_group_uses_reserved_cpus(
     assert slots == (1, True)
     linear = [(n, m) for n, m in layers if isinstance(m, torch.nn.Linear)]
     assert res == layer_mi(model, linear, x, y, first_index=1, use_ray=False, seed=9)
+
+
+def test_small_mi_runs_in_process_even_where_ray_is_up(monkeypatch) -> None:
+    """``use_ray=None`` sends the estimates to Ray only from RAY_MIN_WORK samples on (a cold
+    Ray worker costs seconds, BENCHMARKS.md); ``use_ray=True`` always does."""
+    import semirobust_ray.mi as mi_module
+
+    sent: list[int] = []
+    monkeypatch.setattr(mi_module, "_ray_wanted", lambda use_ray: use_ray is not False)
+    monkeypatch.setattr(mi_module, "_run_jobs", lambda args, costs, n: sent.append(len(args)))
+    rng = np.random.default_rng(0)
+    args = [(rng.normal(size=(40, 2)), rng.normal(size=(40, 2)), "edge", i, {}) for i in range(3)]
+    costs = [40.0] * 3
+    values = mi_module._estimate_jobs(args, costs, None, None)
+    assert not sent and len(values) == 3  # 120 samples: in-process
+    mi_module._estimate_jobs(args, costs, True, None)
+    assert sent == [3]
+    monkeypatch.setattr(mi_module, "RAY_MIN_WORK", 120)
+    mi_module._estimate_jobs(args, costs, None, None)
+    assert sent == [3, 3]
 
 
 def test_balanced_chunks() -> None:

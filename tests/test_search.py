@@ -27,12 +27,16 @@ CI_SEARCH = {
 
 @pytest.fixture(scope="module")
 def searches(ray_local, tmp_path_factory):
-    """One grid and one bisection search over the same problem (shared baseline cache)."""
+    """One grid and one bisection search over the same problem (shared baseline cache); the
+    grid's trials measure their test Acc and MI themselves (``test_eval: all``), the
+    bisection's best trial per depth is evaluated after the search (``best``, the default)."""
     root = tmp_path_factory.mktemp("searches")
     cache = root / "cache"
     out = {}
-    for algo in ("grid", "bisection"):
-        config = ExperimentConfig.from_dict({**CI_SEARCH, "search": algo, "cache_dir": str(cache)})
+    for algo, test_eval in (("grid", "all"), ("bisection", "best")):
+        config = ExperimentConfig.from_dict(
+            {**CI_SEARCH, "search": algo, "test_eval": test_eval, "cache_dir": str(cache)}
+        )
         out[algo] = run_search(config, storage_path=str(root), name=algo, verbose=0)
     return out
 
@@ -53,17 +57,27 @@ def test_grid_and_bisection_find_the_same_minimal_split(searches):
 QUICKSTART = Path(__file__).resolve().parents[1] / "search_spaces" / "quickstart.yaml"
 
 
-def test_quickstart_bisection_agrees_with_grid(ray_local, tmp_path):
-    """The quickstart itself, searched both ways (without MI, which does not move the answer)."""
+def _quickstart_config(algo: str, cache: Path) -> ExperimentConfig:
     from semirobust_ray.config import load_config
 
-    outcomes = {}
-    for algo in ("grid", "bisection"):
-        config = load_config(
-            QUICKSTART, [f"search={algo}", "mi=false", f"cache_dir={tmp_path / 'cache'}"]
+    return load_config(QUICKSTART, [f"search={algo}", "mi=false", f"cache_dir={cache}"])
+
+
+@pytest.fixture(scope="module")
+def quickstart(ray_local, tmp_path_factory):
+    """The quickstart itself, searched both ways (without MI, which does not move the answer),
+    with the default ``test_eval: best``."""
+    root = tmp_path_factory.mktemp("quickstart")
+    return {
+        algo: run_search(
+            _quickstart_config(algo, root / "cache"), storage_path=str(root), name=algo, verbose=0
         )
-        outcomes[algo] = run_search(config, storage_path=str(tmp_path), name=algo, verbose=0)
-    grid, bisection = outcomes["grid"], outcomes["bisection"]
+        for algo in ("grid", "bisection")
+    }
+
+
+def test_quickstart_bisection_agrees_with_grid(quickstart):
+    grid, bisection = quickstart["grid"], quickstart["bisection"]
     assert len(grid.results["trials"]) == 12
     if not grid.answer["premise_violations"]:  # monotone outcomes: the same answer as grid
         assert bisection.answer_fb_layers == grid.answer_fb_layers
@@ -71,6 +85,82 @@ def test_quickstart_bisection_agrees_with_grid(ray_local, tmp_path):
     evidence = {e["fb_layers"]: e["reached"] for e in grid.answer["evidence"]}
     for e in bisection.answer["evidence"]:  # the same trials, whoever ran them
         assert e["reached"] == evidence[e["fb_layers"]]
+
+
+def test_test_eval_best_evaluates_each_depths_best_trial_by_validation(quickstart, searches):
+    """``test_eval: best``: of the quickstart grid's 2 trials per depth exactly one has a test
+    Acc, the one with the best final validation accuracy (ties: the lower index), stored under
+    evaluations/; ``all`` (the CI grid) evaluated every trial inside the trial."""
+    import math
+
+    grid = quickstart["grid"]
+    trials = grid.results["trials"]
+    for depth in range(1, 7):
+        ours = sorted((t for t in trials if t["fb_layers"] == depth), key=lambda t: t["trial"])
+        assert len(ours) == 2
+        best = max(ours, key=lambda t: (t["val_acc"], -t["trial"]))
+        assert [t["test_evaluated"] for t in ours] == [t is best for t in ours]
+        assert 0.0 <= best["acc"] <= 1.0 and 0.0 <= best["clean_acc"] <= 1.0
+        other = next(t for t in ours if t is not best)
+        assert math.isnan(other["acc"]) and math.isnan(other["clean_acc"])
+    stored = sorted((Path(grid.experiment_dir) / "evaluations").glob("*.json"))
+    assert len(stored) == 6
+    every = searches["grid"].results["trials"]
+    assert all(t["test_evaluated"] and t["mi"] for t in every)
+    assert not (Path(searches["grid"].experiment_dir) / "evaluations").exists()
+
+
+def test_reevaluate_skips_trials_without_a_test_evaluation(quickstart, logs):
+    from semirobust_ray.baseline import load_baseline
+    from semirobust_ray.reevaluate import _networks_to_check
+    from semirobust_ray.searchdir import BASELINE_DIR
+    from semirobust_ray.storage import Store
+
+    grid = quickstart["grid"]
+    store = Store(grid.experiment_dir)
+    baseline = load_baseline(store.child(BASELINE_DIR))
+    networks = _networks_to_check(store, grid.results["trials"], 0, baseline, None)
+    evaluated = [t for t in grid.results["trials"] if t["test_evaluated"]]
+    assert len(networks) == 1 + len(evaluated) == 7  # Acc*, then one trial per depth
+    assert [n.reported_acc for n in networks[1:]] == [
+        t["acc"] for t in sorted(evaluated, key=lambda t: t["fb_layers"])
+    ]
+    assert any("skipping 6 of 12 trial(s) without a test evaluation" in line for line in logs)
+
+
+def test_resume_after_stopping_in_the_final_evaluations_redoes_none_that_finished(quickstart, logs):
+    """A search stopped during its test evaluations leaves the finished ones stored (each is
+    written as it completes) and the rest missing: the resume evaluates only the missing."""
+    grid = quickstart["grid"]
+    d = Path(grid.experiment_dir)
+    stored = sorted((d / "evaluations").glob("*.json"))
+    kept, lost = stored[:4], stored[4:]
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in kept}
+    lost_bytes = {p: p.read_bytes() for p in lost}
+    for p in lost:
+        p.unlink()
+    logs.clear()
+    again = run_search(
+        _quickstart_config("grid", d.parent / "cache"),
+        storage_path=str(d.parent),
+        name="grid",
+        resume=True,
+        verbose=0,
+    )
+    assert any("test-set evaluation of 2 trial(s)" in line for line in logs), logs
+    # Before any trial, once: 144 validation images cannot resolve the quickstart's k = 0.05.
+    floor = [line for line in logs if line.startswith("[noise floor]")]
+    assert len(floor) == 1 and "on 144 validation images" in floor[0], floor
+    for p, (data, mtime) in before.items():
+        assert p.read_bytes() == data and p.stat().st_mtime_ns == mtime  # not redone
+    for p, data in lost_bytes.items():
+        redone, old = json.loads(p.read_text()), json.loads(data)
+        assert {k: redone[k] for k in ("acc", "clean_acc", "mi")} == {
+            k: old[k] for k in ("acc", "clean_acc", "mi")
+        }
+    assert [t["acc"] for t in again.results["trials"] if t["test_evaluated"]] == [
+        t["acc"] for t in grid.results["trials"] if t["test_evaluated"]
+    ]
 
 
 def test_search_writes_report_meta_and_baseline(searches):
@@ -457,7 +547,7 @@ def test_final_checkpoint_continues_the_trial_instead_of_restarting(searches):
     state = TrialState.from_dict(load_state(last / CHECKPOINT_FILE))
     assert state.epoch == trial["epochs_run"]
 
-    config = ExperimentConfig.from_dict({**CI_SEARCH, "mi": False})
+    config = ExperimentConfig.from_dict({**CI_SEARCH, "mi": False, "test_eval": "all"})
     again = run_trial(prepare(config), load_baseline(exp_dir / BASELINE_DIR), 3, 0, state=state)
     assert again.history == trial["history"]  # nothing retrained
     assert again.acc == trial["acc"]
