@@ -10,8 +10,10 @@ so a user sees what training only f_b saved.
   ``depth_*`` columns repeat the depth's summary on each of its rows.
 - ``frontier.png``: above, each depth's reach probability p(d) (the rate of its trials with
   their Wilson interval, the monotone fit the answer is read from, the level q) with the answer
-  and its 90 % interval; below, Diff against |f_b|, every trial a point (filled: reached), the
-  best trial per depth joined, the k band, ρ_{a+1} on a second axis in both readings.
+  and its 90 % interval; below, every trial's validation gap to Acc*_val (the paired check it
+  was judged by) with its standard error (filled: reached), the test Diff of the trials
+  evaluated on the test split (each depth's best under ``test_eval: best``) joined per depth,
+  the k band, ρ_{a+1} on a second axis in both readings.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ FRONTIER_COLUMNS: tuple[str, ...] = (
     "acc_star",
     "acc_sr",
     "acc",
-    "diff",  # Acc* - Acc, test split
+    "diff",  # Acc* - Acc, test split (NaN for a trial without its test evaluation)
+    "val_gap",  # Acc*_val - the trial's validation accuracy, the paired check it was judged by
+    "val_gap_se",  # the paired standard error of val_gap
     "reached",  # within k of Acc* on the validation check
     "epochs_run",
     "epochs_to_reach",
@@ -77,6 +81,17 @@ def in_interval(reading: dict[str, Any], fb_layers: int, target: str) -> bool:
     return min(low, high) <= fb_layers <= max(low, high)
 
 
+def val_gap(trial: Any) -> tuple[float, float]:
+    """(Acc*_val − the trial's validation accuracy, its paired standard error) of the network
+    the trial was judged by; for results stored before the paired check, its best epoch's gap
+    and NaN."""
+    if trial.gap_images is not None and trial.val_images:
+        se = math.nan if trial.gap_se is None else float(trial.gap_se)
+        return trial.gap_images / trial.val_images, se
+    best = next((h for h in trial.history if h.get("epoch") == trial.best_epoch), None)
+    return (float(best["gap"]) if best else math.nan), math.nan
+
+
 def frontier_table(results: dict[str, Any], answer: dict[str, Any] | None = None) -> pd.DataFrame:
     """One row per finished trial, smallest |f_b| first (see :data:`FRONTIER_COLUMNS`);
     ``answer`` is :func:`semirobust_ray.report.minimal_split` of ``results`` (computed when not
@@ -101,6 +116,8 @@ def frontier_table(results: dict[str, Any], answer: dict[str, Any] | None = None
                 "acc_sr": s.acc_sr,
                 "acc": t.acc,
                 "diff": t.diff,
+                "val_gap": val_gap(t)[0],
+                "val_gap_se": val_gap(t)[1],
                 "reached": t.reached,
                 "epochs_run": t.epochs_run,
                 "epochs_to_reach": t.epochs_to_reach,
@@ -144,7 +161,7 @@ def frontier_plot(results: dict[str, Any], answer: dict[str, Any] | None = None)
     top.set_title(
         f"{model} / {dataset}: the semirobustness frontier (n = {n}, "
         f"E = {config.get('epochs', '?')}, {len(df)} trials)\n"
-        "above: reach probability p(d) on the validation check; below: Diff on the test split",
+        "above: reach probability p(d); below: each trial's validation gap, the test Diff",
         fontsize=9,
     )
     if df.empty:
@@ -159,7 +176,7 @@ def frontier_plot(results: dict[str, Any], answer: dict[str, Any] | None = None)
     _plot_trials(ax, df, summaries, float(config.get("k", math.nan)))
     _mark_answers(ax, answer, n)
     ax.set_xlabel("|f_b| (layers adversarially trained)")
-    ax.set_ylabel("Diff = Acc* − Acc (points)")
+    ax.set_ylabel("gap to Acc* (points)")
     ax.set_xticks(depths)
     second = top.secondary_xaxis("top", functions=(lambda v: n - v, lambda v: n - v))
     second.set_xlabel("a = robust layers of f*_a", fontsize=8)
@@ -226,30 +243,34 @@ def _plot_reach(ax: Any, answer: dict[str, Any], n: int) -> None:
 
 
 def _plot_trials(ax: Any, df: pd.DataFrame, summaries: list[DepthSummary], k: float) -> None:
-    """The k band, every trial's Diff (filled: reached), and the line through each depth's best."""
-    diffs = 100 * df["diff"]
-    low = min(float(diffs.min()), 0.0) - 2.0
-    high = max(float(diffs.max()), 100 * k) + 2.0
+    """The k band; every trial's validation gap, the paired check it was judged by, with its
+    standard error (filled: reached); the test Diff of each trial evaluated on the test split,
+    and the line through each depth's best."""
+    gaps, diffs = 100 * df["val_gap"], 100 * df["diff"]
+    shown = pd.concat([gaps + 100 * df["val_gap_se"].fillna(0), gaps, diffs]).dropna()
+    low = min(float(shown.min()) if len(shown) else 0.0, 0.0) - 2.0
+    high = max(float(shown.max()) if len(shown) else 0.0, 100 * k) + 2.0
     ax.axhspan(low - 100, 100 * k, color="tab:green", alpha=0.08, lw=0)
     ax.axhline(100 * k, color="tab:green", ls="--", lw=1, label=f"k = {100 * k:g} points")
     ax.axhline(0.0, color="0.6", lw=0.6)
-    # The T trials of a depth side by side around it, so that equal Diffs stay visible.
-    trials_per_depth = df.groupby("fb_layers")["trial"].rank(method="first") - 1
+    # The trials of a depth side by side around it, so that equal gaps stay visible.
+    rank = df.groupby("fb_layers")["trial"].rank(method="first") - 1
     width = max(df.groupby("fb_layers").size().max() - 1, 1)
-    x = df["fb_layers"] + 0.18 * (trials_per_depth / width - 0.5)
+    x = df["fb_layers"] + 0.3 * (rank / width - 0.5)
     reached = df["reached"].astype(bool)
-    ax.scatter(x[reached], diffs[reached], color="tab:blue", s=22, zorder=3, label="trial, reached")
-    ax.scatter(
-        x[~reached],
-        diffs[~reached],
-        facecolors="none",
-        edgecolors="tab:blue",
-        s=22,
-        zorder=3,
-        label="trial, missed",
-    )
-    depths = [s.fb_layers for s in summaries]
-    ax.plot(depths, [100 * s.diff for s in summaries], color="tab:blue", lw=1, alpha=0.7)
+    err = 100 * df["val_gap_se"]
+    for mask, face, label in ((reached, "tab:blue", "reached"), (~reached, "white", "missed")):
+        ax.errorbar(
+            x[mask], gaps[mask], yerr=err[mask], fmt="o", ms=4.5, mfc=face, mec="tab:blue",
+            ecolor="tab:blue", elinewidth=0.8, capsize=1.5, lw=0, zorder=3,
+            label=f"trial, {label}: validation gap ± paired SE",
+        )  # fmt: skip
+    tested = ~df["diff"].isna()
+    ax.scatter(x[tested], diffs[tested], marker="D", s=22, color="tab:red", zorder=4,
+               label="test Diff (trials evaluated on the test split)")  # fmt: skip
+    best = [(s.fb_layers, 100 * s.diff) for s in summaries if not math.isnan(s.diff)]
+    if best:
+        ax.plot(*zip(*best, strict=True), color="tab:red", lw=1, alpha=0.6)
     ax.set_ylim(low, high)
 
 

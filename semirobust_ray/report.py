@@ -25,12 +25,14 @@ import os
 import sys
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from semirobust_ray.algorithm1 import DepthSummary, TrialResult
 from semirobust_ray.answer import search_answer
 from semirobust_ray.config import resolve_stop_attack
 from semirobust_ray.frontier import frontier_figure, frontier_table
+from semirobust_ray.paired import noise_floor
 from semirobust_ray.plots import new_figure, png_bytes
 from semirobust_ray.results import (
     candidate_depths,
@@ -243,12 +245,30 @@ def minimal_split(results: dict[str, Any]) -> dict[str, Any]:
         # Given networks (a baseline: section): which, with their files' SHA-256; None: trained.
         "baseline_source": baseline.get("source"),
         **summary,
+        "noise_floor": _noise_floor(results),
         "warning": _test_diff_warning(chosen, config),
         "cost": _cost(trial_results(results), baseline),
         "evidence": [_evidence(s, n, reach.get(s.fb_layers)) for s in summaries],
         "failed": list(results.get("failed", [])),
         "unfinished": list(results.get("unfinished", [])),
     }
+
+
+def _noise_floor(results: dict[str, Any]) -> dict[str, Any] | None:
+    """:func:`semirobust_ray.paired.noise_floor` of the search's validation check, with the
+    median paired standard error its trials measured (None for results stored before the
+    baseline recorded its validation size)."""
+    baseline, k = results.get("baseline", {}), results["config"].get("k")
+    if baseline.get("val_images") is None or baseline.get("acc_star_val") is None or k is None:
+        return None
+    floor = noise_floor(baseline["acc_star_val"], baseline["val_images"], k)
+    measured = [
+        t["gap_se"]
+        for t in results.get("trials", [])
+        if t.get("gap_se") is not None and t.get("val_images")
+    ]
+    floor["trial_se_median"] = float(np.median(measured)) if measured else None
+    return floor
 
 
 def _test_diff_warning(chosen: DepthSummary | None, config: dict[str, Any]) -> str | None:
@@ -336,6 +356,9 @@ def answer_lines(answer: dict[str, Any]) -> list[str]:
                 f"{cost['baseline_adv_train_seconds']:.0f} s"
             )
         lines.append(line + ".")
+    floor = answer.get("noise_floor")
+    if floor and floor["warning"]:
+        lines.append(f"Noise floor: {floor['warning']}.")
     if answer["warning"]:
         lines.append(f"Warning: {answer['warning']}.")
     return lines
