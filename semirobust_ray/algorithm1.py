@@ -38,7 +38,6 @@ from typing import Any, Protocol
 
 import torch
 
-from semirobust_ray.answer import answer_depth
 from semirobust_ray.baseline import Baseline
 from semirobust_ray.data import TEST_SEED, stratified_subset
 from semirobust_ray.experiment import Experiment
@@ -713,14 +712,3 @@ def summarise_depth(trials: list[TrialResult]) -> DepthSummary:
         best_trial=best.trial,
         rho_best={int(p["j"]): float(p["bits"]) for p in sorted(best.mi, key=lambda p: p["j"])},
     )
-
-
-def reached_by_depth(summaries: list[DepthSummary]) -> dict[int, bool]:
-    """{|f_b|: whether some trial of that depth reached Acc* − k}: the evidence of the answer."""
-    return {s.fb_layers: s.reached for s in summaries}
-
-
-def minimal_depth(summaries: list[DepthSummary], target: str = "robust_fa") -> int | None:
-    """The answer among the depths tried (see :mod:`semirobust_ray.answer`): the largest
-    reaching |f_b| for ``robust_fa``, the smallest for ``fb``; None when none reached."""
-    return answer_depth(reached_by_depth(summaries), target)

@@ -51,17 +51,6 @@ def premise(target: str) -> str:
     return _PREMISES[target]
 
 
-def answer_depth(reached: Mapping[int, bool], target: str) -> int | None:
-    """The noiseless reading among the depths tried (what a bisection trusting each probe
-    finds): the largest reaching |f_b| for ``robust_fa``, the smallest for ``fb``; None when
-    no depth reached."""
-    check_target(target)
-    hits = [d for d, ok in reached.items() if ok]
-    if not hits:
-        return None
-    return max(hits) if target == "robust_fa" else min(hits)
-
-
 @dataclass(frozen=True)
 class Violation:
     """A depth that reached beyond (in premise order) depths that did not: the premise fails."""

@@ -65,7 +65,7 @@ def run_algorithm1(config: ExperimentConfig, out_dir: str | Path | None = None) 
         s = summaries[-1]
         logger.info(
             f"[split |f_b|={depth}] Acc = {s.acc:.4f} (Acc* {s.acc_star:.4f}), "
-            f"{'reached' if s.reached else 'did not reach'} Acc* - k"
+            f"{sum(t.reached for t in depth_trials)} of {len(depth_trials)} trials within k"
         )
     results = {
         "config": config.to_dict(),
