@@ -321,20 +321,23 @@ def _log_side(hits: float, misses: float, q: float, *, above: bool) -> float:
     return float(special.betaln(hits + 1, misses + 1)) + math.log(max(mass, 1e-300) / width)
 
 
-#: The posterior quantiles the pending trials are placed at, in turn: the median first (the
-#: probabilistic bisection), then the quartiles, so parallel trials spread over the boundary's
-#: likely range instead of piling onto one depth.
+#: The posterior quantiles a trial is placed at: the median first (the probabilistic bisection),
+#: then the quartiles and eighths for trials started while others are in flight, so parallel
+#: trials cover the boundary's likely range instead of piling onto one depth.
 _QUANTILES = (0.5, 0.25, 0.75, 0.375, 0.625, 0.125, 0.875)
 
 
-def next_index(s: Sequence[int], n: Sequence[int], q: float, pending: int = 0) -> int:
-    """The premise-order index the next trial should probe, given ``pending`` trials in flight:
-    the depth whose "p ≥ q?" splits the boundary posterior at the pending-th quantile."""
+def next_index(s: Sequence[int], n: Sequence[int], q: float, in_flight: Iterable[int] = ()) -> int:
+    """The premise-order index the next trial should probe: the depth whose "p ≥ q?" splits the
+    boundary posterior at its median, or, where a trial is already in flight there, at the
+    first quantile of :data:`_QUANTILES` whose depth has none in flight."""
     post = boundary_posterior(s, n, q)
     # P(boundary ≥ i) for i = 0..m-1: a trial at index i asks exactly this.
     at_least = np.cumsum(post[::-1])[::-1][1:]
-    target = _QUANTILES[pending % len(_QUANTILES)]
-    return int(np.argmin(np.abs(at_least - target) + 1e-9 * np.arange(len(at_least))))
+    busy = set(in_flight)
+    tie_break = 1e-9 * np.arange(len(at_least))
+    picks = [int(np.argmin(np.abs(at_least - t) + tie_break)) for t in _QUANTILES]
+    return next((i for i in picks if i not in busy), picks[0])
 
 
 @dataclass
@@ -395,8 +398,8 @@ class AdaptiveSearch:
             return None
         s = [self.hits.get(d, 0) for d in self.order]
         n = [self.trials.get(d, 0) for d in self.order]
-        in_flight = sum(self.pending.values())
-        depth = self.order[next_index(s, n, self.q, in_flight)]
+        busy = [i for i, d in enumerate(self.order) if self.pending.get(d, 0) > 0]
+        depth = self.order[next_index(s, n, self.q, busy)]
         index = self.issued.get(depth, 0)
         self.issued[depth] = index + 1
         self.pending[depth] = self.pending.get(depth, 0) + 1
