@@ -39,6 +39,7 @@ from semirobust_ray.decision import (
 
 __all__ = ["TARGETS", "premise_order", "answer_summary", "statement", "premise"]
 
+_NAMES = {"robust_fa": "smallest robust f*_a", "fb": "smallest f_b"}
 _PREMISES = {
     "robust_fa": "a smaller f_b (a larger robust f*_a) is at least as easy to recover",
     "fb": "a larger f_b (more layers trained) is at least as easy to recover",
@@ -144,7 +145,12 @@ def _reading(
     return {
         "fb_layers": fb,
         "robust_layers": None if fb is None else n - fb,
-        "statement": statement(decision.target, fb, n, epochs, k),
+        "statement": (
+            statement(decision.target, fb, n, epochs, k)
+            if fb is not None or not decision.contradicted
+            else f"{_NAMES[decision.target]}: not read, its trials contradict its premise "
+            f"({premise(decision.target)})"
+        ),
         "interval": interval,
         "interval_statement": _words(decision, n),
         "width": decision.width,

@@ -254,11 +254,9 @@ def decide(
     if contradicted:
         lo, hi = hi, lo
     fit = _isotonic(s, n)
+    # The fit's answer, not moved into the interval: the two differ only where the premise is
+    # contradicted, and then the reading says so.
     point = max((i for i, v in enumerate(fit) if not math.isnan(v) and v >= q), default=-1)
-    point = min(max(point, lo), hi)
-    if point >= 0 and n[point] == 0:  # clamped onto an untried depth: the nearest tried inside
-        inside = [i for i in range(max(lo, 0), hi + 1) if n[i] > 0]
-        point = min(inside, key=lambda i: (abs(i - point), i)) if inside else point
     depth = order.__getitem__
     reach = []
     for i, d in enumerate(order):
