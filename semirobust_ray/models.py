@@ -38,6 +38,8 @@ import hashlib
 import importlib
 import logging
 import re
+import types
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,9 +179,7 @@ def external_code_fingerprint(name: str) -> str | None:
     if not is_external(name):
         return None
     if name.startswith(TIMM_PREFIX):
-        import timm
-
-        return f"timm-{timm.__version__}"
+        return f"timm-{import_timm().__version__}"
     if zoo.is_zoo_ref(name):
         return f"robustbench-{zoo.version()}"
     module = importlib.import_module(name.partition(":")[0])
@@ -189,11 +189,29 @@ def external_code_fingerprint(name: str) -> str | None:
     return hashlib.sha256(Path(source).read_bytes()).hexdigest()[:16]
 
 
+#: The one upstream warning :func:`import_timm` keeps out of the user's console: timm (1.0)
+#: decorates a class with ``torch.jit.interface``, which torch 2.14 deprecates, so every process
+#: that imports timm printed it; nothing in it is the user's to act on.
+TIMM_IMPORT_WARNING = r"`torch\.jit\.interface` is deprecated"
+
+
+def import_timm() -> types.ModuleType:
+    """``import timm`` without timm's own ``torch.jit.interface`` FutureWarning.
+
+    Only that message, only while timm is imported: every other warning (ours, torch's, timm's
+    others) stays visible, and the filter is gone afterwards. Raises ImportError without timm.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=TIMM_IMPORT_WARNING, category=FutureWarning)
+        import timm
+    return timm
+
+
 def _timm_net(
     arch: str, num_classes: int, image_size: int, in_channels: int, kwargs: dict
 ) -> nn.Module:
     try:
-        import timm
+        timm = import_timm()
     except ImportError:
         raise ModelError(
             f"model 'timm:{arch}' needs timm: pip install \"semirobust_ray[timm]\""

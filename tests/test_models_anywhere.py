@@ -8,6 +8,8 @@ recipe README gives users; pytest puts ``tests/`` on the driver's ``sys.path``.
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -196,3 +198,23 @@ def test_baseline_key_tracks_model_kwargs_and_the_factory_source(tmp_path, monke
     assert key(model_kwargs={"width": 6}) != first  # another network, another baseline
     source.write_text("# edited\nfrom mymodels import tiny_cnn as build\n")
     assert key(model_kwargs={"width": 4}) != first  # the factory's code changed
+
+
+def test_building_a_timm_model_prints_no_upstream_future_warning_but_ours_still_show():
+    # A fresh process: timm warns while it is first imported, and this one may have imported it.
+    code = (
+        "import logging, warnings\n"
+        "warnings.simplefilter('default')\n"
+        "logging.basicConfig()\n"
+        "from semirobust_ray.models import create_model\n"
+        "create_model('timm:resnet18', 10, 16, 3)\n"
+        "warnings.warn('our own FutureWarning', FutureWarning)\n"
+        "warnings.warn('`torch.jit.interface` is deprecated, said by someone else', FutureWarning)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    future = [line for line in proc.stderr.splitlines() if "FutureWarning" in line]
+    assert len(future) == 2, proc.stderr  # only the two raised after the build
+    assert "our own FutureWarning" in future[0] and "someone else" in future[1]
+    assert "torch/jit" not in proc.stderr, proc.stderr  # where torch raises it for timm
