@@ -63,6 +63,7 @@ BASELINE_FIELDS = (
     "steps",
     "eval_attack",
     "stop_attack",
+    "attack_kwargs",  # options of an attack's own (PGD's random_start, C&W's c): other attacks
     "eval_samples",
     "eval_batch_size",
     "seed",

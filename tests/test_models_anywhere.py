@@ -1,8 +1,11 @@
-"""Models from anywhere: ``timm:NAME`` and ``package.module:factory`` networks are split,
-frozen and searched like registry models, on 2 Ray workers that import them themselves.
+"""Models and attacks from anywhere: ``timm:NAME`` and ``package.module:factory`` networks are
+split, frozen and searched like registry models, and ``torchattacks:NAME`` and
+``package.module:Class`` attacks train and evaluate like registered ones, on 2 Ray workers that
+import them themselves.
 
-The factories live in ``tests/mymodels``, shipped to the workers with Ray's ``py_modules``, the
-recipe README gives users; pytest puts ``tests/`` on the driver's ``sys.path``.
+The factories live in ``tests/mymodels``, the attacks in ``tests/myattacks``, both shipped to
+the workers with Ray's ``py_modules``, the recipe README and docs/extending.md give users;
+pytest puts ``tests/`` on the driver's ``sys.path``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from semirobust_ray.ray_search import run_search
 pytest.importorskip("timm")
 
 MYMODELS = Path(__file__).resolve().parent / "mymodels"
+MYATTACKS = Path(__file__).resolve().parent / "myattacks"
 VIT = "timm:vit_tiny_patch16_224"
 # Two blocks of 4 Linear layers, patch embedding conv and head: 10 trainable layers.
 VIT_KWARGS = {"patch_size": 4, "depth": 2}
@@ -57,7 +61,7 @@ def ray_workers():
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,
-        runtime_env={"py_modules": [str(MYMODELS)]},
+        runtime_env={"py_modules": [str(MYMODELS), str(MYATTACKS)]},
     )
     yield
     ray.shutdown()
@@ -87,6 +91,31 @@ def test_search_on_two_workers(model, kwargs, depths, ray_workers, tmp_path):
     assert sorted(t["fb_layers"] for t in trials) == depths
     assert all(t["epochs_run"] == 1 for t in trials)
     assert outcome.answer_fb_layers == max(depths)  # robust_fa: the largest reaching |f_b|
+
+
+def test_attacks_from_outside_train_and_evaluate_on_two_workers(ray_workers, tmp_path):
+    """torchattacks' PGD trains (baseline and trials), the user's MIFGSM measures every
+    accuracy and checks every epoch; MIFGSM has no default for its ``decay``, so a worker that
+    did not receive ``attack_kwargs`` could not even build it."""
+    config = ExperimentConfig.from_dict(
+        {
+            **TINY,
+            "model": "smallcnn",
+            "split_depths": [1, 6],
+            "attack": "torchattacks:PGD",
+            "eval_attack": "myattacks:MIFGSM",
+            "attack_kwargs": {
+                "torchattacks:PGD": {"random_start": False},
+                "myattacks:MIFGSM": {"decay": 0.5},
+            },
+            "cache_dir": str(tmp_path / "cache"),
+        }
+    )
+    assert config.stop_attack_name == "myattacks:MIFGSM"
+    outcome = run_search(config, storage_path=str(tmp_path), name="a", verbose=0)
+    trials = outcome.results["trials"]
+    assert sorted(t["fb_layers"] for t in trials) == [1, 6]
+    assert all(t["epochs_run"] == 1 for t in trials)
 
 
 def test_timm_vit_container_tensors_follow_the_cut():
