@@ -12,7 +12,7 @@ from functools import cached_property
 
 import torch
 
-from semirobust_ray.attacks import AttackError, create_attack
+from semirobust_ray.attacks import AttackError, create_attack, external_attack_fingerprint
 from semirobust_ray.config import ConfigError, ExperimentConfig
 from semirobust_ray.data import TEST_SEED, DataSplits, load_dataset, stratified_subset
 from semirobust_ray.models import ImageClassifier, create_model, trainable_layers
@@ -183,3 +183,13 @@ def _check_attacks(exp: Experiment, model: torch.nn.Module) -> None:
             exp.make_attack(spec, model, c.seed)
         except AttackError as err:  # the message names the attack; the key, where it helps
             raise ConfigError(str(err) if key == "attack" else f"{key}: {err}") from None
+
+
+def external_attacks_fingerprint(config: ExperimentConfig) -> dict[str, str] | None:
+    """The code of the config's attacks from outside the package (``torchattacks:`` version,
+    a hash of a ``package.module:Class``'s source), for the baseline cache key: editing your
+    attack makes cached baselines miss, as editing your model does. None when all three are
+    registered attacks (their code is fingerprinted with the package)."""
+    specs = {config.attack, config.eval_attack_name, config.stop_attack_name}
+    codes = {spec: external_attack_fingerprint(spec) for spec in sorted(specs)}
+    return {spec: code for spec, code in codes.items() if code is not None} or None

@@ -247,3 +247,26 @@ def test_building_a_timm_model_prints_no_upstream_future_warning_but_ours_still_
     assert len(future) == 2, proc.stderr  # only the two raised after the build
     assert "our own FutureWarning" in future[0] and "someone else" in future[1]
     assert "torch/jit" not in proc.stderr, proc.stderr  # where torch raises it for timm
+
+
+def test_baseline_key_tracks_attack_kwargs_and_the_attack_source(tmp_path, monkeypatch):
+    from semirobust_ray.baseline import baseline_key
+    from semirobust_ray.experiment import prepare
+
+    source = tmp_path / "userattack_key.py"
+    source.write_text("from myattacks import MIFGSM as Attack\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = "userattack_key:Attack"
+
+    def key(**kw) -> str:
+        base = dict(dataset="digits", max_train=50, max_test=20, eval_attack=spec)
+        return baseline_key(prepare(ExperimentConfig.from_dict({**base, **kw})))
+
+    first = key(attack_kwargs={spec: {"decay": 0.5}})
+    assert key(attack_kwargs={spec: {"decay": 0.5}}) == first
+    assert key(attack_kwargs={spec: {"decay": 0.9}}) != first  # another attack
+    source.write_text("# edited\nfrom myattacks import MIFGSM as Attack\n")
+    assert key(attack_kwargs={spec: {"decay": 0.5}}) != first  # the attack's code changed
+    # torchattacks: its version stands for its code
+    version = key(eval_attack="torchattacks:PGD", attack_kwargs=None)
+    assert version != key(eval_attack="pgd", attack_kwargs=None)
