@@ -338,7 +338,14 @@ def create_attack(
         if p.kind is inspect.Parameter.KEYWORD_ONLY
     } - set(COMMON_OPTIONS)
     _unknown_options(name, kwargs, accepted)
-    return cls(model, eps=eps, alpha=alpha, steps=steps, seed=seed, **kwargs)
+    try:
+        return cls(model, eps=eps, alpha=alpha, steps=steps, seed=seed, **kwargs)
+    except AttackError:
+        raise
+    except Exception as err:  # a user's class refusing its options (a missing one, a bad value)
+        raise AttackError(
+            f"attack '{name}': {cls.__name__}(...) raised {type(err).__name__}: {_first_line(err)}"
+        ) from None
 
 
 def external_attack_fingerprint(spec: str) -> str | None:

@@ -118,8 +118,9 @@ class ExperimentConfig(BaseModel):
     dataset: Name = _key("digits", "{datasets}; or register your own (docs/extending.md)")
     data_path: str | None = _key(
         None,
-        "what a dataset that reads a path ({path_datasets}) reads: the `.npz` file (x_train, y_train, x_test, y_test) or "
-        "image-folder root (`train/<class>/*.png`, `test/<class>/*.png`)",
+        "what a dataset that reads a path ({path_datasets}) reads: the `.npz` file (x_train, "
+        "y_train, x_test, y_test) or image-folder root (`train/<class>/*.png`, "
+        "`test/<class>/*.png`)",
     )
     data_root: str | None = _key(
         None,

@@ -460,6 +460,8 @@ def test_torchattacks_door_is_torchattacks_seeded_from_the_attack() -> None:
         ("torchattacks:MIFGS", {}, "torchattacks has no attack class 'MIFGS' (did you mean "),
         ("torchattacks:PGD", {"kappa": 1.0}, "does not take option(s) kappa; it takes: "),
         ("myattacks:MIFGSM", {"decay": 0.5, "beta": 1}, "does not take option(s) beta"),
+        ("myattacks:MIFGSM", {}, "MIFGSM(...) raised TypeError: "),
+        ("myattacks:MIFGSM", {"decay": -1}, "MIFGSM(...) raised ValueError: decay must be >= 0"),
         ("myattacks:Missing", {}, "module 'myattacks' has no attribute 'Missing'"),
         ("myattacks:NotAnAttack", {}, "'NotAnAttack' (a class) is not a subclass of "),
         ("myattacks:build", {}, "'build' (a function) is not a subclass of semirobust_ray.attacks"),
