@@ -4,8 +4,8 @@ scaling with N, Ray speed-up of layer MI, and time / peak memory of a VGG16's la
 Usage:
     python benchmarks/bench_mi.py [--quick] [--json FILE] [--reference-edge EDGE_4_4_1.py]
 
-``--quick`` uses smaller N and skips the slowest parts (for CI smoke runs); the numbers in
-BENCHMARKS.md come from a full run.
+``--quick`` is a smoke run (every part at its smallest size: N = 2,000, scaling to 4,000, 64
+VGG16 images); the numbers in BENCHMARKS.md come from a full run.
 
 The reference EDGE (``EDGE_4_4_1.py`` of https://github.com/mrtnoshad/EDGE, commit 83c94cf) is
 not in this repository: its README names a "University of Michigan License" but the repository
@@ -419,7 +419,9 @@ def bench_trial_mi(baseline_epochs: int = 1) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small N, skip the 100k scaling point")
+    ap.add_argument(
+        "--quick", action="store_true", help="smoke run: N = 2,000, scaling to 4,000, 64 images"
+    )
     ap.add_argument("--json", type=Path, help="write all results to this file")
     ap.add_argument(
         "--reference-edge",
@@ -448,8 +450,8 @@ def main() -> None:
         print_search_mi(bench_search_mi(), args.json)
         return
 
-    n_acc = 5000 if args.quick else 20000
-    ns = [1000, 3000, 10000] if args.quick else [1000, 3000, 10000, 30000, 100000]
+    n_acc = 2000 if args.quick else 20000
+    ns = [1000, 2000, 4000] if args.quick else [1000, 3000, 10000, 30000, 100000]
     results: dict = {
         "machine": f"{platform.processor() or platform.machine()}, "
         f"{__import__('os').cpu_count()} CPUs, python {platform.python_version()}",
@@ -514,7 +516,7 @@ def main() -> None:
         print(f"N={s['n']:>7}: {s['seconds']:.3f} s  ({s['edge']:.3f} bits, true {s['true']:.3f})")
     print(f"log-log slope: {results['scaling_loglog_slope']:.2f} (1 = linear)")
 
-    ray_res = bench_ray(5000 if args.quick else 20000)
+    ray_res = bench_ray(2000 if args.quick else 20000)
     results["ray"] = ray_res
     print(f"\n# layer_mi, sequential vs Ray tasks (2 CPUs), N = {ray_res['n']}")
     for est in ("edge", "ksg"):
@@ -537,7 +539,7 @@ def main() -> None:
     results["ray_speedup_ksg"] = ray_res["ksg"]["speedup"]
 
     if CIFAR.exists():
-        n_img = 256 if args.quick else 1017
+        n_img = 64 if args.quick else 1017
         proc = subprocess.run(
             [sys.executable, __file__, "--vgg-only", str(n_img)],
             capture_output=True,

@@ -356,7 +356,7 @@ def run(
     """Baseline, replays and every measurement; returns (and keeps writing) the JSON record."""
     c = config.replace(split_depths=depths, epochs=epochs, cache_dir=cache_dir)
     exp = prepare(c)
-    baseline = get_baseline(exp, log=log, cache_dir=cache_dir)
+    baseline = get_baseline(exp, cache_dir=cache_dir)
     work = Path(cache_dir).expanduser() / "bench_stop_attack" / baseline.key
     res = Results(work / "results.json")
     checks = list(check_attacks(c))

@@ -18,6 +18,14 @@ Guarantees, whatever mode the model is in and whatever grad mode the caller runs
 * randomness (PGD's random start, APGD-CE, AutoAttack) comes from the attack's ``seed`` and
   never touches the global RNG, so two attacks built with the same seed produce the same x_adv.
 
+Besides the registry names (:data:`ATTACKS`), an attack spec may be ``torchattacks:NAME``, any
+attack class of torchattacks (wrapped by :class:`TorchAttacks`: seeded, guarded like ours), or
+an import path ``package.module:Class`` naming a subclass of :class:`Attack` written anywhere
+(``docs/extending.md``). Both are imported in the process that runs the attack, so on a Ray
+cluster the module must be importable on every worker, exactly like a user's model. Options of
+an attack's own (PGD's ``random_start``, C&W's ``c``) are keyword-only arguments of its class;
+a config passes them through ``attack_kwargs``.
+
 FGSM, I-FGSM and PGD are implemented here rather than taken from torchattacks: the loop is the
 same (the tests check that they agree with torchattacks), but the random start uses a private
 generator instead of the global RNG. C&W wraps ``torchattacks.CW``; APGD-CE and AutoAttack wrap
@@ -27,9 +35,13 @@ the official implementation (``pyautoattack``), AutoAttack in its standard versi
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib
 import inspect
 import math
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from semirobust_ray.names import did_you_mean
+from semirobust_ray.storage import first_line as _first_line
 
 __all__ = [
     "APGDCE",
@@ -45,8 +58,14 @@ __all__ = [
     "PAPER_EPSILONS",
     "Attack",
     "AttackError",
+    "TORCHATTACKS_PREFIX",
+    "TorchAttacks",
+    "attack_aliases",
+    "attack_spec_problem",
     "create_attack",
     "default_steps",
+    "external_attack_fingerprint",
+    "is_external_attack",
     "register_attack",
 ]
 
@@ -58,6 +77,18 @@ PAPER_ATTACK_STEPS: dict[float, int] = {8 / 255: 10, 16 / 255: 20, 32 / 255: 36}
 
 #: Step size of the paper's iterative attacks.
 PAPER_ALPHA = 1 / 255
+
+#: Prefix of an attack spec taken from torchattacks by class name (``torchattacks:MIFGSM``).
+TORCHATTACKS_PREFIX = "torchattacks:"
+
+#: The options every attack gets from the config's own keys, never from ``attack_kwargs``.
+COMMON_OPTIONS = ("eps", "alpha", "steps", "seed")
+
+# ``package.module:Class`` (the class may be a dotted attribute path, ``mod:Outer.Inner``).
+_IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+#: The forms an attack spec may take besides a registry name, as the errors list them.
+EXTERNAL_FORMS = ("torchattacks:NAME", "package.module:Class")
 
 
 class AttackError(ValueError):
@@ -83,13 +114,24 @@ class Attack:
     """Base class: validates inputs, guards the model, and calls :meth:`_perturb`.
 
     Subclasses set :attr:`norm` and implement ``_perturb(x, y) -> x_adv`` on tensors that are
-    already on the model's device; :meth:`__call__` takes care of everything else.
+    already on the model's device; :meth:`__call__` takes care of everything else. Options of
+    their own are keyword-only arguments of ``__init__`` after the four common ones.
+
+    The class attributes below are the registry's metadata: the help texts, the error messages
+    and the contract tests (``tests/test_attacks.py``) read them, so a new attack declares what
+    it is once, here, and is tested for it without anyone editing a list.
     """
 
     name: str = "attack"
-    #: Threat model: "Linf" attacks stay within ``eps`` of x in every pixel; "L2" ones do not
-    #: promise an ε-ball (C&W is a minimum-norm attack).
+    #: Threat model: "Linf" attacks stay within ``eps`` of x in every pixel (the contract tests
+    #: hold them to it); "L2" ones do not promise an ε-ball (C&W is a minimum-norm attack).
     norm: str = "Linf"
+    #: Meant for adversarial training. False for attacks that return every image they cannot
+    #: break unperturbed (right for robust accuracy, wrong for training on its output).
+    trains: bool = True
+    #: Cheap enough (well under a second on a hundred digits images) for every contract test;
+    #: slow attacks (AutoAttack) get a small test of their own instead.
+    fast: bool = True
 
     def __init__(
         self,
@@ -171,6 +213,84 @@ def register_attack(name: str, *aliases: str) -> Callable[[type[Attack]], type[A
     return decorator
 
 
+def attack_aliases() -> dict[str, tuple[str, ...]]:
+    """Each registered attack's name with its aliases, in registration order."""
+    out: dict[str, tuple[str, ...]] = {}
+    for key, cls in ATTACKS.items():
+        if key != cls.name:
+            out[cls.name] = (*out.get(cls.name, ()), key)
+        else:
+            out.setdefault(key, ())
+    return out
+
+
+def is_external_attack(spec: str) -> bool:
+    """Whether ``spec`` is a ``torchattacks:NAME`` or ``package.module:Class`` spec."""
+    return isinstance(spec, str) and (
+        spec.startswith(TORCHATTACKS_PREFIX) or bool(_IMPORT_PATH.match(spec))
+    )
+
+
+def attack_spec_problem(spec: str, what: str = "attack") -> str | None:
+    """Why ``spec`` is not a valid attack spec, or None; checks the form only, imports nothing
+    (a Ray worker re-validates a config before it has imported a user's module).
+
+    ``what`` words the message: ``"value"`` after a config key, ``"attack"`` on its own.
+    """
+    if spec in ATTACKS:
+        return None
+    if isinstance(spec, str) and spec.startswith(TORCHATTACKS_PREFIX):
+        if spec[len(TORCHATTACKS_PREFIX) :]:
+            return None
+        return "'torchattacks:' needs an attack class name, e.g. torchattacks:MIFGSM"
+    if is_external_attack(spec):
+        return None
+    names = sorted(ATTACKS)
+    hint = did_you_mean(str(spec).lower(), names, cutoff=0.5)
+    return f"unknown {what} '{spec}'{hint}; valid: {', '.join([*names, *EXTERNAL_FORMS])}"
+
+
+def _import_class(spec: str) -> type[Attack]:
+    """The :class:`Attack` subclass a ``package.module:Class`` spec names; one line otherwise."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        obj: object = importlib.import_module(module_name)
+    except Exception as err:  # an ImportError, or whatever the module raises on import
+        raise AttackError(
+            f"attack '{spec}': cannot import module '{module_name}' ({type(err).__name__}: "
+            f"{_first_line(err)}); it must be importable in every process that runs the "
+            "attack (docs/extending.md)"
+        ) from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise AttackError(f"attack '{spec}': module '{module_name}' has no attribute '{attr}'")
+        obj = getattr(obj, part)
+    if not (isinstance(obj, type) and issubclass(obj, Attack)):
+        what = "a class" if isinstance(obj, type) else f"a {type(obj).__name__}"
+        raise AttackError(
+            f"attack '{spec}': '{attr}' ({what}) is not a subclass of "
+            "semirobust_ray.attacks.Attack; valid forms: a registered name, torchattacks:NAME, "
+            "or package.module:Class with Class a subclass of semirobust_ray.attacks.Attack "
+            "(docs/extending.md)"
+        )
+    return obj
+
+
+def _unknown_options(spec: str, given: Mapping[str, Any], accepted: set[str]) -> None:
+    common = sorted(set(given) & set(COMMON_OPTIONS))
+    if common:
+        raise AttackError(
+            f"attack {spec!r}: {', '.join(common)}: set by the config key"
+            f"{'s' if len(common) > 1 else ''} of the same name, not by attack_kwargs"
+        )
+    unknown = sorted(set(given) - accepted)
+    if unknown:
+        raise AttackError(
+            f"attack {spec!r} does not take option(s) {', '.join(unknown)}; "
+            f"it takes: {', '.join(sorted(accepted)) or 'none beyond eps, alpha, steps, seed'}"
+        )
+
+
 def create_attack(
     name: str,
     model: nn.Module,
@@ -184,8 +304,10 @@ def create_attack(
     """Build the attack ``name`` against ``model`` (which takes images in [0, 1]).
 
     Args:
-        name: ``fgsm``, ``ifgsm`` (alias ``bim``), ``pgd``, ``apgd-ce`` (alias ``apgd``), ``cw``
-            or ``autoattack``.
+        name: a registered name (:data:`ATTACKS`: ``fgsm``, ``ifgsm`` alias ``bim``, ``pgd``,
+            ``apgd-ce`` alias ``apgd``, ``cw``, ``autoattack``), ``torchattacks:NAME`` (any
+            torchattacks attack class) or ``package.module:Class`` (a subclass of
+            :class:`Attack`).
         model: the classifier; attacks never change its mode, parameters, buffers or grads.
         eps: L∞ radius in pixel scale, in (0, 1]; the paper uses 8, 16, 32 /255. Not a bound
             for ``cw`` (a minimum-L2 attack).
@@ -193,31 +315,55 @@ def create_attack(
         steps: iterations of ifgsm / pgd / apgd-ce, optimisation steps of cw (≥ 1); ``None``
             picks the paper's count for ``eps`` (:func:`default_steps`: 10, 20, 36).
         seed: seeds the attack's private RNG (PGD random start, AutoAttack).
-        **kwargs: attack-specific options, e.g. ``random_start`` (pgd), ``c``, ``kappa``,
-            ``lr`` (cw), ``version``, ``batch_size`` (autoattack).
+        **kwargs: attack-specific options (the config's ``attack_kwargs``), e.g.
+            ``random_start`` (pgd), ``c``, ``kappa``, ``lr`` (cw), ``version``, ``batch_size``
+            (autoattack), ``decay`` (torchattacks:MIFGSM).
 
     Raises:
-        AttackError: unknown name (with the closest valid one), out-of-range parameter, or an
+        AttackError: unknown name (with the closest valid one), a module that cannot be
+            imported, a class that is not an :class:`Attack`, an out-of-range parameter, or an
             option the attack does not take.
     """
-    if name not in ATTACKS:
-        names = sorted(ATTACKS)
-        msg = f"unknown attack {name!r}; valid: {', '.join(names)}"
-        msg += did_you_mean(str(name).lower(), names, cutoff=0.5)
-        raise AttackError(msg)
-    cls = ATTACKS[name]
+    problem = attack_spec_problem(name)
+    if problem is not None:
+        raise AttackError(problem)
+    if name.startswith(TORCHATTACKS_PREFIX):
+        return TorchAttacks(
+            model, eps=eps, alpha=alpha, steps=steps, seed=seed, attack=name, options=kwargs
+        )
+    cls = _import_class(name) if is_external_attack(name) else ATTACKS[name]
     accepted = {
         p.name
         for p in inspect.signature(cls.__init__).parameters.values()
         if p.kind is inspect.Parameter.KEYWORD_ONLY
-    } - {"eps", "alpha", "steps", "seed"}
-    unknown = sorted(set(kwargs) - accepted)
-    if unknown:
+    } - set(COMMON_OPTIONS)
+    _unknown_options(name, kwargs, accepted)
+    try:
+        return cls(model, eps=eps, alpha=alpha, steps=steps, seed=seed, **kwargs)
+    except AttackError:
+        raise
+    except Exception as err:  # a user's class refusing its options (a missing one, a bad value)
         raise AttackError(
-            f"attack {name!r} does not take option(s) {', '.join(unknown)}; "
-            f"it takes: {', '.join(sorted(accepted)) or 'none beyond eps, alpha, steps, seed'}"
-        )
-    return cls(model, eps=eps, alpha=alpha, steps=steps, seed=seed, **kwargs)
+            f"attack '{name}': {cls.__name__}(...) raised {type(err).__name__}: {_first_line(err)}"
+        ) from None
+
+
+def external_attack_fingerprint(spec: str) -> str | None:
+    """What identifies the code of a non-registry attack, for the baseline cache key:
+    torchattacks' version for ``torchattacks:``, a hash of the class's module source for an
+    import path (editing the attack invalidates cached baselines); None for a registered
+    attack, whose code is this module's and fingerprinted with it."""
+    if not is_external_attack(spec):
+        return None
+    if spec.startswith(TORCHATTACKS_PREFIX):
+        import torchattacks
+
+        return f"torchattacks-{torchattacks.__version__}"
+    module = importlib.import_module(spec.partition(":")[0])
+    source = getattr(module, "__file__", None)
+    if source is None:
+        return None  # a namespace or built-in module: nothing on disk to hash
+    return hashlib.sha256(Path(source).read_bytes()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- attacks
@@ -341,6 +487,9 @@ class AutoAttack(Attack):
     RNG, which AutoAttack reseeds, is restored afterwards.
     """
 
+    trains = False  # returns the images it cannot break unperturbed
+    fast = False  # four attacks, seconds per batch even on digits
+
     def __init__(
         self,
         model: nn.Module,
@@ -415,6 +564,8 @@ class APGDCE(Attack):
     is restored afterwards.
     """
 
+    trains = False  # returns the images it cannot break unperturbed
+
     def _perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         from pyautoattack.autopgd_base import APGDAttack
 
@@ -439,6 +590,81 @@ class APGDCE(Attack):
 
     def __repr__(self) -> str:
         return f"APGDCE(eps={self.eps:.6g}, steps={self.steps}, seed={self.seed})"
+
+
+class TorchAttacks(Attack):
+    """Any torchattacks attack class, by name (``torchattacks:MIFGSM``), behind our interface.
+
+    ``eps``, ``alpha`` and ``steps`` go to the class where its constructor takes them (FGSM
+    takes only ``eps``); ``options`` (the config's ``attack_kwargs``) are its other keyword
+    arguments, checked against its signature. The wrapper adds what torchattacks leaves to the
+    caller: every call draws a seed from this attack's private generator and runs with the
+    global RNG seeded with it and restored afterwards (torchattacks draws its random starts
+    there), and the base class's guard (eval mode, frozen parameters) applies as to ours.
+
+    ``norm`` is read from the class, which torchattacks does not declare: ``options["norm"]``
+    where the class takes one, "L2" for a name containing L2 or a class without ``eps`` (the
+    minimum-norm attacks: CW, DeepFool), else "Linf".
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        eps: float = 8 / 255,
+        alpha: float = PAPER_ALPHA,
+        steps: int | None = 10,
+        seed: int = 0,
+        attack: str = "torchattacks:PGD",
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(model, eps=eps, alpha=alpha, steps=steps, seed=seed)
+        try:
+            import torchattacks
+        except ImportError:
+            raise AttackError(
+                f"attack '{attack}' needs torchattacks: pip install torchattacks"
+            ) from None
+        cls_name = attack[len(TORCHATTACKS_PREFIX) :]
+        cls = getattr(torchattacks, cls_name, None)
+        if not (isinstance(cls, type) and issubclass(cls, torchattacks.attack.Attack)):
+            names = [n for n in torchattacks.__all__ if n not in ("Attack", "MultiAttack")]
+            hint = did_you_mean(cls_name, names, prefix=TORCHATTACKS_PREFIX)
+            raise AttackError(
+                f"attack '{attack}': torchattacks has no attack class '{cls_name}'{hint}"
+            )
+        options = dict(options or {})
+        params = inspect.signature(cls.__init__).parameters
+        takes = {p for p in params if p not in ("self", "model")}
+        _unknown_options(attack, options, takes - set(COMMON_OPTIONS))
+        common = {"eps": self.eps, "alpha": self.alpha, "steps": self.steps}
+        args = {k: v for k, v in common.items() if k in takes}
+        try:
+            self._attack = cls(model, **args, **options)
+        except Exception as err:
+            raise AttackError(
+                f"attack '{attack}': torchattacks.{cls_name} refused its arguments "
+                f"({type(err).__name__}: {_first_line(err)})"
+            ) from None
+        self.name = attack
+        self.options = options
+        if "norm" in options:
+            self.norm = str(options["norm"])
+        else:
+            self.norm = "L2" if "L2" in cls_name or "eps" not in takes else "Linf"
+
+    def _perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        call_seed = int(
+            torch.randint(0, 2**31 - 1, (1,), generator=self._generator(torch.device("cpu")))
+        )
+        self._attack.set_device(x.device)
+        with _forked_rng(x.device):
+            torch.manual_seed(call_seed)
+            return self._attack(x, y)
+
+    def __repr__(self) -> str:
+        extra = "".join(f", {k}={v!r}" for k, v in sorted(self.options.items()))
+        return f"TorchAttacks({self.name!r}, eps={self.eps:.6g}, seed={self.seed}{extra})"
 
 
 # --------------------------------------------------------------------------- helpers

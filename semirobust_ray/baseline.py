@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from semirobust_ray.experiment import Experiment
+from semirobust_ray.experiment import Experiment, external_attacks_fingerprint
 from semirobust_ray.models import external_code_fingerprint, model_slug
 from semirobust_ray.paired import pack_correct
 from semirobust_ray.pretrained import load_networks
@@ -66,6 +66,7 @@ BASELINE_FIELDS = (
     "steps",
     "eval_attack",
     "stop_attack",
+    "attack_kwargs",  # options of an attack's own (PGD's random_start, C&W's c): other attacks
     "eval_samples",
     "val_samples",
     "eval_batch_size",
@@ -161,6 +162,9 @@ def baseline_key(exp: Experiment) -> str:
     model_code = external_code_fingerprint(exp.config.model)
     if model_code is not None:  # a registry model's code is in code_fingerprint() already
         fields["model_code"] = model_code
+    attack_code = external_attacks_fingerprint(exp.config)
+    if attack_code is not None:  # likewise a registered attack's
+        fields["attack_code"] = attack_code
     blob = json.dumps(fields, sort_keys=True).encode()
     model = model_slug(exp.config.model)
     return f"{model}-{exp.config.dataset}-{hashlib.sha256(blob).hexdigest()[:16]}"

@@ -4,7 +4,9 @@
 overrides both become one; every key is checked before any data is loaded or any model is built,
 and each mistake is reported as a one-line :class:`ConfigError` that names the key, the bad value
 and what would be valid. The README's configuration table and the ``--help`` key list are
-generated from the schema (:mod:`semirobust_ray.config_doc`).
+generated from the schema (:mod:`semirobust_ray.config_doc`); the help of a key whose values
+are registry names holds placeholders such as ``{models}`` that :func:`key_help` fills from the
+registries themselves, so no list of names is ever typed twice.
 """
 
 from __future__ import annotations
@@ -99,9 +101,9 @@ class ExperimentConfig(BaseModel):
     # what is searched
     model: Name = _key(
         "smallcnn",
-        "`smallcnn`, `alexnet`, `vgg16` (BatchNorm), `resnet50` (32×32 variants at image size "
-        "≤ 64), or `timm:NAME`, `robustbench:NAME` or your own `package.module:factory` "
-        "(README: Your own model)",
+        "{models}, or `timm:NAME`, `robustbench:NAME` or your own `package.module:factory` "
+        "(README: Your own model); torchvision's networks are built in their 32×32 variants at "
+        "image size ≤ 64",
     )
     model_kwargs: dict[str, Any] | None = _key(
         None,
@@ -115,18 +117,16 @@ class ExperimentConfig(BaseModel):
         gt=0,
         le=1,
     )
-    dataset: Name = _key(
-        "digits",
-        "`digits` (bundled, offline), `npz`, `cifar10`, `cifar100`, `imagenette`, `imagefolder`",
-    )
+    dataset: Name = _key("digits", "{datasets}; or register your own (docs/extending.md)")
     data_path: str | None = _key(
         None,
-        "the `.npz` file (x_train, y_train, x_test, y_test) or image-folder root "
-        "(`train/<class>/*.png`, `test/<class>/*.png`)",
+        "what a dataset that reads a path ({path_datasets}) reads: the `.npz` file (x_train, "
+        "y_train, x_test, y_test) or image-folder root (`train/<class>/*.png`, "
+        "`test/<class>/*.png`)",
     )
     data_root: str | None = _key(
         None,
-        "directory of torchvision datasets (cifar10, cifar100, imagenette)",
+        "directory of torchvision datasets ({root_datasets})",
         shown="~/.cache/semirobust_ray/data",
     )
     download: bool = _key(False, "fetch a torchvision dataset into `data_root` if missing")
@@ -148,9 +148,9 @@ class ExperimentConfig(BaseModel):
     # the threat model: training attack and the attack Acc*, Acc_sr, Acc are measured with
     attack: Name = _key(
         "pgd",
-        "training attack: `fgsm`, `ifgsm` (`bim`), `pgd`, `apgd-ce` (`apgd`), `cw`, "
-        "`autoattack`; `apgd-ce` and `autoattack` return images they cannot break unperturbed, "
-        "so they are meant for `eval_attack` / `stop_attack`",
+        "training attack: {attacks}, `torchattacks:NAME` (any torchattacks attack) or your own "
+        "`package.module:Class` (docs/extending.md); {eval_only_attacks} return images they "
+        "cannot break unperturbed, so they are meant for `eval_attack` / `stop_attack`",
     )
     eps: float = _key(
         8 / 255,
@@ -164,7 +164,8 @@ class ExperimentConfig(BaseModel):
     steps: int = _key(10, "attack iterations (paper: 10, 20, 36)", ge=1)
     eval_attack: Name | None = _key(
         None,
-        "attack Acc*, Acc_sr and Acc are measured with (Table 1: `autoattack`)",
+        "attack Acc*, Acc_sr and Acc are measured with (Table 1: `autoattack`); any value "
+        "`attack` takes",
         shown="the training attack",
     )
     stop_attack: Name | None = _key(
@@ -172,6 +173,12 @@ class ExperimentConfig(BaseModel):
         "attack of the per-epoch validation check against Acc*_val − k; unset: `apgd-ce` when "
         "`eval_attack` is `autoattack`, else `eval_attack` (BENCHMARKS.md, Stop attack)",
         shown="see help",
+    )
+    attack_kwargs: dict[str, dict[str, Any]] | None = _key(
+        None,
+        "options of an attack's own, by attack: `{pgd: {random_start: false}, "
+        '"torchattacks:MIFGSM": {decay: 0.5}}`; an attack gets its entry wherever it is used '
+        "(`attack`, `eval_attack`, `stop_attack`); part of the baseline key",
     )
     eval_samples: int | None = _key(
         None,
@@ -327,6 +334,15 @@ class ExperimentConfig(BaseModel):
             _check_model_kwargs(kwargs)
         return kwargs
 
+    @field_validator("attack_kwargs")
+    @classmethod
+    def _plain_attack_kwargs(
+        cls, kwargs: dict[str, dict[str, Any]] | None
+    ) -> dict[str, dict[str, Any]] | None:
+        if kwargs is not None:
+            _check_attack_kwargs(kwargs)
+        return kwargs or None  # {} and null: no options
+
     @field_validator("baseline")
     @classmethod
     def _baseline_section(cls, section: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -398,6 +414,10 @@ class ExperimentConfig(BaseModel):
     def eval_attack_name(self) -> str:
         """The attack Acc*, Acc_sr and Acc are measured with."""
         return self.eval_attack or self.attack
+
+    def attack_options(self, attack: str) -> dict[str, Any]:
+        """The ``attack_kwargs`` entry of ``attack`` (a spec as the config names it), or {}."""
+        return dict((self.attack_kwargs or {}).get(attack) or {})
 
     @property
     def eval_batch(self) -> int:
@@ -503,6 +523,7 @@ def config_path(given: str | None) -> Path:
 #: How an error names what a key takes, where its type alone would not say it well.
 _EXPECTED = {
     "augment": "true, false or null (the dataset's default)",
+    "attack_kwargs": "a mapping of attack: {option: value}",
     "split_depths": "a non-empty list of integers",
     "model_kwargs": "a mapping of name: value",
     "baseline": "a mapping with robust: and regular:",
@@ -622,13 +643,37 @@ def _check_model_kwargs(kwargs: Mapping[str, Any]) -> None:
         ) from None
 
 
+def _check_attack_kwargs(kwargs: Mapping[str, Any]) -> None:
+    from semirobust_ray.attacks import COMMON_OPTIONS
+
+    for attack, options in kwargs.items():
+        if not isinstance(options, Mapping):
+            raise ConfigError(
+                f"attack_kwargs: the entry of '{attack}' must be a mapping of option: value, "
+                f"got {options!r}"
+            )
+        common = sorted(set(options) & set(COMMON_OPTIONS))
+        if common:
+            raise ConfigError(
+                f"attack_kwargs '{attack}': {', '.join(common)}: set by the config key"
+                f"{'s' if len(common) > 1 else ''} of the same name, not by attack_kwargs"
+            )
+    try:
+        # The options go into the baseline cache key and the stored config, both JSON.
+        json.dumps(dict(kwargs), sort_keys=True)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"attack_kwargs: values must be plain YAML (numbers, strings, lists), got {kwargs!r}"
+        ) from None
+
+
 def _check_registry_names(c: ExperimentConfig, names: Iterable[str]) -> None:
     """``names`` (of :data:`REGISTRY_KEYS`) against the model, dataset and attack registries."""
     names = set(names)
     if not names:
         return
     # Registries are imported here, not at module level, so that reading a config stays cheap.
-    from semirobust_ray.attacks import ATTACKS
+    from semirobust_ray.attacks import attack_spec_problem
     from semirobust_ray.data import DATASETS
     from semirobust_ray.models import model_spec_problem
 
@@ -642,12 +687,15 @@ def _check_registry_names(c: ExperimentConfig, names: Iterable[str]) -> None:
         raise ConfigError(_unknown_choice("dataset", c.dataset, DATASETS))
     for key in ("attack", "eval_attack", "stop_attack"):
         value = getattr(c, key)
-        if key in names and value is not None and value not in ATTACKS:
-            raise ConfigError(_unknown_choice(key, value, ATTACKS))
+        # The form only, as for models: prepare() imports a user's attack on the driver.
+        problem = None if value is None or key not in names else attack_spec_problem(value, "value")
+        if problem is not None:
+            raise ConfigError(f"{key}: {problem}")
 
 
 def _check_combinations(c: ExperimentConfig) -> None:
     """Keys that are valid alone but not together."""
+    from semirobust_ray.data import DATASET_INFO
     from semirobust_ray.models import is_external
 
     external = is_external(c.model)
@@ -661,5 +709,81 @@ def _check_combinations(c: ExperimentConfig) -> None:
             f"width={c.width}: only registry models can be narrowed, not '{c.model}' "
             "(pass its size through model_kwargs instead)"
         )
-    if c.dataset in ("npz", "imagefolder") and not c.data_path:
+    info = DATASET_INFO.get(c.dataset)
+    if info is not None and info.needs_path and not c.data_path:
         raise ConfigError(f"dataset '{c.dataset}' needs data_path (the file or directory to read)")
+    used = {
+        "attack": c.attack,
+        "eval_attack": c.eval_attack_name,
+        "stop_attack": c.stop_attack_name,
+    }
+    for attack in c.attack_kwargs or {}:
+        if attack not in used.values():
+            where = ", ".join(f"{key}: {value}" for key, value in used.items())
+            raise ConfigError(
+                f"attack_kwargs: '{attack}' is not an attack of this config ({where}); an entry "
+                "is named after the attack it is for"
+            )
+
+
+#: Placeholders in the help texts, filled from the registries by :func:`key_help`.
+_PLACEHOLDERS = (
+    "{models}",
+    "{datasets}",
+    "{path_datasets}",
+    "{root_datasets}",
+    "{attacks}",
+    "{eval_only_attacks}",
+)
+
+
+def _names(names: Iterable[str]) -> str:
+    """The names quoted and joined: `a`, `b` and `c`."""
+    quoted = [f"`{n}`" for n in names]
+    return " and ".join(quoted) if len(quoted) < 3 else f"{', '.join(quoted[:-1])} and {quoted[-1]}"
+
+
+def registry_words() -> dict[str, str]:
+    """What each help-text placeholder stands for, written from the registries."""
+    from semirobust_ray.attacks import ATTACKS, attack_aliases
+    from semirobust_ray.data import DATASET_INFO
+    from semirobust_ray.models import MODEL_INFO
+
+    models = []
+    for name, info in MODEL_INFO.items():
+        models.append(f"`{name}` ({info.layers} layers{f', {info.note}' if info.note else ''})")
+    datasets = []
+    for name, info in DATASET_INFO.items():
+        note = info.note or "files"
+        words = {
+            "bundled": f"bundled{f', {info.note}' if info.note else ''}",
+            "data_path": f"{note} at `data_path`",
+            "data_root": f"torchvision{f', {info.note}' if info.note else ''}",
+        }[info.reads]
+        datasets.append(f"`{name}` ({words})")
+    path_datasets = [n for n, i in DATASET_INFO.items() if i.reads == "data_path"]
+    attacks = []
+    for name, aliases in attack_aliases().items():
+        attacks.append(
+            f"`{name}`" + (f" ({', '.join(f'`{a}`' for a in aliases)})" if aliases else "")
+        )
+    eval_only = [n for n in attack_aliases() if not ATTACKS[n].trains]
+    return {
+        "{models}": ", ".join(models),
+        "{datasets}": ", ".join(datasets),
+        "{path_datasets}": _names(path_datasets),
+        "{root_datasets}": ", ".join(n for n, i in DATASET_INFO.items() if i.reads == "data_root"),
+        "{attacks}": ", ".join(attacks),
+        "{eval_only_attacks}": _names(eval_only),
+    }
+
+
+def key_help(key: str) -> str:
+    """The help of ``key`` as the README, ``--help`` and errors show it: its description with
+    the registry placeholders (``{models}``, ``{attacks}``, ...) written out."""
+    text = ExperimentConfig.model_fields[key].description or ""
+    if not any(token in text for token in _PLACEHOLDERS):
+        return text
+    for token, words in registry_words().items():
+        text = text.replace(token, words)
+    return text

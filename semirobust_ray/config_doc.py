@@ -18,6 +18,7 @@ from semirobust_ray.config import (
     ExperimentConfig,
     key_bounds,
     key_choices,
+    key_help,
     value_type,
 )
 
@@ -77,8 +78,8 @@ def _range_words(bounds: tuple) -> str:
 def markdown_table() -> str:
     """The README's configuration table: one row a key, in the schema's order."""
     rows = ["| key | default | valid | meaning |", "|---|---|---|---|"]
-    for key, field in ExperimentConfig.model_fields.items():
-        meaning = (field.description or "").replace("|", "\\|")
+    for key in ExperimentConfig.model_fields:
+        meaning = key_help(key).replace("|", "\\|")
         valid = valid_values(key).replace("|", "\\|")
         rows.append(f"| `{key}` | {shown_default(key)} | {valid} | {meaning} |")
     return "\n".join(rows)
@@ -87,8 +88,8 @@ def markdown_table() -> str:
 def help_text(width: int = 100) -> str:
     """The key list of ``--help``: every key with its default and help, wrapped."""
     lines = ["config keys (in a --config file, or --set KEY=VALUE):"]
-    for key, field in ExperimentConfig.model_fields.items():
-        plain = (field.description or "").replace("`", "")
+    for key in ExperimentConfig.model_fields:
+        plain = key_help(key).replace("`", "")
         default, valid = shown_default(key), valid_values(key)
         head = f"  {key} = {default} ({valid}): ".replace("`", "")
         lines += textwrap.wrap(

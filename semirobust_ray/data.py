@@ -11,11 +11,15 @@ a seeded, class-stratified permutation, so the early stopping of Algorithm 1 nev
 test set. The test split does not depend on ``seed``: runs with different seeds are scored on the
 same images.
 
-Adding a dataset is one decorated function::
+Adding a dataset is one decorated function (``docs/extending.md``)::
 
-    @register_dataset("mydata")  # augment=False if a flipped or shifted image changes its class
+    @register_dataset("mydata", reads="data_path")  # augment=False if a flip changes the class
     def _load_mydata(opts: LoadOptions) -> RawDataset:
         ...
+
+What it reads (``reads``: bundled data, the config's ``data_path`` or torchvision files under
+``data_root``) is registry metadata: the config's help texts, its check that ``data_path`` is
+set, and the contract tests (``tests/test_data.py``) read it from :data:`DATASET_INFO`.
 
 Loaders only return the raw train pool and test set; :func:`load_dataset` does the splitting,
 subsetting and resizing the same way for every dataset. Training batches are augmented with
@@ -30,7 +34,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -42,6 +46,8 @@ __all__ = [
     "AUGMENT_PADDING",
     "DATASETS",
     "DATASET_AUGMENT",
+    "DATASET_INFO",
+    "DatasetInfo",
     "DataSplits",
     "DatasetError",
     "LoadOptions",
@@ -142,8 +148,33 @@ class LoadOptions:
 
 Loader = Callable[[LoadOptions], RawDataset]
 
+#: Where a registered dataset's images come from: shipped with a package (``bundled``), the
+#: file or directory the config's ``data_path`` names, or torchvision's files under
+#: ``data_root`` (``download: true`` fetches them).
+Reads = Literal["bundled", "data_path", "data_root"]
+READS: tuple[str, ...] = ("bundled", "data_path", "data_root")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the registry knows of a dataset besides its loader (:func:`register_dataset`)."""
+
+    augment: bool
+    reads: str
+    display: str  # how reports name it (CIFAR-10)
+    note: str = ""  # a few words for the help text
+
+    @property
+    def needs_path(self) -> bool:
+        """Whether a config must set ``data_path`` for it."""
+        return self.reads == "data_path"
+
+
 #: Registry of dataset loaders by name; fill it with :func:`register_dataset`.
 DATASETS: dict[str, Loader] = {}
+
+#: Each registered dataset's metadata, by name.
+DATASET_INFO: dict[str, DatasetInfo] = {}
 
 #: Whether training augments each registered dataset when the config's ``augment`` is null.
 DATASET_AUGMENT: dict[str, bool] = {}
@@ -153,21 +184,35 @@ DATASET_AUGMENT: dict[str, bool] = {}
 AUGMENT_PADDING = 4
 
 
-def register_dataset(name: str, *, augment: bool = True) -> Callable[[Loader], Loader]:
+def register_dataset(
+    name: str,
+    *,
+    reads: Reads,
+    augment: bool = True,
+    display: str | None = None,
+    note: str = "",
+) -> Callable[[Loader], Loader]:
     """Decorator that registers a loader ``fn(opts: LoadOptions) -> RawDataset`` under ``name``.
 
     ``augment`` is the dataset's default for the config key of the same name: whether training
     batches get a random crop and horizontal flip (:func:`augment_batch`). Keep it True for
     natural images; set it False where a flipped or shifted image is another class (digits).
+    ``reads`` says where its images come from (:data:`READS`): ``data_path`` makes the config
+    refuse a search without one; ``data_root`` means torchvision's files under ``data_root``.
+    ``display`` is how reports name it (default: ``name``); ``note`` a few words for the
+    config's help text.
     """
     if not isinstance(augment, bool):
         raise TypeError(f"augment must be True or False, got {augment!r}")
+    if reads not in READS:
+        raise TypeError(f"reads must be one of {', '.join(READS)}, got {reads!r}")
 
     def decorator(fn: Loader) -> Loader:
         if name in DATASETS:
             raise ValueError(f"dataset {name!r} is already registered")
         DATASETS[name] = fn
         DATASET_AUGMENT[name] = augment
+        DATASET_INFO[name] = DatasetInfo(augment, reads, display or name, note)
         return fn
 
     return decorator
@@ -237,11 +282,11 @@ def load_dataset(
 
     Args:
         name: a key of :data:`DATASETS` (``digits``, ``npz``, ``cifar10``, ``cifar100``,
-            ``imagenette``, ``imagefolder``).
-        root: directory of the torchvision datasets (``cifar10``, ``cifar100``, ``imagenette``);
-            defaults to :func:`default_data_root`.
-        path: the ``.npz`` file for ``npz``, the image-folder root for ``imagefolder`` (the
-            config's ``data_path``).
+            ``imagenette``, ``imagefolder``, and any registered since).
+        root: directory of the torchvision datasets (those registered with
+            ``reads="data_root"``); defaults to :func:`default_data_root`.
+        path: what a dataset registered with ``reads="data_path"`` reads: the ``.npz`` file
+            for ``npz``, the image-folder root for ``imagefolder`` (the config's ``data_path``).
         val_fraction: share of the training pool held out, stratified by class, as validation
             split; in [0, 1).
         seed: seeds the validation split and the ``max_train`` subset; the same seed always gives
@@ -464,7 +509,8 @@ def _read_image(path: str | Path, size: int, channels: int) -> np.ndarray:
 # --------------------------------------------------------------------------- digits
 
 
-@register_dataset("digits", augment=False)  # a flipped digit is another digit
+# a flipped digit is another digit
+@register_dataset("digits", augment=False, reads="bundled", display="Digits", note="offline")
 def _load_digits(opts: LoadOptions) -> RawDataset:
     """scikit-learn's bundled 8×8 handwritten digits (1797 images, offline)."""
     from sklearn.datasets import load_digits
@@ -489,7 +535,7 @@ def _load_digits(opts: LoadOptions) -> RawDataset:
 # --------------------------------------------------------------------------- npz
 
 
-@register_dataset("npz")
+@register_dataset("npz", reads="data_path", note="a `.npz` file")
 def _load_npz(opts: LoadOptions) -> RawDataset:
     """A .npz file with x_train, y_train, x_test, y_test (and optionally classes)."""
     if not opts.path:
@@ -640,13 +686,13 @@ def _load_cifar(opts: LoadOptions, cls_name: str, label: str, folder: str) -> Ra
     return RawDataset(x_train, y_train, x_test, y_test, len(train.classes), tuple(train.classes))
 
 
-@register_dataset("cifar10")
+@register_dataset("cifar10", reads="data_root", display="CIFAR-10")
 def _load_cifar10(opts: LoadOptions) -> RawDataset:
     """CIFAR-10 via torchvision (32×32 RGB, 10 classes)."""
     return _load_cifar(opts, "CIFAR10", "CIFAR-10", "cifar-10-batches-py")
 
 
-@register_dataset("cifar100")
+@register_dataset("cifar100", reads="data_root", display="CIFAR-100")
 def _load_cifar100(opts: LoadOptions) -> RawDataset:
     """CIFAR-100 via torchvision (32×32 RGB, 100 fine classes)."""
     return _load_cifar(opts, "CIFAR100", "CIFAR-100", "cifar-100-python")
@@ -679,7 +725,7 @@ def _decode_dataset(ds: Any, size: int, label: str) -> tuple[torch.Tensor, torch
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
-@register_dataset("imagenette")
+@register_dataset("imagenette", reads="data_root", display="Imagenette")
 def _load_imagenette(opts: LoadOptions) -> RawDataset:
     """Imagenette via torchvision (10 ImageNet classes), resized to ``image_size`` (default 160).
 
@@ -715,7 +761,7 @@ def _load_imagenette(opts: LoadOptions) -> RawDataset:
 # --------------------------------------------------------------------------- imagefolder
 
 
-@register_dataset("imagefolder")
+@register_dataset("imagefolder", reads="data_path", note="a folder of images")
 def _load_imagefolder(opts: LoadOptions) -> RawDataset:
     """A tree ``root/train/<class>/*.png`` and ``root/test/<class>/*`` (``val/`` also accepted).
 

@@ -12,7 +12,7 @@ from functools import cached_property
 
 import torch
 
-from semirobust_ray.attacks import create_attack
+from semirobust_ray.attacks import AttackError, create_attack, external_attack_fingerprint
 from semirobust_ray.config import ConfigError, ExperimentConfig
 from semirobust_ray.data import TEST_SEED, DataSplits, load_dataset, stratified_subset
 from semirobust_ray.models import ImageClassifier, create_model, trainable_layers
@@ -67,21 +67,28 @@ class Experiment:
 
     def train_attack(self, model: torch.nn.Module, seed: int) -> AttackFn:
         """The attack adversarial training uses (``attack``, ``eps``, ``alpha``, ``steps``)."""
-        c = self.config
-        return create_attack(c.attack, model, eps=c.eps, alpha=c.alpha, steps=c.steps, seed=seed)
+        return self.make_attack(self.config.attack, model, seed)
 
     def eval_attack(self, model: torch.nn.Module, seed: int) -> AttackFn:
         """The attack Acc*, Acc_sr and Acc are measured with (``eval_attack``)."""
-        c = self.config
-        return create_attack(
-            c.eval_attack_name, model, eps=c.eps, alpha=c.alpha, steps=c.steps, seed=seed
-        )
+        return self.make_attack(self.config.eval_attack_name, model, seed)
 
     def stop_attack(self, model: torch.nn.Module, seed: int) -> AttackFn:
         """The attack of the per-epoch validation check against Acc*_val - k (``stop_attack``)."""
+        return self.make_attack(self.config.stop_attack_name, model, seed)
+
+    def make_attack(self, spec: str, model: torch.nn.Module, seed: int) -> AttackFn:
+        """The one place an attack of this config is built: ``spec`` against ``model`` with the
+        config's ``eps``, ``alpha``, ``steps``, its ``attack_kwargs`` entry and ``seed``."""
         c = self.config
         return create_attack(
-            c.stop_attack_name, model, eps=c.eps, alpha=c.alpha, steps=c.steps, seed=seed
+            spec,
+            model,
+            eps=c.eps,
+            alpha=c.alpha,
+            steps=c.steps,
+            seed=seed,
+            **c.attack_options(spec),
         )
 
     def eval_split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,6 +163,34 @@ def prepare(config: ExperimentConfig, device: str | None = None) -> Experiment:
             f"valid |f_b| is 1..{n}"
         )
     exp = Experiment(c, data, target, n)
+    _check_attacks(exp, model)
     if c.baseline:
         exp.sources = resolve_sources(c.baseline, exp.build_model)
     return exp
+
+
+def _check_attacks(exp: Experiment, model: torch.nn.Module) -> None:
+    """Build the config's three attacks once, here on the driver and before Ray starts: a
+    module that cannot be imported, a class that is not an Attack, an option the attack does not
+    take or a bad value is one line now, not a traceback in every trial. Building one runs
+    nothing and draws no random number."""
+    c = exp.config
+    for key, spec in (
+        ("attack", c.attack),
+        ("eval_attack", c.eval_attack_name),
+        ("stop_attack", c.stop_attack_name),
+    ):
+        try:
+            exp.make_attack(spec, model, c.seed)
+        except AttackError as err:  # the message names the attack; the key, where it helps
+            raise ConfigError(str(err) if key == "attack" else f"{key}: {err}") from None
+
+
+def external_attacks_fingerprint(config: ExperimentConfig) -> dict[str, str] | None:
+    """The code of the config's attacks from outside the package (``torchattacks:`` version,
+    a hash of a ``package.module:Class``'s source), for the baseline cache key: editing your
+    attack makes cached baselines miss, as editing your model does. None when all three are
+    registered attacks (their code is fingerprinted with the package)."""
+    specs = {config.attack, config.eval_attack_name, config.stop_attack_name}
+    codes = {spec: external_attack_fingerprint(spec) for spec in sorted(specs)}
+    return {spec: code for spec, code in codes.items() if code is not None} or None

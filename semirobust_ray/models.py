@@ -38,6 +38,8 @@ import hashlib
 import importlib
 import logging
 import re
+import types
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,11 +104,37 @@ ModelBuilder = Callable[[int, int, int], nn.Module]
 MODELS: dict[str, ModelBuilder] = {}
 
 
-def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
-    """Register ``builder(num_classes, image_size, in_channels) -> nn.Module`` under ``name``."""
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the registry knows of a model besides its builder (:func:`register_model`)."""
+
+    layers: int  # trainable (Conv2d/Linear) layers at every image size: the split depths 1..n
+    display: str  # how reports name it (VGG16)
+    note: str = ""  # a few words for the help text
+
+
+#: Each registered model's metadata, by name; the help text, the reports and the contract
+#: tests (``tests/test_models.py``) read it.
+MODEL_INFO: dict[str, ModelInfo] = {}
+
+
+def register_model(
+    name: str, *, layers: int, display: str | None = None, note: str = ""
+) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Register ``builder(num_classes, image_size, in_channels) -> nn.Module`` under ``name``.
+
+    ``layers`` is its number of trainable (Conv2d and Linear) layers, whatever the image size
+    (the contract tests build it and count); ``display`` how reports name it (default:
+    ``name``); ``note`` a few words for the config's help text.
+    """
+    if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
+        raise TypeError(f"layers must be an integer >= 1, got {layers!r}")
 
     def decorate(builder: ModelBuilder) -> ModelBuilder:
+        if name in MODELS:
+            raise ValueError(f"model {name!r} is already registered")
         MODELS[name] = builder
+        MODEL_INFO[name] = ModelInfo(layers, display or name, note)
         return builder
 
     return decorate
@@ -177,9 +205,7 @@ def external_code_fingerprint(name: str) -> str | None:
     if not is_external(name):
         return None
     if name.startswith(TIMM_PREFIX):
-        import timm
-
-        return f"timm-{timm.__version__}"
+        return f"timm-{import_timm().__version__}"
     if zoo.is_zoo_ref(name):
         return f"robustbench-{zoo.version()}"
     module = importlib.import_module(name.partition(":")[0])
@@ -189,11 +215,29 @@ def external_code_fingerprint(name: str) -> str | None:
     return hashlib.sha256(Path(source).read_bytes()).hexdigest()[:16]
 
 
+#: The one upstream warning :func:`import_timm` keeps out of the user's console: timm (1.0)
+#: decorates a class with ``torch.jit.interface``, which torch 2.14 deprecates, so every process
+#: that imports timm printed it; nothing in it is the user's to act on.
+TIMM_IMPORT_WARNING = r"`torch\.jit\.interface` is deprecated"
+
+
+def import_timm() -> types.ModuleType:
+    """``import timm`` without timm's own ``torch.jit.interface`` FutureWarning.
+
+    Only that message, only while timm is imported: every other warning (ours, torch's, timm's
+    others) stays visible, and the filter is gone afterwards. Raises ImportError without timm.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=TIMM_IMPORT_WARNING, category=FutureWarning)
+        import timm
+    return timm
+
+
 def _timm_net(
     arch: str, num_classes: int, image_size: int, in_channels: int, kwargs: dict
 ) -> nn.Module:
     try:
-        import timm
+        timm = import_timm()
     except ImportError:
         raise ModelError(
             f"model 'timm:{arch}' needs timm: pip install \"semirobust_ray[timm]\""
@@ -349,7 +393,7 @@ def _pooled_head(channels: int, pool: int, hidden: int, num_classes: int) -> lis
     ]
 
 
-@register_model("smallcnn")
+@register_model("smallcnn", layers=6, display="SmallCNN")
 def _smallcnn(num_classes: int, image_size: int, in_channels: int) -> nn.Module:
     """Six trainable layers (4 conv + 2 linear) with BatchNorm; fast on CPU, works from 8x8."""
     return nn.Sequential(
@@ -362,7 +406,7 @@ def _smallcnn(num_classes: int, image_size: int, in_channels: int) -> nn.Module:
     )
 
 
-@register_model("smallvgg")
+@register_model("smallvgg", layers=12, display="SmallVGG")
 def _smallvgg(num_classes: int, image_size: int, in_channels: int) -> nn.Module:
     """Twelve trainable layers (10 conv + 2 linear) with BatchNorm, narrow enough for a CPU.
 
@@ -379,7 +423,7 @@ def _smallvgg(num_classes: int, image_size: int, in_channels: int) -> nn.Module:
     return nn.Sequential(*layers, *_pooled_head(64, pool=1, hidden=64, num_classes=num_classes))
 
 
-@register_model("alexnet")
+@register_model("alexnet", layers=8, display="AlexNet")
 def _alexnet(num_classes: int, image_size: int, in_channels: int) -> nn.Module:
     """torchvision AlexNet (8 trainable layers); the 32x32 variant uses a 3x3 stride-2 stem."""
     model = torchvision.models.alexnet(num_classes=num_classes)
@@ -393,7 +437,7 @@ def _alexnet(num_classes: int, image_size: int, in_channels: int) -> nn.Module:
     return model
 
 
-@register_model("vgg16")
+@register_model("vgg16", layers=16, display="VGG16", note="BatchNorm")
 def _vgg16(num_classes: int, image_size: int, in_channels: int) -> nn.Module:
     """torchvision VGG16 with BatchNorm (13 conv + 3 linear = 16 trainable layers).
 
@@ -417,7 +461,7 @@ def _vgg16(num_classes: int, image_size: int, in_channels: int) -> nn.Module:
     return model
 
 
-@register_model("resnet50")
+@register_model("resnet50", layers=54, display="ResNet50")
 def _resnet50(num_classes: int, image_size: int, in_channels: int) -> nn.Module:
     """torchvision ResNet50 (53 conv incl. 4 downsample + 1 linear = 54 trainable layers).
 
@@ -445,24 +489,17 @@ def narrow(net: nn.Module, width: float) -> nn.Module:
     always maps to the same narrowed count, residual additions (ResNet) and flattened
     conv-to-linear joints (c channels x s spatial positions: the narrowed c times s, when
     ``c * width`` is whole) still line up; :func:`create_model` checks this with a forward pass.
-    The depth and layer order, hence the split depths, are unchanged.
+    The depth and layer order, hence the split depths, are unchanged. Every other setting of a
+    convolution (kernel, stride, padding, dilation, groups, bias, padding mode) is kept; a
+    grouped convolution whose narrowed channels its groups no longer divide is a one-line
+    :class:`ModelError` (a depthwise convolution, groups = channels, narrows with them).
     """
     layers = [m for m in net.modules() if isinstance(m, TRAINABLE_TYPES)]
     first, last = layers[0], layers[-1]
     for parent in list(net.modules()):
         for name, child in parent.named_children():
             if isinstance(child, nn.Conv2d):
-                cin = child.in_channels
-                new = nn.Conv2d(
-                    cin if child is first else _scaled(cin, width),
-                    _scaled(child.out_channels, width),
-                    child.kernel_size,
-                    child.stride,
-                    child.padding,
-                    child.dilation,
-                    1,
-                    child.bias is not None,
-                )
+                new = _narrowed_conv(child, width, first=child is first)
             elif isinstance(child, nn.Linear):
                 out = child.out_features
                 new = nn.Linear(
@@ -476,6 +513,32 @@ def narrow(net: nn.Module, width: float) -> nn.Module:
                 continue
             setattr(parent, name, new)
     return net
+
+
+def _narrowed_conv(conv: nn.Conv2d, width: float, *, first: bool) -> nn.Conv2d:
+    """``conv`` rebuilt with narrowed channels (its input too unless it is the ``first``)."""
+    cin = conv.in_channels if first else _scaled(conv.in_channels, width)
+    cout = _scaled(conv.out_channels, width)
+    groups = conv.groups
+    if groups > 1 and groups == conv.in_channels == conv.out_channels and not first:
+        groups = cin  # depthwise stays depthwise
+    if cin % groups or cout % groups:
+        raise ModelError(
+            f"width={width}: a Conv2d with groups={groups} cannot be narrowed from "
+            f"{conv.in_channels}->{conv.out_channels} to {cin}->{cout} channels (groups must "
+            "divide both); use another width"
+        )
+    return nn.Conv2d(
+        cin,
+        cout,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        groups,
+        conv.bias is not None,
+        conv.padding_mode,
+    )
 
 
 def create_model(

@@ -1,4 +1,10 @@
-"""Tests of the attack registry against a small CNN trained on the real digits data."""
+"""Tests of the attack registry against a small CNN trained on the real digits data.
+
+The contract tests run over every registered attack, grouped by the registry's own metadata
+(``Attack.fast``, ``Attack.norm``, ``Attack.trains``), and over one attack through each door
+from outside the package (``torchattacks:NAME`` and a ``package.module:Class`` in
+``tests/myattacks``): a new attack is held to them the moment it is registered.
+"""
 
 from __future__ import annotations
 
@@ -14,15 +20,31 @@ from semirobust_ray.attacks import (
     ATTACKS,
     PAPER_ATTACK_STEPS,
     AttackError,
+    attack_aliases,
     create_attack,
     default_steps,
 )
 from semirobust_ray.data import load_dataset, to_unit
 
+
+def _norm(name: str) -> str:
+    return create_attack(name, nn.Linear(1, 1), **EXTERNAL.get(name, {})).norm
+
+
+def _trains(name: str) -> bool:
+    return ATTACKS[name].trains if name in ATTACKS else True
+
+
 EPS = 0.1  # digits is easy: at 8/255 almost nothing flips, so test strength at a larger budget
 ALPHA = EPS / 4  # DESIGN.md §5: steps of at least ε/4 so PGD reaches the ball's corners
-L_INF_ATTACKS = ["fgsm", "ifgsm", "bim", "pgd", "apgd-ce", "apgd"]
-FAST_ATTACKS = [*L_INF_ATTACKS, "cw"]
+#: One attack through each door from outside the package, with the options it is built with.
+EXTERNAL = {"torchattacks:MIFGSM": {"decay": 0.5}, "myattacks:MIFGSM": {"decay": 0.5}}
+#: Every registered attack (by name; an alias is the same class) cheap enough for the contract,
+#: and the external ones; the L∞ ones are held to their ε-ball as well.
+FAST_ATTACKS = [name for name in attack_aliases() if ATTACKS[name].fast] + list(EXTERNAL)
+L_INF_ATTACKS = [name for name in FAST_ATTACKS if _norm(name) == "Linf"]
+#: Registered attacks that return every image they cannot break unperturbed (Attack.trains).
+EVAL_ONLY = [name for name in FAST_ATTACKS if not _trains(name)]
 
 
 class TinyCNN(nn.Module):
@@ -67,13 +89,18 @@ def trained() -> tuple[TinyCNN, torch.Tensor, torch.Tensor]:
     return model, x, y
 
 
+def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x).argmax(1)
+
+
 def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     with torch.no_grad():
         return (model(x).argmax(1) == y).float().mean().item()
 
 
 def _make(name: str, model: nn.Module, **kwargs) -> object:
-    defaults = {"eps": EPS, "alpha": ALPHA, "steps": 10}
+    defaults = {"eps": EPS, "alpha": ALPHA, "steps": 10, **EXTERNAL.get(name, {})}
     return create_attack(name, model, **{**defaults, **kwargs})
 
 
@@ -230,6 +257,25 @@ def test_works_under_no_grad(trained) -> None:
 # --------------------------------------------------------------------------- determinism
 
 
+@pytest.mark.parametrize("name", FAST_ATTACKS)
+def test_every_attack_is_seeded_and_leaves_the_global_rng_alone(trained, name: str) -> None:
+    model, x, y = trained
+    x, y = x[:64], y[:64]
+    rng = torch.get_rng_state()
+    first = _make(name, model, seed=3)(x, y)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert torch.equal(_make(name, model, seed=3)(x, y), first)
+
+
+@pytest.mark.parametrize("name", EVAL_ONLY)
+def test_eval_only_attacks_return_what_they_cannot_break_unperturbed(trained, name: str) -> None:
+    """What ``Attack.trains = False`` declares (the help text says so from it)."""
+    model, x, y = trained
+    x_adv = _make(name, model)(x, y)
+    unbroken = _predict(model, x_adv) == y
+    assert unbroken.any() and torch.equal(x_adv[unbroken], x[unbroken])
+
+
 def test_same_seed_same_result_and_global_rng_untouched(trained) -> None:
     model, x, y = trained
     rng = torch.get_rng_state()
@@ -381,3 +427,87 @@ def test_bad_inputs(trained) -> None:
         attack(x, y[:-1])
     empty = attack(x[:0], y[:0])
     assert empty.shape == (0, *x.shape[1:])
+
+
+# --------------------------------------------------------------------------- from outside
+
+
+def test_torchattacks_door_is_torchattacks_seeded_from_the_attack() -> None:
+    """``torchattacks:NAME`` computes what torchattacks computes, its random start drawn from
+    the attack's seed (the global RNG seeded per call and restored)."""
+    model = TinyCNN().eval()
+    x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(16) % 10
+    ours = create_attack("torchattacks:PGD", model, eps=EPS, alpha=ALPHA, steps=3, seed=7)
+    assert ours.norm == "Linf" and ours._attack.eps == EPS and ours._attack.steps == 3
+    out = ours(x, y)
+    call_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=torch.Generator().manual_seed(7)))
+    with torch.random.fork_rng():
+        torch.manual_seed(call_seed)
+        theirs = torchattacks.PGD(model, eps=EPS, alpha=ALPHA, steps=3)(x, y)
+    assert torch.equal(out, theirs)
+    # Options of its own are the class's keyword arguments; eps goes only where it is taken.
+    assert (
+        create_attack("torchattacks:PGD", model, random_start=False)._attack.random_start is False
+    )
+    assert create_attack("torchattacks:CW", model, c=2.0).norm == "L2"
+    assert create_attack("torchattacks:PGDL2", model).norm == "L2"
+
+
+@pytest.mark.parametrize(
+    ("spec", "kwargs", "fragment"),
+    [
+        ("torchattacks:MIFGS", {}, "torchattacks has no attack class 'MIFGS' (did you mean "),
+        ("torchattacks:PGD", {"kappa": 1.0}, "does not take option(s) kappa; it takes: "),
+        ("myattacks:MIFGSM", {"decay": 0.5, "beta": 1}, "does not take option(s) beta"),
+        ("myattacks:MIFGSM", {}, "MIFGSM(...) raised TypeError: "),
+        ("myattacks:MIFGSM", {"decay": -1}, "MIFGSM(...) raised ValueError: decay must be >= 0"),
+        ("myattacks:Missing", {}, "module 'myattacks' has no attribute 'Missing'"),
+        ("myattacks:NotAnAttack", {}, "'NotAnAttack' (a class) is not a subclass of "),
+        ("myattacks:build", {}, "'build' (a function) is not a subclass of semirobust_ray.attacks"),
+        ("no_such_package.attacks:X", {}, "cannot import module 'no_such_package.attacks'"),
+        ("pgdd", {}, "unknown attack 'pgdd' (did you mean 'pgd'?); valid: apgd,"),
+    ],
+)
+def test_attacks_from_outside_fail_in_one_line(spec: str, kwargs: dict, fragment: str) -> None:
+    with pytest.raises(AttackError) as err:
+        create_attack(spec, TinyCNN(), **kwargs)
+    assert fragment in str(err.value) and "\n" not in str(err.value), str(err.value)
+    if "subclass" in fragment or "valid: apgd" in fragment:  # the valid forms are named
+        assert "torchattacks:NAME" in str(err.value)
+        assert "package.module:Class" in str(err.value)
+
+
+def test_an_external_attack_trains_and_evaluates_through_algorithm1(tmp_path, monkeypatch) -> None:
+    """Both doors in both roles, without Ray: torchattacks PGD trains (baseline and f_b), the
+    user's MIFGSM (its option from attack_kwargs) measures Acc*, Acc_sr and Acc."""
+    import myattacks
+
+    from semirobust_ray import attacks
+    from semirobust_ray.config import ExperimentConfig
+    from semirobust_ray.runner import run_algorithm1
+
+    config = ExperimentConfig.from_dict(
+        dict(
+            dataset="digits", max_train=200, max_test=60, batch_size=50, lr=0.05, eps=EPS,
+            alpha=ALPHA, steps=2, baseline_epochs=1, baseline_adv_epochs=1, epochs=1, seeds=1,
+            split_depths=[2], mi=False, k=0.999, cache_dir=str(tmp_path),
+            attack="torchattacks:PGD", eval_attack="myattacks:MIFGSM",
+            attack_kwargs={"torchattacks:PGD": {"random_start": False},
+                           "myattacks:MIFGSM": {"decay": 0.5}},
+        )
+    )  # fmt: skip
+    calls: list[tuple[str, object]] = []
+    for cls, option in ((attacks.TorchAttacks, "random_start"), (myattacks.MIFGSM, "decay")):
+        real = cls._perturb
+
+        def perturb(self, x, y, real=real, option=option):
+            source = self._attack if isinstance(self, attacks.TorchAttacks) else self
+            calls.append((type(self).__name__, getattr(source, option)))
+            return real(self, x, y)
+
+        monkeypatch.setattr(cls, "_perturb", perturb)
+    results = run_algorithm1(config)
+    assert set(calls) == {("TorchAttacks", False), ("MIFGSM", 0.5)}, set(calls)
+    (trial,) = results["trials"]
+    assert trial["fb_layers"] == 2 and trial["epochs_run"] == 1

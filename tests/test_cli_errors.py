@@ -1,8 +1,10 @@
 """Bad input through the launcher: one ``error:`` line on stderr, exit 2, no traceback, nothing
 computed and nothing already on disk changed.
 
-Every case's message is listed in docs/troubleshooting.md (regenerate the table with
-``python tests/test_cli_errors.py``).
+Every case's message is listed in docs/troubleshooting.md, word for word: the test fails when
+the two disagree (the lists of valid models, datasets, attacks and keys there are the
+registries' and the schema's). Rewrite those rows with ``python tests/test_cli_errors.py
+--write``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from semirobust_ray.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
+TROUBLESHOOTING = ROOT / "docs" / "troubleshooting.md"
 # Ray is imported above, before any test captures stderr: its log handler keeps the stderr of
 # import time, so the lines Ray logs when --address local starts a local instance (Ray 2.60:
 # "Token authentication is enabled ...", "Started a local Ray instance.") stay out of the
@@ -87,6 +90,31 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
         "unknown eval attack",
         lambda t: ["--set", "eval_attack=autoatack"],
         "eval_attack: unknown value 'autoatack' (did you mean 'autoattack'?)",
+    ),
+    (
+        "unknown torchattacks attack",
+        lambda t: ["--set", "attack=torchattacks:PDG"],
+        "torchattacks has no attack class 'PDG' (did you mean 'torchattacks:PGD'?)",
+    ),
+    (
+        "your attack's module cannot be imported",
+        lambda t: ["--set", "eval_attack=no_such_package.attacks:Jitter"],
+        "eval_attack: attack 'no_such_package.attacks:Jitter': cannot import module",
+    ),
+    (
+        "your attack class is not an Attack (`myattacks` is `tests/myattacks`)",
+        lambda t: ["--set", "attack=myattacks:NotAnAttack"],
+        "'NotAnAttack' (a class) is not a subclass of semirobust_ray.attacks.Attack; valid forms",
+    ),
+    (
+        "an option the attack does not take",
+        lambda t: ["--set", "attack_kwargs.pgd={kappa: 1}"],
+        "attack 'pgd' does not take option(s) kappa; it takes: random_start",
+    ),
+    (
+        "options for an attack the config does not use",
+        lambda t: ["--set", "attack_kwargs.cw={c: 2}"],
+        "attack_kwargs: 'cw' is not an attack of this config (attack: pgd, eval_attack: pgd",
     ),
     (
         "unknown search algorithm",
@@ -235,6 +263,13 @@ def assert_one_line_error(code: int, err: str, fragment: str) -> str:
     return lines[0]
 
 
+def table_row(case: str, args: list[str], message: str, tmp: Path) -> str:
+    """The row of docs/troubleshooting.md's table for ``case`` (TMP: the scratch directory)."""
+    message = message.strip().replace(str(tmp), "TMP").replace("|", "\\|")
+    how = " ".join(a.replace(str(tmp), "TMP") for a in args).replace("|", "\\|")
+    return f"| {case} | `{how}` | `{message}` |"
+
+
 @pytest.mark.parametrize(("case", "args", "fragment"), CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_error_before_any_compute(case, args, fragment, tmp_path, capsys):
     storage = tmp_path / "results"
@@ -247,6 +282,10 @@ def test_bad_input_is_one_line_error_before_any_compute(case, args, fragment, tm
     assert out == ""
     assert _files(tmp_path) == before  # nothing written, nothing changed
     assert not list(storage.glob("**/search_meta.json"))
+    # The troubleshooting guide quotes this very message (its lists of valid names included);
+    # on failure: python tests/test_cli_errors.py --write
+    row = table_row(case, args(tmp_path), err, tmp_path)
+    assert row in TROUBLESHOOTING.read_text().splitlines(), row
 
 
 def test_split_depth_n_is_valid_fa_is_only_the_input_normalisation():
@@ -349,13 +388,12 @@ def test_launcher_process_exit_code_and_no_traceback(args, fragment, tmp_path):
     assert proc.stdout == ""
 
 
-if __name__ == "__main__":  # print the table for docs/troubleshooting.md
+def _generated_rows() -> dict[str, str]:
     import contextlib
     import io
     import tempfile
 
-    print("| bad input | how | message (stderr, exit code 2) |")
-    print("|---|---|---|")
+    rows = {}
     for case, args, _ in CASES:
         with tempfile.TemporaryDirectory() as d:
             tmp = Path(d)
@@ -363,6 +401,27 @@ if __name__ == "__main__":  # print the table for docs/troubleshooting.md
             err = io.StringIO()
             with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
                 main([*BASE, *argv, "--storage-path", str(tmp / "results")])
-            message = err.getvalue().strip().replace(d, "TMP").replace("|", "\\|")
-            how = " ".join(a.replace(d, "TMP") for a in argv).replace("|", "\\|")
-        print(f"| {case} | `{how}` | `{message}` |")
+            rows[case] = table_row(case, argv, err.getvalue(), tmp)
+    return rows
+
+
+if __name__ == "__main__":  # the table for docs/troubleshooting.md; --write puts it there
+    rows = _generated_rows()
+    if sys.argv[1:] != ["--write"]:
+        print("| bad input | how | message (stderr, exit code 2) |")
+        print("|---|---|---|")
+        print("\n".join(rows.values()))
+        sys.exit(0)
+    # Each case's row replaces the row of the same case; a new case goes after the row of the
+    # case before it in CASES.
+    lines = TROUBLESHOOTING.read_text().splitlines()
+    previous = None
+    for case, row in rows.items():
+        at = [i for i, line in enumerate(lines) if line.startswith(f"| {case} | ")]
+        if at:
+            lines[at[0]] = row
+        else:
+            after = [i for i, line in enumerate(lines) if line.startswith(f"| {previous} | ")]
+            lines.insert(after[0] + 1 if after else len(lines), row)
+        previous = case
+    TROUBLESHOOTING.write_text("\n".join(lines) + "\n")

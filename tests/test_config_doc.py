@@ -46,3 +46,26 @@ def test_documented_lower_bounds_are_enforced(key):
     below = low if low_open else low - (1 if is_int else 1e-3)
     with pytest.raises(ConfigError, match=rf"^{key}={below} is out of range: valid [\[(]{low},"):
         ExperimentConfig.from_dict({key: below})
+
+
+def test_help_texts_list_every_registered_name_from_the_registries():
+    """No list of names is typed into a help text: each is written from its registry, so a new
+    registry entry appears in the README's table and --help by itself."""
+    from semirobust_ray.attacks import ATTACKS, attack_aliases
+    from semirobust_ray.config import key_help
+    from semirobust_ray.data import DATASET_INFO
+    from semirobust_ray.models import MODEL_INFO
+
+    helps = {key: key_help(key) for key in ExperimentConfig.model_fields}
+    assert not [key for key, text in helps.items() if "{models}" in text or "{attacks}" in text]
+    for name, info in MODEL_INFO.items():
+        assert f"`{name}` ({info.layers} layers" in helps["model"]
+    for name, info in DATASET_INFO.items():
+        assert f"`{name}` (" in helps["dataset"]
+        assert (f"`{name}`" in helps["data_path"]) == (info.reads == "data_path")
+        assert (name in helps["data_root"]) == (info.reads == "data_root")
+    for name in ATTACKS:  # aliases too
+        assert f"`{name}`" in helps["attack"]
+    for name in attack_aliases():
+        said_eval_only = f"`{name}`" in helps["attack"].split(";", 1)[1]
+        assert said_eval_only == (not ATTACKS[name].trains), name

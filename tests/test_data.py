@@ -1,4 +1,9 @@
-"""Tests of the dataset registry on real data (digits, the shared CIFAR-10 subset) and bad input."""
+"""Tests of the dataset registry on real data (digits, the shared CIFAR-10 subset) and bad input.
+
+The contract tests run over every registered dataset, grouped by what its registry entry says
+it reads (:data:`DATASET_INFO`): bundled data is loaded and checked, a dataset that reads
+``data_path`` or torchvision's files under ``data_root`` must say in one line what is missing.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,9 @@ import numpy as np
 import pytest
 import torch
 
+from semirobust_ray.config import ConfigError, ExperimentConfig
 from semirobust_ray.data import (
+    DATASET_INFO,
     DATASETS,
     TEST_SEED,
     DatasetError,
@@ -32,6 +39,40 @@ def digits() -> DataSplits:
 
 def test_registry_has_the_issue_datasets() -> None:
     assert {"digits", "npz", "cifar10", "cifar100", "imagenette", "imagefolder"} <= set(DATASETS)
+    assert set(DATASET_INFO) == set(DATASETS)
+
+
+def _reading(reads: str) -> list[str]:
+    return [name for name, info in DATASET_INFO.items() if info.reads == reads]
+
+
+@pytest.mark.parametrize("name", _reading("bundled"))
+def test_contract_bundled_datasets_load_as_uint8_splits_offline(name: str) -> None:
+    d = load_dataset(name, seed=0, max_train=200, max_test=50)
+    assert d.name == name and d.num_classes >= 2
+    for x, y in [(d.x_train, d.y_train), (d.x_val, d.y_val), (d.x_test, d.y_test)]:
+        assert x.dtype == torch.uint8 and y.dtype == torch.int64 and x.ndim == 4
+        assert len(x) == len(y) > 0 and int(y.min()) >= 0 and int(y.max()) < d.num_classes
+    assert torch.equal(load_dataset(name, seed=1, max_train=200, max_test=50).x_test, d.x_test)
+
+
+@pytest.mark.parametrize("name", _reading("data_path"))
+def test_contract_path_datasets_need_data_path_and_name_a_missing_one(name, tmp_path) -> None:
+    with pytest.raises(ConfigError, match=f"dataset '{name}' needs data_path"):
+        ExperimentConfig(dataset=name)
+    with pytest.raises(DatasetError) as err:
+        load_dataset(name, path=str(tmp_path / "nothing-here"))
+    assert "nothing-here" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", _reading("data_root"))
+def test_contract_torchvision_datasets_say_how_to_get_them(tmp_path: Path, name: str) -> None:
+    ExperimentConfig(dataset=name)  # no data_path needed
+    with pytest.raises(DatasetError) as err:
+        load_dataset(name, root=str(tmp_path))
+    msg = str(err.value)
+    label = DATASET_INFO[name].display
+    assert label in msg and str(tmp_path) in msg and "download" in msg and "\n" not in msg
 
 
 def test_digits_shapes_and_ranges(digits: DataSplits) -> None:
@@ -238,17 +279,6 @@ def test_npz_missing_file_and_path(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- torchvision
-
-
-@pytest.mark.parametrize(
-    "name, label",
-    [("cifar10", "CIFAR-10"), ("cifar100", "CIFAR-100"), ("imagenette", "Imagenette")],
-)
-def test_missing_torchvision_data_says_how_to_get_it(tmp_path: Path, name: str, label: str) -> None:
-    with pytest.raises(DatasetError) as err:
-        load_dataset(name, root=str(tmp_path))
-    msg = str(err.value)
-    assert label in msg and str(tmp_path) in msg and "download" in msg and "\n" not in msg
 
 
 def test_imagenette_reads_a_torchvision_layout_offline(tmp_path: Path) -> None:

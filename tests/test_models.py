@@ -1,30 +1,65 @@
-"""Model registry, forward-ordered layer counts, and what "frozen f*_a" has to mean."""
+"""Model registry, forward-ordered layer counts, and what "frozen f*_a" has to mean.
+
+The contract tests run over every registered model (:data:`MODEL_INFO`): a new model is held to
+its declared layer count, to narrowing and to the freeze the moment it is registered.
+"""
 
 import pytest
 import torch
 from torch import nn
 
-from semirobust_ray.models import ModelError, create_model, split, trainable_layers
-
-
-@pytest.mark.parametrize(
-    ("name", "size", "expected"),
-    [
-        ("smallcnn", 8, 6),
-        ("smallvgg", 8, 12),
-        ("alexnet", 32, 8),
-        ("vgg16", 32, 16),
-        ("resnet50", 32, 54),
-        ("vgg16", 96, 16),
-        ("alexnet", 96, 8),
-    ],
+from semirobust_ray.models import (
+    MODEL_INFO,
+    ModelError,
+    create_model,
+    narrow,
+    split,
+    trainable_layers,
 )
-def test_trainable_layer_counts(name, size, expected):
-    model = create_model(name, 10, size, 1 if size == 8 else 3)
+
+MODELS = list(MODEL_INFO)
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize(("size", "channels"), [(32, 3), (32, 1), (96, 3)])
+def test_contract_declared_layers_at_every_size(name, size, channels):
+    """The declared number of trainable layers (the split depths 1..n) at CIFAR size, in
+    grayscale and at the size where the torchvision networks keep their ImageNet stems; the
+    classifier is last and its input is [0, 1] images."""
+    model = create_model(name, 7, size, channels).eval()
     layers = trainable_layers(model)
-    assert len(layers) == expected
+    assert len(layers) == MODEL_INFO[name].layers
     assert all(isinstance(m, nn.Conv2d | nn.Linear) for _, m in layers)
-    assert isinstance(layers[-1][1], nn.Linear) and layers[-1][1].out_features == 10
+    assert isinstance(layers[-1][1], nn.Linear) and layers[-1][1].out_features == 7
+    with torch.no_grad():
+        assert model(torch.rand(2, channels, size, size)).shape == (2, 7)
+    assert MODEL_INFO[name].display
+
+
+def _inputs(layer: nn.Module) -> int:
+    return layer.in_channels if isinstance(layer, nn.Conv2d) else layer.in_features
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_contract_narrowing_keeps_depth_and_freezing_keeps_fa_bit_identical(name):
+    full, narrowed = create_model(name, 10, 32), create_model(name, 10, 32, width=0.125)
+    full_layers, narrow_layers = trainable_layers(full), trainable_layers(narrowed)
+    # same depth and the same layer names, so split depths and checkpoints mean the same
+    assert [n for n, _ in narrow_layers] == [n for n, _ in full_layers]
+    # hidden widths scale by 1/8; the image channels and the class scores stay
+    assert _inputs(narrow_layers[1][1]) * 8 == _inputs(full_layers[1][1])
+    assert narrow_layers[0][1].in_channels == 3 and narrow_layers[-1][1].out_features == 10
+    assert narrowed(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    n = MODEL_INFO[name].layers
+    for depth in sorted({1, max(1, n - 1)}):
+        s = split(narrowed, depth)
+        fb_keys = set(s.fb_state())
+        before = {k: v.clone() for k, v in narrowed.state_dict().items()}
+        _train_steps(narrowed, s.fb_parameters(), steps=2, channels=3, size=32)
+        after = narrowed.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before if k not in fb_keys)
+        assert any(not torch.equal(before[k], after[k]) for k in fb_keys)
+        s.release()
 
 
 def test_resnet_layers_follow_execution_order_not_registration():
@@ -42,20 +77,33 @@ def test_models_take_unit_range_images_and_normalise_inside():
     assert torch.allclose(model(x), expected)
 
 
-@pytest.mark.parametrize(("name", "layers"), [("alexnet", 8), ("vgg16", 16), ("resnet50", 54)])
-def test_width_multiplier_narrows_hidden_layers_and_keeps_depth(name, layers):
-    full, narrow = create_model(name, 10, 32), create_model(name, 10, 32, width=0.125)
-    full_layers, narrow_layers = trainable_layers(full), trainable_layers(narrow)
-    # same depth and the same layer names, so split depths and checkpoints mean the same
-    assert [n for n, _ in narrow_layers] == [n for n, _ in full_layers]
-    assert len(narrow_layers) == layers
-    first, last = narrow_layers[0][1], narrow_layers[-1][1]
-    assert first.in_channels == 3 and last.out_features == 10
-    assert narrow_layers[1][1].weight.shape[1] * 8 == full_layers[1][1].weight.shape[1]
-    n_full = sum(p.numel() for p in full.parameters())
-    n_narrow = sum(p.numel() for p in narrow.parameters())
-    assert n_narrow < n_full / 30  # parameters shrink roughly with width squared
-    assert narrow(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+def test_narrowing_keeps_grouped_and_depthwise_convolutions():
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.Conv2d(16, 16, 3, padding=2, dilation=2, groups=16, padding_mode="reflect"),  # depthwise
+        nn.Conv2d(16, 32, 1, stride=2, groups=4, bias=False),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
+    )
+    narrow(net, 0.5)
+    first, depthwise, grouped = net[0], net[1], net[2]
+    assert (first.in_channels, first.out_channels) == (3, 8)
+    assert (depthwise.in_channels, depthwise.out_channels, depthwise.groups) == (8, 8, 8)
+    assert (depthwise.dilation, depthwise.padding, depthwise.padding_mode) == (
+        (2, 2),
+        (2, 2),
+        "reflect",
+    )
+    assert (grouped.in_channels, grouped.out_channels, grouped.groups) == (8, 16, 4)
+    assert grouped.stride == (2, 2) and grouped.bias is None
+    assert net(torch.rand(2, 3, 16, 16)).shape == (2, 10)
+
+
+def test_narrowing_a_grouped_convolution_its_groups_no_longer_divide_is_one_line():
+    net = nn.Sequential(nn.Conv2d(3, 16, 3), nn.Conv2d(16, 32, 1, groups=4), nn.Flatten())
+    with pytest.raises(ModelError, match=r"^width=0.3: a Conv2d with groups=4 cannot be narrowed"):
+        narrow(net, 0.3)  # 16 -> 5 channels
 
 
 def test_bad_width_is_a_one_line_error():
@@ -77,12 +125,12 @@ def test_split_depth_out_of_range_states_valid_range(depth):
         split(model, depth)
 
 
-def _train_steps(model, params, steps=3):
+def _train_steps(model, params, steps=3, channels=1, size=8):
     opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
     model.train()
     gen = torch.Generator().manual_seed(0)
     for _ in range(steps):
-        x = torch.rand(16, 1, 8, 8, generator=gen)
+        x = torch.rand(16, channels, size, size, generator=gen)
         y = torch.randint(0, 10, (16,), generator=gen)
         loss = nn.functional.cross_entropy(model(x), y)
         opt.zero_grad()

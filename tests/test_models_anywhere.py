@@ -1,13 +1,18 @@
-"""Models from anywhere: ``timm:NAME`` and ``package.module:factory`` networks are split,
-frozen and searched like registry models, on 2 Ray workers that import them themselves.
+"""Models and attacks from anywhere: ``timm:NAME`` and ``package.module:factory`` networks are
+split, frozen and searched like registry models, and ``torchattacks:NAME`` and
+``package.module:Class`` attacks train and evaluate like registered ones, on 2 Ray workers that
+import them themselves.
 
-The factories live in ``tests/mymodels``, shipped to the workers with Ray's ``py_modules``, the
-recipe README gives users; pytest puts ``tests/`` on the driver's ``sys.path``.
+The factories live in ``tests/mymodels``, the attacks in ``tests/myattacks``, both shipped to
+the workers with Ray's ``py_modules``, the recipe README and docs/extending.md give users;
+pytest puts ``tests/`` on the driver's ``sys.path``.
 """
 
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +27,7 @@ from semirobust_ray.ray_search import run_search
 pytest.importorskip("timm")
 
 MYMODELS = Path(__file__).resolve().parent / "mymodels"
+MYATTACKS = Path(__file__).resolve().parent / "myattacks"
 VIT = "timm:vit_tiny_patch16_224"
 # Two blocks of 4 Linear layers, patch embedding conv and head: 10 trainable layers.
 VIT_KWARGS = {"patch_size": 4, "depth": 2}
@@ -55,7 +61,7 @@ def ray_workers():
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,
-        runtime_env={"py_modules": [str(MYMODELS)]},
+        runtime_env={"py_modules": [str(MYMODELS), str(MYATTACKS)]},
     )
     yield
     ray.shutdown()
@@ -85,6 +91,31 @@ def test_search_on_two_workers(model, kwargs, depths, ray_workers, tmp_path):
     assert sorted(t["fb_layers"] for t in trials) == depths
     assert all(t["epochs_run"] == 1 for t in trials)
     assert outcome.answer_fb_layers == max(depths)  # robust_fa: the largest reaching |f_b|
+
+
+def test_attacks_from_outside_train_and_evaluate_on_two_workers(ray_workers, tmp_path):
+    """torchattacks' PGD trains (baseline and trials), the user's MIFGSM measures every
+    accuracy and checks every epoch; MIFGSM has no default for its ``decay``, so a worker that
+    did not receive ``attack_kwargs`` could not even build it."""
+    config = ExperimentConfig.from_dict(
+        {
+            **TINY,
+            "model": "smallcnn",
+            "split_depths": [1, 6],
+            "attack": "torchattacks:PGD",
+            "eval_attack": "myattacks:MIFGSM",
+            "attack_kwargs": {
+                "torchattacks:PGD": {"random_start": False},
+                "myattacks:MIFGSM": {"decay": 0.5},
+            },
+            "cache_dir": str(tmp_path / "cache"),
+        }
+    )
+    assert config.stop_attack_name == "myattacks:MIFGSM"
+    outcome = run_search(config, storage_path=str(tmp_path), name="a", verbose=0)
+    trials = outcome.results["trials"]
+    assert sorted(t["fb_layers"] for t in trials) == [1, 6]
+    assert all(t["epochs_run"] == 1 for t in trials)
 
 
 def test_timm_vit_container_tensors_follow_the_cut():
@@ -196,3 +227,46 @@ def test_baseline_key_tracks_model_kwargs_and_the_factory_source(tmp_path, monke
     assert key(model_kwargs={"width": 6}) != first  # another network, another baseline
     source.write_text("# edited\nfrom mymodels import tiny_cnn as build\n")
     assert key(model_kwargs={"width": 4}) != first  # the factory's code changed
+
+
+def test_building_a_timm_model_prints_no_upstream_future_warning_but_ours_still_show():
+    # A fresh process: timm warns while it is first imported, and this one may have imported it.
+    code = (
+        "import logging, warnings\n"
+        "warnings.simplefilter('default')\n"
+        "logging.basicConfig()\n"
+        "from semirobust_ray.models import create_model\n"
+        "create_model('timm:resnet18', 10, 16, 3)\n"
+        "warnings.warn('our own FutureWarning', FutureWarning)\n"
+        "warnings.warn('`torch.jit.interface` is deprecated, said by someone else', FutureWarning)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    future = [line for line in proc.stderr.splitlines() if "FutureWarning" in line]
+    assert len(future) == 2, proc.stderr  # only the two raised after the build
+    assert "our own FutureWarning" in future[0] and "someone else" in future[1]
+    assert "torch/jit" not in proc.stderr, proc.stderr  # where torch raises it for timm
+
+
+def test_baseline_key_tracks_attack_kwargs_and_the_attack_source(tmp_path, monkeypatch):
+    from semirobust_ray.baseline import baseline_key
+    from semirobust_ray.experiment import prepare
+
+    source = tmp_path / "userattack_key.py"
+    source.write_text("from myattacks import MIFGSM as Attack\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = "userattack_key:Attack"
+
+    def key(**kw) -> str:
+        base = dict(dataset="digits", max_train=50, max_test=20, eval_attack=spec)
+        return baseline_key(prepare(ExperimentConfig.from_dict({**base, **kw})))
+
+    first = key(attack_kwargs={spec: {"decay": 0.5}})
+    assert key(attack_kwargs={spec: {"decay": 0.5}}) == first
+    assert key(attack_kwargs={spec: {"decay": 0.9}}) != first  # another attack
+    source.write_text("# edited\nfrom myattacks import MIFGSM as Attack\n")
+    assert key(attack_kwargs={spec: {"decay": 0.5}}) != first  # the attack's code changed
+    # torchattacks: its version stands for its code
+    version = key(eval_attack="torchattacks:PGD", attack_kwargs=None)
+    assert version != key(eval_attack="pgd", attack_kwargs=None)
