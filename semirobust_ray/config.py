@@ -34,10 +34,10 @@ from pydantic.fields import FieldInfo
 
 from semirobust_ray.answer import TARGETS
 from semirobust_ray.names import did_you_mean, unknown_keys
+from semirobust_ray.strategies import STRATEGIES, strategy_words
 
-#: ``search`` values; each is an entry of ``semirobust_ray.searchers.STRATEGIES`` (a test holds
-#: the two to each other; this module stays free of Ray).
-SEARCH_ALGORITHMS = ("adaptive", "grid", "bisection", "optuna")
+#: ``search`` values: the entries of the strategy table (:mod:`semirobust_ray.strategies`).
+SEARCH_ALGORITHMS = tuple(STRATEGIES)
 SCHEDULERS = ("none", "asha")
 BASELINE_INITS = ("scratch", "regular")
 MI_ESTIMATORS = ("edge", "ksg")
@@ -280,9 +280,7 @@ class ExperimentConfig(BaseModel):
     # search and resources
     search: Literal[SEARCH_ALGORITHMS] = _key(
         "grid",
-        "`adaptive` (trials where they narrow the answer, until its 90 % interval is "
-        "`answer_width` wide), `grid` (every depth × T), `bisection` (assumes noiseless "
-        "outcomes), `optuna` (README: Searches)",
+        "{strategies} (README: Searches)",
     )
     reach_probability: float = _key(
         0.5,
@@ -734,6 +732,7 @@ _PLACEHOLDERS = (
     "{root_datasets}",
     "{attacks}",
     "{eval_only_attacks}",
+    "{strategies}",
 )
 
 
@@ -775,6 +774,7 @@ def registry_words() -> dict[str, str]:
         "{root_datasets}": ", ".join(n for n, i in DATASET_INFO.items() if i.reads == "data_root"),
         "{attacks}": ", ".join(attacks),
         "{eval_only_attacks}": _names(eval_only),
+        "{strategies}": strategy_words(),
     }
 
 

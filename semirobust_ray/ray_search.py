@@ -1,7 +1,8 @@
 """Assemble and run the Ray Tune search for the minimal robust split.
 
-The search strategies (``adaptive``, ``grid``, ``bisection``, ``optuna``) and their searchers
-live in :mod:`semirobust_ray.searchers`; this module puts the Tuner together around them.
+The search strategies (``adaptive``, ``grid``, ``bisection``, ``optuna``) are the table of
+:mod:`semirobust_ray.strategies`, their searchers in :mod:`semirobust_ray.searchers`; this module
+puts the Tuner together around them.
 
 The baseline is trained once per search, as a Ray task with a trial's resources (a GPU when
 trials get one), cached on disk, saved under the search's directory with checksums, and handed to
@@ -50,8 +51,9 @@ from semirobust_ray.searchdir import (
     save_search_files,
     stored_config,
 )
-from semirobust_ray.searchers import SearchEnd, strategy
+from semirobust_ray.searchers import SearchEnd
 from semirobust_ray.storage import CorruptFileError, Store
+from semirobust_ray.strategies import strategy
 from semirobust_ray.training import DeviceError, resolve_device
 from semirobust_ray.trial import algorithm1_trainable, start_acc_sr_board
 

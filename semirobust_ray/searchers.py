@@ -1,39 +1,27 @@
-"""The search strategies over split depths: what Tune samples, and the searchers that steer it.
+"""The Ray edge of the search strategies: the Tune searchers that steer a search.
 
-One table, :data:`STRATEGIES`, maps each ``search`` value to how it builds its Tune parameter
-space and its searcher; a name that is not in it fails in one line (the config's ``search`` key
-is checked against the same table). Each entry is one small function of the experiment and the
-number of trials the cluster runs at once:
+- :class:`AdaptiveSearcher`: the noise-aware search of :mod:`semirobust_ray.decision` (each trial
+  goes where it most narrows the answer; it stops once the answer's 90 % interval is at most
+  ``answer_width`` candidate steps wide or ``max_trials`` are spent).
+- :class:`BisectionSearcher`: binary search that trusts each probe's T trials as noiseless;
+  kept for comparison (README: Searches, what it costs under noise).
 
-- ``adaptive`` (:class:`AdaptiveSearcher`): the noise-aware search of
-  :mod:`semirobust_ray.decision`: each trial goes where it most narrows the answer (probabilistic
-  bisection of the boundary), and the search stops once the answer's 90 % interval is at most
-  ``answer_width`` candidate steps wide or ``max_trials`` are spent.
-- ``grid``: every candidate depth × T trials (the paper's protocol).
-- ``bisection`` (:class:`BisectionSearcher`): binary search that trusts each probe's T trials as
-  noiseless; kept for comparison (README: Searches, what it costs under noise).
-- ``optuna``: TPE over split depth and learning rate, minimising the target subject to reaching
-  Acc* − k (:func:`semirobust_ray.trial.objective`), behind a ConcurrencyLimiter.
-
-The searchers are Tune ``Searcher`` subclasses; their logic is plain Python that tests drive
-directly (``suggest`` / ``on_trial_complete``).
+Which ``search`` value uses which searcher, and what it samples, is the table of
+:mod:`semirobust_ray.strategies` (no Ray there, so the config can list the names). The
+searchers' logic is plain Python that tests drive directly (``suggest`` /
+``on_trial_complete``).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import pickle
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from ray import tune
-from ray.tune.search import ConcurrencyLimiter, Searcher
+from ray.tune.search import Searcher
 
 from semirobust_ray.answer import premise, premise_order, premise_violations
 from semirobust_ray.decision import AdaptiveSearch
-from semirobust_ray.experiment import Experiment
 
 logger = logging.getLogger(__name__)
 
@@ -280,82 +268,3 @@ class AdaptiveSearcher(_PickledState, Searcher):
             f"{point}, {100 * d.level:.0f} % interval {ends[0]}..{ends[1]} ({d.width} step(s), "
             f"{self.search.used}/{self.search.max_trials} trials)"
         )
-
-
-# --- the strategies -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Strategy:
-    """How one ``search`` value runs under Tune: the keys it samples (beyond the constants every
-    trial carries) and the searcher that steers it (None: Tune's own variant generator)."""
-
-    space: Callable[[Experiment], dict[str, Any]]
-    searcher: Callable[[Experiment, int], Any] | None = None
-    num_samples: Callable[[Experiment], int] = lambda exp: -1
-    # The searcher decides when the search is over (it sets SearchEnd.reached): a Tune loop
-    # that ended before it did was interrupted.
-    ends_itself: bool = False
-
-
-def _grid_space(exp: Experiment) -> dict[str, Any]:
-    return {
-        "fb_layers": tune.grid_search(exp.split_depths),
-        "trial": tune.grid_search(list(range(exp.config.seeds))),
-    }
-
-
-def _adaptive(exp: Experiment, slots: int) -> AdaptiveSearcher:
-    c = exp.config
-    return AdaptiveSearcher(
-        exp.split_depths,
-        c.minimise,
-        c.reach_probability,
-        answer_width=c.answer_width,
-        max_trials=c.max_trials,
-    )
-
-
-def _bisection(exp: Experiment, slots: int) -> BisectionSearcher:
-    c = exp.config
-    # Probes beyond the first use slots that would otherwise idle: T trials fill one.
-    return BisectionSearcher(
-        exp.split_depths, c.seeds, target=c.minimise, parallel_probes=max(1, slots // c.seeds)
-    )
-
-
-def _optuna_space(exp: Experiment) -> dict[str, Any]:
-    lr = exp.config.lr
-    return {"fb_layers": tune.choice(exp.split_depths), "lr": tune.loguniform(lr / 4, lr * 4)}
-
-
-def _optuna(exp: Experiment, slots: int) -> ConcurrencyLimiter:
-    from ray.tune.search.optuna import OptunaSearch  # imports optuna: only when asked for
-
-    c = exp.config
-    searcher = OptunaSearch(metric="objective", mode="min", seed=c.seed)
-    return ConcurrencyLimiter(searcher, max_concurrent=c.max_concurrent or 2)
-
-
-def _optuna_samples(exp: Experiment) -> int:
-    c = exp.config
-    return c.num_samples or max(4, math.ceil(c.seeds * len(exp.split_depths) / 2))
-
-
-#: ``search`` value -> its :class:`Strategy`; the config's ``search`` key lists these names.
-STRATEGIES: dict[str, Strategy] = {
-    "adaptive": Strategy(space=lambda exp: {}, searcher=_adaptive, ends_itself=True),
-    "grid": Strategy(space=_grid_space, num_samples=lambda exp: 1),
-    "bisection": Strategy(space=lambda exp: {}, searcher=_bisection, ends_itself=True),
-    "optuna": Strategy(space=_optuna_space, searcher=_optuna, num_samples=_optuna_samples),
-}
-
-
-def strategy(name: str) -> Strategy:
-    """The strategy of ``search: name``; an unknown name is a one-line ValueError."""
-    try:
-        return STRATEGIES[name]
-    except KeyError:
-        raise ValueError(
-            f"search: unknown value {name!r}; valid: {', '.join(sorted(STRATEGIES))}"
-        ) from None

@@ -95,12 +95,3 @@ def test_adaptive_search_resumed_mid_search_keeps_every_outcome(ray_local, tmp_p
         assert after[d]["_rows"] == rows
     pairs = [(t["fb_layers"], t["trial"]) for t in outcome.results["trials"]]
     assert len(set(pairs)) == 8  # the restored searcher remembered what it had issued
-
-
-def test_every_search_value_is_a_strategy_and_an_unknown_one_is_refused():
-    from semirobust_ray.config import SEARCH_ALGORITHMS
-    from semirobust_ray.searchers import STRATEGIES, strategy
-
-    assert set(STRATEGIES) == set(SEARCH_ALGORITHMS)
-    with pytest.raises(ValueError, match="search: unknown value 'bisect'; valid: adaptive, "):
-        strategy("bisect")
