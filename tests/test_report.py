@@ -438,3 +438,17 @@ def test_labels_name_a_narrowed_model_and_a_file_dataset() -> None:
     }
     row = table1(res).iloc[0]
     assert (row["Model"], row["Dataset"]) == ("VGG16 (width 0.125)", "cifar10_subset")
+
+
+def test_minimal_split_states_the_noise_floor(results: dict[str, Any]) -> None:
+    """With the validation size stored, the answer carries the check's noise floor: 144 images
+    at Acc*_val 0.61 give a standard error of 4.1 points, so k = 5 points is not resolved."""
+    assert minimal_split(results)["noise_floor"] is None  # stored before the size was kept
+    results["baseline"]["val_images"] = 144
+    for t in results["trials"]:
+        t.update(gap_se=0.02, val_images=144, gap_images=1)
+    floor = minimal_split(results)["noise_floor"]
+    assert floor["se"] == pytest.approx(math.sqrt(0.61 * 0.39 / 144))
+    assert floor["resolved"] is False and floor["images_needed"] == 381
+    assert floor["trial_se_median"] == pytest.approx(0.02)
+    assert "use >= 381 validation images" in floor["warning"]
