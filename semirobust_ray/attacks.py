@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from semirobust_ray.names import did_you_mean
+from semirobust_ray.specs import import_spec
 from semirobust_ray.storage import first_line as _first_line
 
 __all__ = [
@@ -252,19 +253,8 @@ def attack_spec_problem(spec: str, what: str = "attack") -> str | None:
 
 def _import_class(spec: str) -> type[Attack]:
     """The :class:`Attack` subclass a ``package.module:Class`` spec names; one line otherwise."""
-    module_name, _, attr = spec.partition(":")
-    try:
-        obj: object = importlib.import_module(module_name)
-    except Exception as err:  # an ImportError, or whatever the module raises on import
-        raise AttackError(
-            f"attack '{spec}': cannot import module '{module_name}' ({type(err).__name__}: "
-            f"{_first_line(err)}); it must be importable in every process that runs the "
-            "attack (docs/extending.md)"
-        ) from None
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise AttackError(f"attack '{spec}': module '{module_name}' has no attribute '{attr}'")
-        obj = getattr(obj, part)
+    obj = import_spec(spec, "attack", "runs the attack", AttackError, "docs/extending.md")
+    attr = spec.partition(":")[2]
     if not (isinstance(obj, type) and issubclass(obj, Attack)):
         what = "a class" if isinstance(obj, type) else f"a {type(obj).__name__}"
         raise AttackError(

@@ -632,13 +632,7 @@ def _check_model_kwargs(kwargs: Mapping[str, Any]) -> None:
             f"model_kwargs {reserved}: set by the dataset, not by model_kwargs (use image_size "
             "or the dataset's own classes and channels)"
         )
-    try:
-        # The kwargs go into the baseline cache key and the stored config, both JSON.
-        json.dumps(dict(kwargs), sort_keys=True)
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"model_kwargs: values must be plain YAML (numbers, strings, lists), got {kwargs!r}"
-        ) from None
+    _check_plain("model_kwargs", kwargs)
 
 
 def _check_attack_kwargs(kwargs: Mapping[str, Any]) -> None:
@@ -656,12 +650,17 @@ def _check_attack_kwargs(kwargs: Mapping[str, Any]) -> None:
                 f"attack_kwargs '{attack}': {', '.join(common)}: set by the config key"
                 f"{'s' if len(common) > 1 else ''} of the same name, not by attack_kwargs"
             )
+    _check_plain("attack_kwargs", kwargs)
+
+
+def _check_plain(key: str, kwargs: Mapping[str, Any]) -> None:
+    """``key``'s mapping holds plain YAML values: it goes into the baseline cache key and the
+    stored config, both JSON."""
     try:
-        # The options go into the baseline cache key and the stored config, both JSON.
         json.dumps(dict(kwargs), sort_keys=True)
     except (TypeError, ValueError):
         raise ConfigError(
-            f"attack_kwargs: values must be plain YAML (numbers, strings, lists), got {kwargs!r}"
+            f"{key}: values must be plain YAML (numbers, strings, lists), got {kwargs!r}"
         ) from None
 
 

@@ -51,6 +51,7 @@ from torch.overrides import TorchFunctionMode
 
 from semirobust_ray import zoo
 from semirobust_ray.names import did_you_mean
+from semirobust_ray.specs import import_spec
 from semirobust_ray.storage import first_line
 
 TRAINABLE_TYPES = (nn.Conv2d, nn.Linear)
@@ -179,19 +180,8 @@ def model_slug(name: str) -> str:
 
 def _resolve_factory(name: str) -> Callable[..., object]:
     """Import the factory of a ``package.module:factory`` spec; one-line ModelError otherwise."""
+    obj = import_spec(name, "model", "builds the model", ModelError, "see README, 'Your own model'")
     module_name, _, attr = name.partition(":")
-    try:
-        obj: object = importlib.import_module(module_name)
-    except Exception as err:  # an ImportError, or whatever the module raises on import
-        raise ModelError(
-            f"model '{name}': cannot import module '{module_name}' "
-            f"({type(err).__name__}: {first_line(err)}); it must be importable in every "
-            "process that builds the model (see README, 'Your own model')"
-        ) from None
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ModelError(f"model '{name}': module '{module_name}' has no attribute '{attr}'")
-        obj = getattr(obj, part)
     if not callable(obj):
         raise ModelError(f"model '{name}': '{attr}' in '{module_name}' is not callable")
     return obj
