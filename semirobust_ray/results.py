@@ -49,18 +49,6 @@ FINAL_FB_FILE = "final_fb.pt"
 #: Under a search's directory: one file per trial evaluated on the test split after the search.
 EVALUATIONS_DIR = "evaluations"
 
-_DISPLAY_NAMES = {
-    "alexnet": "AlexNet",
-    "vgg16": "VGG16",
-    "resnet50": "ResNet50",
-    "smallcnn": "SmallCNN",
-    "cifar10": "CIFAR-10",
-    "cifar100": "CIFAR-100",
-    "imagenette": "Imagenette",
-    "digits": "Digits",
-    "mnist": "MNIST",
-}
-
 
 class ReportError(ValueError):
     """Stored results are missing or malformed; the message is one line for the user."""
@@ -320,7 +308,13 @@ def candidate_depths(results: dict[str, Any]) -> list[int]:
 
 
 def display_name(name: Any) -> str:
-    return _DISPLAY_NAMES.get(str(name).lower(), str(name))
+    """A registered model's or dataset's name as reports print it (its registry's ``display``:
+    VGG16, CIFAR-10); anything else as it is."""
+    from semirobust_ray.data import DATASET_INFO
+    from semirobust_ray.models import MODEL_INFO
+
+    info = MODEL_INFO.get(str(name)) or DATASET_INFO.get(str(name))
+    return info.display if info is not None else str(name)
 
 
 def labels(config: dict[str, Any]) -> tuple[str, str]:
@@ -331,6 +325,9 @@ def labels(config: dict[str, Any]) -> tuple[str, str]:
     if width not in (None, 1, 1.0):
         model += f" (width {width:g})"
     dataset = display_name(config.get("dataset", "?"))
-    if config.get("dataset") in ("npz", "imagefolder") and config.get("data_path"):
+    from semirobust_ray.data import DATASET_INFO
+
+    info = DATASET_INFO.get(str(config.get("dataset")))
+    if info is not None and info.needs_path and config.get("data_path"):
         dataset = Path(str(config["data_path"])).stem or dataset
     return model, dataset
