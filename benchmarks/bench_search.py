@@ -69,7 +69,7 @@ def search_epoch_ratio(root: Path, quick: bool) -> dict[str, Any]:
             "split_depths": list(range(1, 7 if quick else 13)),
             "epochs": 3,
             "k": 0.05,
-            "seeds": 1 if quick else 2,
+            "trials_per_depth": 1 if quick else 2,
             "cache_dir": str(root / "cache"),
             # quick: a smoke run on a third of the digits with a shorter baseline
             **({"max_train": 500, "baseline_epochs": 2, "baseline_adv_epochs": 2} if quick else {}),
@@ -107,7 +107,7 @@ def search_epoch_ratio(root: Path, quick: bool) -> dict[str, Any]:
         "grid_premise_violations": len(grid.answer["premise_violations"]),
         "grid_reached": " ".join(f"{e['reached']}/{e['trials']}" for e in grid.answer["evidence"]),
         "candidate_depths": len(config.split_depths),
-        "seeds": config.seeds,
+        "trials_per_depth": config.trials_per_depth,
     }
 
 
@@ -136,7 +136,7 @@ def ray_overhead_fraction(root: Path, quick: bool) -> dict[str, Any]:
                 {"max_train": 1000, "baseline_epochs": 1, "baseline_adv_epochs": 1} if quick else {}
             ),
             "k": 0.0,
-            "seeds": 1,
+            "trials_per_depth": 1,
             "max_concurrent": 1,
             "cache_dir": str(root / "cache-overhead"),
         }

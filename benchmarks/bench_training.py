@@ -374,12 +374,12 @@ def bench_search(quick: bool, cache_dir: str | None = None) -> dict:
     cache = cache_dir or tempfile.mkdtemp(prefix="bench_training_cache_")
     if quick:
         scale = dict(max_train=1000, max_test=500, eval_samples=300, baseline_epochs=8,
-                     baseline_adv_epochs=8, epochs=3, seeds=1, k=0.05)  # fmt: skip
+                     baseline_adv_epochs=8, epochs=3, trials_per_depth=1, k=0.05)  # fmt: skip
     else:
         # The whole subset and 1,000 attacked test images (standard error ~1.4 points at
-        # Acc* ~ 0.27), so a tolerance of 2 points is meaningful; T = 2 seeds per depth.
+        # Acc* ~ 0.27), so a tolerance of 2 points is meaningful; T = 2 trials per depth.
         scale = dict(max_train=None, max_test=None, eval_samples=1000, baseline_epochs=10,
-                     baseline_adv_epochs=10, epochs=3, seeds=2, k=0.02)  # fmt: skip
+                     baseline_adv_epochs=10, epochs=3, trials_per_depth=2, k=0.02)  # fmt: skip
     base = dict(
         model="smallcnn", dataset="npz", data_path=str(CIFAR), attack="pgd", eps=EPS,
         alpha=ALPHA, steps=STEPS, batch_size=128, lr=0.05, mi=False, device="cpu",

@@ -235,6 +235,24 @@ class TrialResult:
         return {**copy.deepcopy(out), "diff": self.diff}
 
 
+@dataclass
+class _Trial:
+    """What a running trial's helpers share: its experiment and baseline, who it is (depth,
+    index, seed, log tag) and what it trains with (the split network, its optimizer, the data
+    generator). Set up once by :func:`run_trial`; what changes per epoch is in
+    :class:`TrialState`."""
+
+    exp: Experiment
+    baseline: Baseline
+    fb_layers: int
+    index: int
+    seed: int
+    tag: str
+    split: Split
+    optimizer: torch.optim.Optimizer
+    gen: torch.Generator
+
+
 def semirobust_model(exp: Experiment, baseline: Baseline, fb_layers: int) -> Split:
     """(f*_a, f_b): robust weights with the regularly trained f_b loaded on top, f*_a frozen."""
     model = exp.build_model()
@@ -284,122 +302,110 @@ def run_trial(
     c = exp.config
     seed = trial_seed(c.seed, fb_layers, trial)
     start = time.perf_counter()
-    tag = f"[trial |f_b|={fb_layers} t={trial}]"
     gen = seed_everything(seed, deterministic=c.deterministic)
     s = semirobust_model(exp, baseline, fb_layers)
     optimizer = make_optimizer(s.fb_parameters(), c.lr, c.momentum, c.weight_decay)
+    t = _Trial(
+        exp=exp,
+        baseline=baseline,
+        fb_layers=fb_layers,
+        index=trial,
+        seed=seed,
+        tag=f"[trial |f_b|={fb_layers} t={trial}]",
+        split=s,
+        optimizer=optimizer,
+        gen=gen,
+    )
     share = acc_sr if acc_sr is not None else LocalAccSr()
     if state is None:
         state = TrialState(
-            0,
-            math.nan,
-            [],
-            {},
-            {},
-            0,
-            -math.inf,
-            s.fb_state(),
-            gen.get_state(),
-            torch.get_rng_state(),
-            cuda_rng_states(),
+            epoch=0,
+            acc_sr=math.nan,
+            history=[],
+            fb_state={},
+            optimizer_state={},
+            best_epoch=0,
+            best_val=-math.inf,
+            best_fb_state=s.fb_state(),
+            data_rng=gen.get_state(),
+            torch_rng=torch.get_rng_state(),
+            cuda_rng=cuda_rng_states(),
         )
-        _claim_acc_sr(exp, baseline, fb_layers, share, trial, state, tag)
+        _claim_acc_sr(t, share, state)
     else:
         s.load_fb_state(state.fb_state)
         optimizer.load_state_dict(state.optimizer_state)
         gen.set_state(state.data_rng)
         torch.set_rng_state(state.torch_rng)
-        _restore_cuda_rng(exp, state, tag)
-        logger.info(f"{tag} resuming after epoch {state.epoch}")
+        _restore_cuda_rng(t, state)
+        logger.info(f"{t.tag} resuming after epoch {state.epoch}")
 
-    reached = _train_fb(exp, baseline, s, optimizer, gen, seed, state, on_epoch, tag)
+    reached = _train_fb(t, state, on_epoch)
     if math.isnan(state.acc_sr):
-        _collect_acc_sr(exp, baseline, fb_layers, share, state, time.perf_counter() - start)
-    result = _final_evaluation(exp, baseline, s, state, reached, trial, seed)
+        _collect_acc_sr(t, share, state, time.perf_counter() - start)
+    result = _final_evaluation(t, state, reached)
     result.seconds = time.perf_counter() - start
     s.release()
     return result
 
 
-def _restore_cuda_rng(exp: Experiment, state: TrialState, tag: str) -> None:
+def _restore_cuda_rng(t: _Trial, state: TrialState) -> None:
     """Put back the checkpoint's CUDA RNG states; say so when the trial's own GPU gets none
     (a checkpoint from a CPU, an older one, or one from a machine with fewer GPUs), since its
     dropout masks will then differ from an uninterrupted run's."""
     restored = restore_cuda_rng_states(state.cuda_rng)
-    if exp.device.type != "cuda":
+    device = t.exp.device
+    if device.type != "cuda":
         return  # a CPU trial draws nothing from the CUDA RNGs
-    index = exp.device.index if exp.device.index is not None else torch.cuda.current_device()
+    index = device.index if device.index is not None else torch.cuda.current_device()
     if index >= restored:
         logger.warning(
-            f"{tag} note: the checkpoint holds no CUDA RNG state for cuda:{index} "
+            f"{t.tag} note: the checkpoint holds no CUDA RNG state for cuda:{index} "
             f"({len(state.cuda_rng)} saved); dropout masks restart from the trial's seed"
         )
 
 
-def _claim_acc_sr(
-    exp: Experiment,
-    baseline: Baseline,
-    fb_layers: int,
-    share: AccSrShare,
-    trial: int,
-    state: TrialState,
-    tag: str,
-) -> None:
+def _claim_acc_sr(t: _Trial, share: AccSrShare, state: TrialState) -> None:
     """At a trial's start: take the depth's Acc_sr, measure it for everyone, or leave it NaN
     while another trial measures it (collected at the end, see :func:`_collect_acc_sr`)."""
-    claim = share.claim(fb_layers, trial)
+    claim = share.claim(t.fb_layers, t.index)
     if claim is True:
         t0 = time.perf_counter()
-        state.acc_sr = measure_acc_sr(exp, baseline, fb_layers)
+        state.acc_sr = measure_acc_sr(t.exp, t.baseline, t.fb_layers)
         state.eval_seconds += time.perf_counter() - t0
         state.measured_acc_sr = True
-        share.put(fb_layers, state.acc_sr)
-        logger.info(f"{tag} Acc_sr = {state.acc_sr:.4f}")
+        share.put(t.fb_layers, state.acc_sr)
+        logger.info(f"{t.tag} Acc_sr = {state.acc_sr:.4f}")
     elif claim is not False:
         state.acc_sr = float(claim)
 
 
-def _collect_acc_sr(
-    exp: Experiment,
-    baseline: Baseline,
-    fb_layers: int,
-    share: AccSrShare,
-    state: TrialState,
-    elapsed: float,
-) -> None:
+def _collect_acc_sr(t: _Trial, share: AccSrShare, state: TrialState, elapsed: float) -> None:
     """At a trial's end: the Acc_sr another trial measured, or our own measurement (on a fresh
     (f*_a, regular f_b), not this trial's trained f_b) when it did not come within as long as
     this trial has run (the measuring trial failed or is slow)."""
-    value = share.wait(fb_layers, timeout_s=max(60.0, elapsed))
+    value = share.wait(t.fb_layers, timeout_s=max(60.0, elapsed))
     if value is None:
         t0 = time.perf_counter()
-        value = measure_acc_sr(exp, baseline, fb_layers)
+        value = measure_acc_sr(t.exp, t.baseline, t.fb_layers)
         state.eval_seconds += time.perf_counter() - t0
         state.measured_acc_sr = True
-        share.put(fb_layers, value)
+        share.put(t.fb_layers, value)
     state.acc_sr = float(value)
 
 
 def _train_fb(
-    exp: Experiment,
-    baseline: Baseline,
-    s: Split,
-    optimizer: torch.optim.Optimizer,
-    gen: torch.Generator,
-    seed: int,
-    state: TrialState,
-    on_epoch: Callable[[EpochRecord, TrialState], None] | None,
-    tag: str,
+    t: _Trial, state: TrialState, on_epoch: Callable[[EpochRecord, TrialState], None] | None
 ) -> bool:
     """Adversarial f_b epochs until within k of Acc*_val or E epochs; True when it reached."""
-    c = exp.config
-    reached = bool(state.history) and epoch_check(exp, baseline, state.history[-1]).within(c.k)
+    c = t.exp.config
+    reached = bool(state.history) and epoch_check(t.exp, t.baseline, state.history[-1]).within(c.k)
     while not reached and state.epoch < c.epochs:
-        record = _fb_epoch(exp, baseline, s.model, optimizer, gen, seed, state.epoch + 1)
-        _record_epoch(state, record, s, optimizer, gen)
+        record = _fb_epoch(t, state.epoch + 1)
+        _record_epoch(t, state, record)
         reached = record.within(c.k)
         logger.info(
-            f"{tag} epoch {record.epoch}/{c.epochs}: "
+            f"{t.tag} epoch {record.epoch}/{c.epochs}: "
             f"loss {record.loss:.4f}, val robust {record.val_robust_acc:.4f}, "
             f"gap to Acc*_val {record.gap_images:+d} of {record.val_images} images "
             f"(± {record.gap_se * record.val_images:.1f})"
@@ -410,27 +416,20 @@ def _train_fb(
     return reached
 
 
-def _fb_epoch(
-    exp: Experiment,
-    baseline: Baseline,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    gen: torch.Generator,
-    seed: int,
-    epoch: int,
-) -> EpochRecord:
+def _fb_epoch(t: _Trial, epoch: int) -> EpochRecord:
     """Epoch ``epoch`` (from 1) of adversarial f_b training, then the stop check on val."""
+    exp, model = t.exp, t.split.model
     c = exp.config
     t0 = time.perf_counter()
     # Attacks are seeded per epoch, so a trial resumed from a checkpoint draws the same
     # random starts as one that never stopped.
-    epoch_seed = (seed + 7919 * epoch) % 2**31
+    epoch_seed = (t.seed + 7919 * epoch) % 2**31
     stats = train_epoch(
         model,
         exp.data.x_train,
         exp.data.y_train,
-        optimizer,
-        generator=gen,
+        t.optimizer,
+        generator=t.gen,
         attack=exp.train_attack(model, epoch_seed),
         method=c.train_method,
         bf16=c.precision == "bf16",
@@ -439,7 +438,7 @@ def _fb_epoch(
         device=exp.device,
     )
     t1 = time.perf_counter()
-    check = validation_check(exp, baseline, model)
+    check = validation_check(exp, t.baseline, model)
     t2 = time.perf_counter()
     return EpochRecord(
         epoch=epoch,
@@ -496,20 +495,14 @@ def epoch_check(exp: Experiment, baseline: Baseline, h: dict[str, Any]) -> Paire
     return count_check(baseline.metrics.acc_star_val, n, round(float(h["val_robust_acc"]) * n))
 
 
-def _record_epoch(
-    state: TrialState,
-    record: EpochRecord,
-    s: Split,
-    optimizer: torch.optim.Optimizer,
-    gen: torch.Generator,
-) -> None:
+def _record_epoch(t: _Trial, state: TrialState, record: EpochRecord) -> None:
     """Everything a resume needs after ``record``'s epoch, and the best epoch so far, into
     ``state`` (the checkpoint)."""
     state.epoch = record.epoch
     state.history.append(asdict(record))
-    state.fb_state = s.fb_state()
-    state.optimizer_state = optimizer.state_dict()
-    state.data_rng = gen.get_state()
+    state.fb_state = t.split.fb_state()
+    state.optimizer_state = t.optimizer.state_dict()
+    state.data_rng = t.gen.get_state()
     state.torch_rng = torch.get_rng_state()
     state.cuda_rng = cuda_rng_states()
     state.train_seconds += record.train_seconds
@@ -519,19 +512,12 @@ def _record_epoch(
         state.best_fb_state = state.fb_state
 
 
-def _final_evaluation(
-    exp: Experiment,
-    baseline: Baseline,
-    s: Split,
-    state: TrialState,
-    reached: bool,
-    trial: int,
-    seed: int,
-) -> TrialResult:
+def _final_evaluation(t: _Trial, state: TrialState, reached: bool) -> TrialResult:
     """The trial's network (f_b at its best validation epoch, the stopping epoch if it reached)
     and its outcome: that epoch's paired check. With ``test_eval: all`` also its test
     evaluation (:func:`final_test_evaluation`); with ``best`` that is left to
     :mod:`semirobust_ray.final_eval`, for the best trial of each depth only."""
+    exp, baseline, s, seed = t.exp, t.baseline, t.split, t.seed
     c = exp.config
     if state.best_epoch:
         s.load_fb_state(state.best_fb_state)
@@ -548,7 +534,7 @@ def _final_evaluation(
     ev = final_test_evaluation(exp, s, seed) if c.test_eval == "all" else None
     return TrialResult(
         fb_layers=s.fb_layers,
-        trial=trial,
+        trial=t.index,
         seed=seed,
         acc_star=baseline.acc_star,
         acc_sr=state.acc_sr,

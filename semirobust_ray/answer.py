@@ -36,6 +36,7 @@ from semirobust_ray.decision import (
     default_max_trials,
     premise_order,
 )
+from semirobust_ray.names import current_keys
 
 __all__ = ["TARGETS", "premise_order", "answer_summary", "statement", "premise"]
 
@@ -219,7 +220,7 @@ def outcomes_of(results: Mapping[str, Any]) -> dict[int, list[bool]]:
 def search_answer(results: Mapping[str, Any], candidates: Iterable[int]) -> dict[str, Any]:
     """:func:`answer_summary` of stored ``results`` (a results dict: ``config``,
     ``num_layers``, ``trials``, ``failed``), with ``stop``: why the search ended."""
-    config = results["config"]
+    config = current_keys(results["config"])  # also a search stored with old key names
     outcomes = outcomes_of(results)
     summary = answer_summary(
         outcomes,
@@ -230,7 +231,7 @@ def search_answer(results: Mapping[str, Any], candidates: Iterable[int]) -> dict
         config.get("k"),
         q=config.get("reach_probability", 0.5),
         answer_width=config.get("answer_width"),
-        trials_per_depth=config.get("seeds"),
+        trials_per_depth=config.get("trials_per_depth"),
     )
     trials = sum(len(o) for o in outcomes.values())
     summary["stop"] = stop_reason(config, summary["answer"], trials, len(summary["candidates"]))
@@ -248,7 +249,8 @@ def stop_reason(
             return f"adaptive: {reading['why']}, after {trials} trials"
         return f"adaptive: max_trials = {budget} spent ({trials} trials); {reading['why']}"
     if search == "grid":
-        return f"grid: every candidate depth tried (T = {config.get('seeds')}), {trials} trials"
+        t = config.get("trials_per_depth")
+        return f"grid: every candidate depth tried (T = {t}), {trials} trials"
     if search == "bisection":
         return (
             f"bisection: its probes decided the boundary ({trials} trials); it trusts each "

@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from semirobust_ray.config import ExperimentConfig, config_path, config_values
+from semirobust_ray.config import ExperimentConfig, config_path, config_values, current_names
 from semirobust_ray.logs import ensure_visible
 from semirobust_ray.results import RESULTS_FILE, load_results, trial_results
 from semirobust_ray.storage import Store, is_uri
@@ -38,7 +38,7 @@ def as_config(config: ConfigLike = None, **overrides: Any) -> ExperimentConfig:
     if isinstance(config, ExperimentConfig):
         return config.replace(**overrides) if overrides else config
     values = _given_keys(config) if config is not None else config_values(config_path(None))
-    return ExperimentConfig.from_dict({**values, **overrides})
+    return ExperimentConfig.from_dict({**values, **current_names(overrides)})
 
 
 def _given_keys(config: ConfigLike) -> dict[str, Any]:
@@ -48,7 +48,7 @@ def _given_keys(config: ConfigLike) -> dict[str, Any]:
     if isinstance(config, ExperimentConfig):
         return config.to_dict()
     if isinstance(config, Mapping):
-        return dict(config)
+        return current_names(config)
     return config_values(config_path(os.fspath(config)))
 
 
@@ -249,7 +249,7 @@ def search(
         address=address,
         resume=resume,
         # A resume runs with the stored config; only the keys given here may change it.
-        changes={**_given_keys(config), **overrides} if resume else None,
+        changes={**_given_keys(config), **current_names(overrides)} if resume else None,
         verbose=verbose,
     )
 

@@ -319,10 +319,8 @@ def train_baseline(exp: Experiment, *, key: str, path: str) -> Baseline:
         "bf16": c.precision == "bf16",
         "augment": c.augment_enabled,
     }
-    history: list[dict[str, Any]] = []
-    regular_train_seconds = _train_stage(
-        exp, model, opt, gen, "regular", c.baseline_epochs, None, train_kw, history
-    )
+    run = _BaselineRun(exp, gen, train_kw, history=[])
+    regular_train_seconds = _train_stage(run, model, opt, "regular", c.baseline_epochs, None)
     regular_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     regular_acc = measure_regular(exp, model)
 
@@ -331,9 +329,7 @@ def train_baseline(exp: Experiment, *, key: str, path: str) -> Baseline:
         model = exp.build_model()
     opt = make_optimizer(list(model.parameters()), c.lr, c.momentum, c.weight_decay)
     attack = exp.train_attack(model, c.seed)
-    adv_train_seconds = _train_stage(
-        exp, model, opt, gen, "adversarial", c.baseline_adv_epochs, attack, train_kw, history
-    )
+    adv_train_seconds = _train_stage(run, model, opt, "adversarial", c.baseline_adv_epochs, attack)
     robust_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     metrics = measure_robust(
         exp,
@@ -342,32 +338,47 @@ def train_baseline(exp: Experiment, *, key: str, path: str) -> Baseline:
         start,
         regular_train_seconds=regular_train_seconds,
         adv_train_seconds=adv_train_seconds,
-        history=history,
+        history=run.history,
     )
     return Baseline(key, path, regular_state, robust_state, metrics)
 
 
+@dataclass
+class _BaselineRun:
+    """What both stages of the baseline's training share: the experiment, the data generator
+    (one stream across both stages), the keyword arguments of every epoch, and the history
+    both stages append to."""
+
+    exp: Experiment
+    gen: torch.Generator
+    train_kw: dict[str, Any]
+    history: list[dict[str, Any]]
+
+
 def _train_stage(
-    exp: Experiment,
+    run: _BaselineRun,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    gen: torch.Generator,
     stage: str,
     epochs: int,
     attack: AttackFn | None,
-    train_kw: dict[str, Any],
-    history: list[dict[str, Any]],
 ) -> float:
     """``epochs`` epochs of one stage (``attack`` None: regular training), each logged and
-    appended to ``history``; the stage's seconds."""
-    data = exp.data
+    appended to ``run.history``; the stage's seconds."""
+    data = run.exp.data
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
         stats = train_epoch(
-            model, data.x_train, data.y_train, optimizer, generator=gen, attack=attack, **train_kw
+            model,
+            data.x_train,
+            data.y_train,
+            optimizer,
+            generator=run.gen,
+            attack=attack,
+            **run.train_kw,
         )
         logger.info(_epoch_line(stage, epoch, epochs, stats.loss, start))
-        history.append(
+        run.history.append(
             {
                 "stage": stage,
                 "epoch": epoch,

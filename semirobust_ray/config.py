@@ -12,6 +12,7 @@ registries themselves, so no list of names is ever typed twice.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -33,7 +34,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 
 from semirobust_ray.answer import TARGETS
-from semirobust_ray.names import did_you_mean, unknown_keys
+from semirobust_ray.names import RENAMED_KEYS, did_you_mean, unknown_keys
 from semirobust_ray.strategies import STRATEGIES, strategy_words
 
 #: ``search`` values: the entries of the strategy table (:mod:`semirobust_ray.strategies`).
@@ -50,8 +51,44 @@ PRECISIONS = ("fp32", "bf16")
 REGISTRY_KEYS = ("model", "dataset", "attack", "eval_attack", "stop_attack")
 
 
+logger = logging.getLogger(__name__)
+
+#: What a renamed key means, for the one-line warning about its old name.
+_RENAME_MEANING = {"trials_per_depth": "T, trials per split depth"}
+#: The old key names this process has already warned about (one line each, not one per use).
+_WARNED_RENAMES: set[str] = set()
+
+
 class ConfigError(ValueError):
     """A bad key or value in a search configuration; the message is a single line."""
+
+
+def current_names(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` (keys a user gave: a config file, ``--set``, keyword arguments) with every
+    renamed key (:data:`~semirobust_ray.names.RENAMED_KEYS`, e.g. ``seeds``) under its current
+    name. The old name still works; the first use in a process logs one warning line. Both
+    names with different values are a :class:`ConfigError`."""
+    out = dict(values)
+    for old, new in RENAMED_KEYS.items():
+        if old not in out:
+            continue
+        value = out.pop(old)
+        if new in out and out[new] != value:
+            raise ConfigError(
+                f"config keys '{old}' ({value!r}) and '{new}' ({out[new]!r}) name the same "
+                f"setting, '{old}' being the old name of '{new}': give only '{new}'"
+            )
+        out[new] = value
+        if old not in _WARNED_RENAMES:
+            _WARNED_RENAMES.add(old)
+            logger.warning(
+                "config key '%s' is now '%s' (%s); '%s' still works",
+                old,
+                new,
+                _RENAME_MEANING.get(new, new),
+                old,
+            )
+    return out
 
 
 def default_cache_dir() -> str:
@@ -223,7 +260,9 @@ class ExperimentConfig(BaseModel):
         lt=1,
         allow_inf_nan=False,
     )
-    seeds: int = _key(10, "T: trials per split depth (`grid`, `bisection`)", ge=1)
+    trials_per_depth: int = _key(
+        10, "T: trials per split depth (`grid`, `bisection`); formerly `seeds`", ge=1
+    )
     seed: int = _key(
         0,
         "fixes data order, augmentation, initialisation and attacks",
@@ -315,6 +354,7 @@ class ExperimentConfig(BaseModel):
     max_failures: int = _key(2, "retries of a failed trial (from its last checkpoint)", ge=0)
 
     def __init__(self, /, **values: Any) -> None:
+        values = current_names(values)
         _reject_unknown(values)
         _validated(self, values, REGISTRY_KEYS)
 
@@ -390,6 +430,7 @@ class ExperimentConfig(BaseModel):
         epochs or learning rate receives a config the driver validated and needs none of the
         registries (a user's model module may not even be imported there yet).
         """
+        changes = current_names(changes)
         _reject_unknown(changes)
         copy = ExperimentConfig.__new__(ExperimentConfig)
         _validated(
@@ -477,8 +518,8 @@ def config_values(path: str | os.PathLike | None, overrides: Iterable[str] = ())
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file '{path}' must hold a mapping of key: value")
-        values.update(loaded)
-    for key, value in parse_overrides(overrides).items():
+        values.update(current_names(loaded))
+    for key, value in current_names(parse_overrides(overrides)).items():
         section, dot, sub = key.partition(".")
         if not dot:
             values[key] = value

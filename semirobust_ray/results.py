@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from semirobust_ray.algorithm1 import DepthSummary, TrialResult, summarise_depth
+from semirobust_ray.names import current_keys
 from semirobust_ray.storage import CorruptFileError, Store, is_uri
 
 RESULTS_FILE = "results.json"
@@ -125,7 +126,12 @@ def _load_runner_results(store: Store, rel: str) -> dict[str, Any]:
         raise ReportError(f"{source}: 'trials' must be a list")
     for i, t in enumerate(trials):
         _trial_from_dict(t, f"{source} trial #{i}")
-    return {**data, "source": source, "unfinished": data.get("unfinished", [])}
+    return {
+        **data,
+        "config": current_keys(data["config"]),  # ``seeds`` in results of earlier versions
+        "source": source,
+        "unfinished": data.get("unfinished", []),
+    }
 
 
 def _parent(rel: str) -> str:
@@ -169,6 +175,7 @@ def _load_tune_results(store: Store, meta_rel: str) -> dict[str, Any]:
     ]
     return {
         **meta,
+        "config": current_keys(meta["config"]),  # ``seeds`` in searches of earlier versions
         "trials": trials,
         "unfinished": unfinished,
         "failed": failed,

@@ -52,7 +52,8 @@ def run_algorithm1(config: ExperimentConfig, out_dir: str | Path | None = None) 
     acc_sr = LocalAccSr()  # each depth's Acc_sr is measured by its first trial, once
     for depth in exp.split_depths:
         depth_trials = [
-            run_trial(exp, baseline, depth, t, acc_sr=acc_sr) for t in range(config.seeds)
+            run_trial(exp, baseline, depth, t, acc_sr=acc_sr)
+            for t in range(config.trials_per_depth)
         ]
         # test_eval: best: the depth's best trial by validation, on the test split, here.
         for t in chosen(depth_trials, config.test_eval):

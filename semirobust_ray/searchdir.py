@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from semirobust_ray.baseline import Baseline, load_baseline, save_baseline
-from semirobust_ray.config import ExperimentConfig
+from semirobust_ray.config import ExperimentConfig, current_names
+from semirobust_ray.names import current_keys
 from semirobust_ray.results import (
     SEARCH_META_FILE,
     depth_summaries,
@@ -164,7 +165,7 @@ def stored_config(search: Store) -> ExperimentConfig:
     if rel is None:
         raise SearchDirError(f"--resume: '{search.uri()}' holds no {SEARCH_META_FILE}")
     try:
-        return ExperimentConfig.from_dict(search.read_json(rel)["config"])
+        return ExperimentConfig.from_dict(current_keys(search.read_json(rel)["config"]))
     except CorruptFileError as err:
         raise SearchDirError(f"--resume: {err}; the search cannot be resumed") from None
     except (KeyError, TypeError):
@@ -180,7 +181,8 @@ def resume_config(stored: ExperimentConfig, changes: dict[str, Any]) -> Experime
     A change to any other key would mix trials measured two ways in one answer: refused with a
     one-line :class:`SearchDirError` that names the keys.
     """
-    candidate = ExperimentConfig.from_dict({**stored.to_dict(), **changes})  # validates them
+    # ``changes`` may use a key's old name (``seeds``); the stored config uses current names.
+    candidate = ExperimentConfig.from_dict({**stored.to_dict(), **current_names(changes)})
     refused = measured_differently(stored, candidate)
     if refused:
         raise SearchDirError(

@@ -70,7 +70,7 @@ def _grid_space(exp: Experiment) -> dict[str, Any]:
 
     return {
         "fb_layers": tune.grid_search(exp.split_depths),
-        "trial": tune.grid_search(list(range(exp.config.seeds))),
+        "trial": tune.grid_search(list(range(exp.config.trials_per_depth))),
     }
 
 
@@ -80,7 +80,10 @@ def _bisection(exp: Experiment, slots: int) -> Any:
     c = exp.config
     # Probes beyond the first use slots that would otherwise idle: T trials fill one.
     return BisectionSearcher(
-        exp.split_depths, c.seeds, target=c.minimise, parallel_probes=max(1, slots // c.seeds)
+        exp.split_depths,
+        c.trials_per_depth,
+        target=c.minimise,
+        parallel_probes=max(1, slots // c.trials_per_depth),
     )
 
 
@@ -102,7 +105,7 @@ def _optuna(exp: Experiment, slots: int) -> Any:
 
 def _optuna_samples(exp: Experiment) -> int:
     c = exp.config
-    return c.num_samples or max(4, math.ceil(c.seeds * len(exp.split_depths) / 2))
+    return c.num_samples or max(4, math.ceil(c.trials_per_depth * len(exp.split_depths) / 2))
 
 
 #: ``search`` value -> its :class:`Strategy`, in the order the help lists them.
@@ -114,7 +117,7 @@ STRATEGIES: dict[str, Strategy] = {
         ends_itself=True,
     ),
     "grid": Strategy(
-        help="every depth × T (`seeds`)", space=_grid_space, num_samples=lambda exp: 1
+        help="every depth × T (`trials_per_depth`)", space=_grid_space, num_samples=lambda exp: 1
     ),
     "bisection": Strategy(
         help="binary search trusting each probe's T trials; assumes noiseless outcomes",

@@ -22,7 +22,7 @@ DIGITS_SEARCH = dict(
     baseline_epochs=3,
     baseline_adv_epochs=3,
     epochs=2,
-    seeds=1,
+    trials_per_depth=1,
 )
 
 

@@ -35,7 +35,7 @@ DIGITS = dict(
     baseline_epochs=4,
     baseline_adv_epochs=4,
     epochs=2,
-    seeds=1,
+    trials_per_depth=1,
     mi=False,
     # Every trial measures its test Acc itself, so the tests below can compare trials' Acc;
     # test_eval: best (the default) is tested in test_final_eval.py.
@@ -80,7 +80,9 @@ def test_changed_settings_miss_the_cache(digits):
 
     assert baseline_key(other) != first.key
     # trial-only settings keep the same baseline
-    assert baseline_key(prepare(exp.config.replace(k=0.2, epochs=7, seeds=3))) == first.key
+    assert (
+        baseline_key(prepare(exp.config.replace(k=0.2, epochs=7, trials_per_depth=3))) == first.key
+    )
     # augmentation trains another baseline; spelling out digits' default (off) does not
     assert baseline_key(prepare(exp.config.replace(augment=True))) != first.key
     assert baseline_key(prepare(exp.config.replace(augment=False))) == first.key
@@ -593,7 +595,12 @@ def test_runner_test_eval_evaluates_the_best_trial_per_depth_or_all(digits, test
 
     exp, baseline = digits
     config = exp.config.replace(
-        test_eval=test_eval, seeds=2, split_depths=(1, 6), epochs=1, mi=True, mi_samples=60
+        test_eval=test_eval,
+        trials_per_depth=2,
+        split_depths=(1, 6),
+        epochs=1,
+        mi=True,
+        mi_samples=60,
     )
     results = run_algorithm1(config)
     # The noise floor, once, before the trials (digits: 144 validation images, k = 0.05).

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "python-api.md"
 #: The settings of the documented search; a search with them under its name is the same one.
 DOC_SEARCH = dict(
-    split_depths=[2, 4, 6], seeds=1, steps=3, baseline_epochs=3, baseline_adv_epochs=3
+    split_depths=[2, 4, 6], trials_per_depth=1, steps=3, baseline_epochs=3, baseline_adv_epochs=3
 )
 
 
@@ -121,11 +121,11 @@ def test_the_same_name_with_other_settings_is_a_one_line_error(doc):
             "quickstart",
             name="notebook-demo",
             storage_path=str(root / "results"),
-            **{**DOC_SEARCH, "seeds": 2},
+            **{**DOC_SEARCH, "trials_per_depth": 2},
         )
     message = str(err.value)
     assert "\n" not in message
-    assert "seeds (1 -> 2)" in message and "name=" in message
+    assert "trials_per_depth (1 -> 2)" in message and "name=" in message
     assert trial_dirs(path) == before
 
 

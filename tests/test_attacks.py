@@ -490,7 +490,7 @@ def test_an_external_attack_trains_and_evaluates_through_algorithm1(tmp_path, mo
     config = ExperimentConfig.from_dict(
         dict(
             dataset="digits", max_train=200, max_test=60, batch_size=50, lr=0.05, eps=EPS,
-            alpha=ALPHA, steps=2, baseline_epochs=1, baseline_adv_epochs=1, epochs=1, seeds=1,
+            alpha=ALPHA, steps=2, baseline_epochs=1, baseline_adv_epochs=1, epochs=1, trials_per_depth=1,
             split_depths=[2], mi=False, k=0.999, cache_dir=str(tmp_path),
             attack="torchattacks:PGD", eval_attack="myattacks:MIFGSM",
             attack_kwargs={"torchattacks:PGD": {"random_start": False},

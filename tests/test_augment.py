@@ -173,7 +173,7 @@ def test_baseline_and_trials_train_with_the_resolved_setting(tmp_path, monkeypat
     monkeypatch.setattr(algorithm1, "train_epoch", spy("trial"))
     config = ExperimentConfig.from_dict(
         dict(dataset="digits", max_train=200, max_test=50, steps=1, batch_size=64,
-             baseline_epochs=1, baseline_adv_epochs=1, epochs=1, seeds=1, mi=False,
+             baseline_epochs=1, baseline_adv_epochs=1, epochs=1, trials_per_depth=1, mi=False,
              cache_dir=str(tmp_path), augment=True)
     )  # fmt: skip
     exp = prepare(config)

@@ -29,7 +29,16 @@ TROUBLESHOOTING = ROOT / "docs" / "troubleshooting.md"
 # captured output whichever test imports Ray first, as they do when other test modules have.
 
 # A config that would be valid and fast: each case breaks one thing.
-BASE = ["--set", "mi=false", "--set", "epochs=1", "--set", "seeds=1", "--address", "local"]
+BASE = [
+    "--set",
+    "mi=false",
+    "--set",
+    "epochs=1",
+    "--set",
+    "trials_per_depth=1",
+    "--address",
+    "local",
+]
 
 
 def _npz(tmp: Path, **change) -> str:

@@ -1,13 +1,16 @@
 """Every bad key or value is rejected before compute, with a one-line message that helps."""
 
+import logging
+
 import pytest
 
+import semirobust_ray.config as config_module
 from semirobust_ray.config import ConfigError, ExperimentConfig, load_config, parse_overrides
 
 
 def test_defaults_are_the_authors_settings():
     c = ExperimentConfig()
-    assert (c.epochs, c.seeds, c.batch_size, c.lr, c.momentum, c.weight_decay, c.k) == (
+    assert (c.epochs, c.trials_per_depth, c.batch_size, c.lr, c.momentum, c.weight_decay, c.k) == (
         10,
         10,
         512,
@@ -38,7 +41,7 @@ def test_defaults_are_the_authors_settings():
         ({"split_depths": [2, 2]}, r"lists a depth twice"),
         ({"split_depths": []}, r"non-empty list"),
         ({"lr": "fast"}, r"lr: expected a number, got 'fast'"),
-        ({"seeds": 1.5}, r"seeds: expected an integer"),
+        ({"trials_per_depth": 1.5}, r"trials_per_depth: expected an integer"),
         ({"mi": "yes"}, r"mi: expected true or false"),
         ({"deterministic": "on"}, r"deterministic: expected true or false, got 'on'"),
         ({"deterministic": 1}, r"deterministic: expected true or false, got 1"),
@@ -64,6 +67,44 @@ def test_yaml_file_and_overrides(tmp_path):
     assert c.split_depths == (2, 4, 6) and c.epochs == 2 and c.k == 0.1
     assert c.eval_attack_name == "fgsm"
     assert ExperimentConfig.from_dict(c.to_dict()) == c
+
+
+def test_seeds_is_an_alias_of_trials_per_depth_that_warns_once(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(config_module, "_WARNED_RENAMES", set())
+    path = tmp_path / "old.yaml"
+    path.write_text("seeds: 3\nepochs: 2\n")
+    with caplog.at_level(logging.WARNING, logger="semirobust_ray.config"):
+        assert ExperimentConfig.from_dict({"seeds": 3}).trials_per_depth == 3
+        assert ExperimentConfig(seeds=4).trials_per_depth == 4
+        assert ExperimentConfig().replace(seeds=5).trials_per_depth == 5
+        assert load_config(path).trials_per_depth == 3
+        # A later layer overrides an earlier one under either name.
+        assert load_config(path, ["trials_per_depth=6"]).trials_per_depth == 6
+        # The same value under both names is no conflict.
+        assert ExperimentConfig(seeds=2, trials_per_depth=2).trials_per_depth == 2
+    warned = [r.getMessage() for r in caplog.records if "'seeds'" in r.getMessage()]
+    assert warned == [
+        "config key 'seeds' is now 'trials_per_depth' (T, trials per split depth); "
+        "'seeds' still works"
+    ]
+    assert "seeds" not in ExperimentConfig(seeds=3).to_dict()
+
+
+def test_seeds_and_trials_per_depth_that_disagree_are_one_error(tmp_path):
+    pattern = r"config keys 'seeds' \(2\) and 'trials_per_depth' \(3\) name the same setting"
+    for build in (
+        lambda: ExperimentConfig.from_dict({"seeds": 2, "trials_per_depth": 3}),
+        lambda: ExperimentConfig().replace(seeds=2, trials_per_depth=3),
+        lambda: load_config(None, ["seeds=2", "trials_per_depth=3"]),
+    ):
+        with pytest.raises(ConfigError, match=pattern) as info:
+            build()
+        assert "\n" not in str(info.value)
+    # The old name is no longer listed as a key; a misspelling of the new one is still caught.
+    with pytest.raises(ConfigError, match=r"'trials_per_dept' \(did you mean 'trials_per_depth'"):
+        ExperimentConfig.from_dict({"trials_per_dept": 2})
+    with pytest.raises(ConfigError, match=r"trials_per_depth=0 is out of range"):
+        ExperimentConfig.from_dict({"seeds": 0})
 
 
 def test_file_errors(tmp_path):

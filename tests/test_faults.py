@@ -418,7 +418,8 @@ def test_resume_with_damaged_stored_baseline_recomputes_it(clean, damage, tmp_pa
 
 
 def test_resume_keeps_the_stored_baseline_when_newer_code_keys_it_differently(clean, tmp_path):
-    """A search started with an older version resumes on its own Acc*, not a retrained one."""
+    """A search started with an older version resumes on its own Acc*, not a retrained one,
+    and with its T stored under the key's old name, ``seeds``."""
     import shutil
 
     exp_dir = tmp_path / "clean"
@@ -427,6 +428,10 @@ def test_resume_keeps_the_stored_baseline_when_newer_code_keys_it_differently(cl
     meta = read_json(meta_path)
     meta["key"] = "smallcnn-digits-keyed-by-an-older-version"
     meta_path.write_text(json.dumps(meta))
+    search_meta_path = exp_dir / "search" / "search_meta.json"
+    search_meta = read_json(search_meta_path)
+    search_meta["config"]["seeds"] = search_meta["config"].pop("trials_per_depth")
+    search_meta_path.write_text(json.dumps(search_meta))
     before = {p: p.read_bytes() for p in exp_dir.glob("*/result.json")}
 
     outcome, logs = _resume_copy(clean, tmp_path)
@@ -435,3 +440,7 @@ def test_resume_keeps_the_stored_baseline_when_newer_code_keys_it_differently(cl
     assert read_json(meta_path)["key"] == meta["key"]  # not replaced either
     assert {p: p.read_bytes() for p in exp_dir.glob("*/result.json")} == before
     assert outcome.results["baseline"]["acc_star"] == clean.results["baseline"]["acc_star"]
+    assert (
+        outcome.results["config"]["trials_per_depth"] == clean.results["config"]["trials_per_depth"]
+    )
+    assert outcome.answer_fb_layers == clean.answer_fb_layers  # reported as before

@@ -195,7 +195,7 @@ def _cifar_config(root, **section) -> ExperimentConfig:
             steps=2,
             split_depths=[3],
             epochs=1,
-            seeds=1,
+            trials_per_depth=1,
             batch_size=64,
             mi=False,
             cache_dir=str(root / "cache"),

@@ -91,7 +91,7 @@ def make_results() -> dict[str, Any]:
             "dataset": "digits",
             "k": K,
             "epochs": 3,
-            "seeds": 2,
+            "trials_per_depth": 2,
             "split_depths": [1, 2, 3, 4],
         },
         "num_layers": N,
@@ -452,3 +452,19 @@ def test_minimal_split_states_the_noise_floor(results: dict[str, Any]) -> None:
     assert floor["resolved"] is False and floor["images_needed"] == 381
     assert floor["trial_se_median"] == pytest.approx(0.02)
     assert "use >= 381 validation images" in floor["warning"]
+
+
+def test_a_search_stored_with_seeds_reports_as_one_with_trials_per_depth(
+    results: dict[str, Any], tmp_path: Path
+) -> None:
+    """Searches of earlier versions store T as ``seeds``; their reports read it all the same."""
+    old = {**results, "config": {**results["config"], "seeds": 2}}
+    del old["config"]["trials_per_depth"]
+    expected = minimal_split(results)
+    assert minimal_split(old) == expected  # a results dict as given
+    assert "T = 2" in expected["stop"]
+    write_tune_dir(tmp_path / "old", old)
+    loaded = load_results(tmp_path / "old")
+    assert loaded["config"]["trials_per_depth"] == 2 and "seeds" not in loaded["config"]
+    assert minimal_split(loaded)["answer"] == expected["answer"]
+    assert report_main([str(tmp_path / "old")]) == 0

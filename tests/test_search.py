@@ -248,7 +248,7 @@ def test_trials_of_a_depth_share_one_acc_sr_evaluation(searches, tmp_path):
         {
             **CI_SEARCH,
             "search": "grid",
-            "seeds": 2,
+            "trials_per_depth": 2,
             "split_depths": [1, 6],
             "mi": False,
             "cache_dir": str(cache),

@@ -86,6 +86,24 @@ def test_resume_config_keeps_the_stored_settings_and_refuses_measured_changes(tm
         resume_config(stored, {"epoch": 3})  # a typo is a config error, not a silent no-op
 
 
+def test_a_search_stored_with_seeds_resumes_under_either_name(tmp_path, caplog):
+    """Searches of earlier versions store T as ``seeds``; a resume reads it, and its changes may
+    name T by either name (the old name warns, as anywhere else; the stored one does not)."""
+    stored = ExperimentConfig(split_depths=(1, 2), trials_per_depth=3)
+    old = {k: v for k, v in stored.to_dict().items() if k != "trials_per_depth"}
+    search = Store(tmp_path / "s")
+    meta = {"config": {**old, "seeds": 3}, "num_layers": 6, "baseline": {"acc_star": 0.5}}
+    search.write_json("search/search_meta.json", meta)
+    with caplog.at_level("WARNING", logger="semirobust_ray"):
+        assert stored_config(search) == stored
+    assert not caplog.records
+    assert load_results(search.uri())["config"]["trials_per_depth"] == 3
+    assert resume_config(stored, {"seeds": 3, "max_concurrent": 1}).max_concurrent == 1
+    assert resume_config(stored, {"trials_per_depth": 3}) == stored
+    with pytest.raises(SearchDirError, match=r"trials_per_depth \(3 -> 4\)"):
+        resume_config(stored, {"seeds": 4})
+
+
 def test_results_of_earlier_versions_are_still_read(tmp_path):
     """Searches written before search_meta.json moved under search/ keep their reports."""
     config = ExperimentConfig(split_depths=(1,))

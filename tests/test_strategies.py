@@ -20,7 +20,7 @@ DEPTHS = [1, 2, 3, 4, 5, 6]
 
 @pytest.fixture(scope="module")
 def experiments() -> dict[str, object]:
-    base = {**DIGITS_SEARCH, "split_depths": DEPTHS, "seeds": 2, "max_trials": 10}
+    base = {**DIGITS_SEARCH, "split_depths": DEPTHS, "trials_per_depth": 2, "max_trials": 10}
     data = prepare(ExperimentConfig.from_dict({**base, "search": "grid"}))
     return {
         name: type(data)(
