@@ -47,10 +47,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # CI size (like tests/test_search.py's CI_SEARCH, same baseline): 4 grid trials of 1-3 epochs,
 # so that a resumed search still has a trial in flight when the second signal is due.
-# With MI each trial reserves both CPUs, so trials run one after another and the moment "one
-# trial finished, the next has a checkpoint but no result" exists for a few seconds.
+# With MI measured inside each trial (test_eval: all) each trial reserves both CPUs, so trials
+# run one after another and the moment "one trial finished, the next has a checkpoint but no
+# result" exists for a few seconds.
 FAULT_SEARCH = {
     **DIGITS_SEARCH,
+    "test_eval": "all",
     "epochs": 3,
     "split_depths": [1, 2, 4, 6],
     "k": 0.0,
