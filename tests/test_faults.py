@@ -36,10 +36,10 @@ from launcher import (
     run_until_signal,
 )
 
-from semirobust_ray import report
 from semirobust_ray.baseline import get_baseline, load_baseline
 from semirobust_ray.config import ExperimentConfig
 from semirobust_ray.experiment import prepare
+from semirobust_ray.results import load_results
 from semirobust_ray.storage import CorruptFileError, Store, read_json
 from semirobust_ray.trial import algorithm1_trainable
 
@@ -80,7 +80,7 @@ def _resume(cmd: list[str], log: Path) -> subprocess.CompletedProcess:
 
 
 def _assert_complete(exp_dir: Path) -> None:
-    results = report.load_results(exp_dir)
+    results = load_results(exp_dir)
     coords = sorted((t["fb_layers"], t["trial"]) for t in results["trials"])
     assert coords == [(d, 0) for d in FAULT_SEARCH["split_depths"]]  # each exactly once
     assert results["unfinished"] == []
