@@ -176,7 +176,9 @@ def rho_vs_depth_plot(results: dict[str, Any]) -> Any:
     ax.set_xlabel("layer depth x (pair ending at layer n − x)")
     ax.set_ylabel(r"$\rho_j = \min_t\, I_{j,t}$ (bits)")
     # Two lines: a width-scaled model name and a file-stem dataset name overflow one.
-    ax.set_title(f"{model} / {dataset}\nconnectivity ρ in f_b (n = {n}), min over trials")
+    ax.set_title(
+        f"{model} / {dataset}\nconnectivity ρ in f_b (n = {n}), min over the trials with ρ measured"
+    )
     ax.grid(True, alpha=0.3)
     if plotted:
         ax.legend(title="split depth")
