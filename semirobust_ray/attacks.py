@@ -35,13 +35,10 @@ the official implementation (``pyautoattack``), AutoAttack in its standard versi
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib
 import inspect
 import math
 import re
 from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -49,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from semirobust_ray.names import did_you_mean
-from semirobust_ray.specs import import_spec
+from semirobust_ray.specs import import_spec, module_fingerprint
 from semirobust_ray.storage import first_line as _first_line
 
 __all__ = [
@@ -349,11 +346,7 @@ def external_attack_fingerprint(spec: str) -> str | None:
         import torchattacks
 
         return f"torchattacks-{torchattacks.__version__}"
-    module = importlib.import_module(spec.partition(":")[0])
-    source = getattr(module, "__file__", None)
-    if source is None:
-        return None  # a namespace or built-in module: nothing on disk to hash
-    return hashlib.sha256(Path(source).read_bytes()).hexdigest()[:16]
+    return module_fingerprint(spec)
 
 
 # --------------------------------------------------------------------------- attacks

@@ -34,15 +34,12 @@ the cut on which it runs.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib
 import logging
 import re
 import types
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torchvision
@@ -51,7 +48,7 @@ from torch.overrides import TorchFunctionMode
 
 from semirobust_ray import zoo
 from semirobust_ray.names import did_you_mean
-from semirobust_ray.specs import import_spec
+from semirobust_ray.specs import import_spec, module_fingerprint
 from semirobust_ray.storage import first_line
 
 TRAINABLE_TYPES = (nn.Conv2d, nn.Linear)
@@ -198,11 +195,7 @@ def external_code_fingerprint(name: str) -> str | None:
         return f"timm-{import_timm().__version__}"
     if zoo.is_zoo_ref(name):
         return f"robustbench-{zoo.version()}"
-    module = importlib.import_module(name.partition(":")[0])
-    source = getattr(module, "__file__", None)
-    if source is None:
-        return None  # a namespace or built-in module: nothing on disk to hash
-    return hashlib.sha256(Path(source).read_bytes()).hexdigest()[:16]
+    return module_fingerprint(name)
 
 
 #: The one upstream warning :func:`import_timm` keeps out of the user's console: timm (1.0)

@@ -3,7 +3,9 @@ imported with the same one-line errors wherever they are named."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+from pathlib import Path
 
 from semirobust_ray.storage import first_line
 
@@ -29,3 +31,13 @@ def import_spec(spec: str, kind: str, used_by: str, error: type[Exception], guid
             raise error(f"{kind} '{spec}': module '{module_name}' has no attribute '{attr}'")
         obj = getattr(obj, part)
     return obj
+
+
+def module_fingerprint(spec: str) -> str | None:
+    """A hash of the source file of the module ``spec`` names, for a cache key (editing the
+    code makes the key change); None for a namespace or built-in module, with no file."""
+    module = importlib.import_module(spec.partition(":")[0])
+    source = getattr(module, "__file__", None)
+    if source is None:
+        return None
+    return hashlib.sha256(Path(source).read_bytes()).hexdigest()[:16]
