@@ -130,7 +130,8 @@ def _reading(
     determined = decision.width <= answer_width and not decision.contradicted
     interval = {
         "fb_layers": [decision.low, decision.high],
-        "robust_layers": [n if d is None else n - d for d in (decision.low, decision.high)],
+        # a = n - |f_b| turns the |f_b| ends around; low first, as a reader expects
+        "robust_layers": sorted(n if d is None else n - d for d in (decision.low, decision.high)),
         "level": decision.level,
     }
     if decision.contradicted:

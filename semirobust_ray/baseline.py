@@ -111,6 +111,9 @@ class BaselineMetrics:
     # baseline compare counts only (semirobust_ray.paired.count_check).
     val_images: int | None = None
     val_correct: str | None = None
+    # The test images Acc* (and every trial's Acc) was measured on: the standard error of a
+    # test Diff. None in baselines stored before it was recorded (eval_samples stands in).
+    test_images: int | None = None
 
 
 @dataclass
@@ -296,6 +299,7 @@ def measure_robust(
         seconds=time.perf_counter() - start,
         val_images=len(y_val),
         val_correct=pack_correct(val_correct),
+        test_images=len(y_test),
         **extra,
     )
     logger.info(

@@ -146,6 +146,15 @@ def paired_check(baseline_correct: Any, correct: Any) -> PairedCheck:
     )
 
 
+def unpaired_se(p1: float, p2: float, n_images: int) -> float:
+    """Standard error of ``p1 − p2``, two accuracies on ``n_images`` each with nothing pairing
+    their images: ``sqrt((p1 q1 + p2 q2) / n)``, a fraction. Two networks attacked on the same
+    images usually agree on most of them, so this is an upper bound on the paired error."""
+    if n_images <= 0:
+        return math.inf
+    return math.sqrt((p1 * (1 - p1) + p2 * (1 - p2)) / n_images)
+
+
 def count_check(acc_star_val: float, n_images: int, correct: int) -> PairedCheck:
     """The fallback for a baseline stored without per-image outcomes: counts only.
 
@@ -156,7 +165,7 @@ def count_check(acc_star_val: float, n_images: int, correct: int) -> PairedCheck
     b = round(acc_star_val * n_images)
     p1 = b / n_images if n_images else 0.0
     p2 = correct / n_images if n_images else 0.0
-    se = math.sqrt(n_images * (p1 * (1 - p1) + p2 * (1 - p2)))
+    se = n_images * unpaired_se(p1, p2, n_images) if n_images else 0.0
     return PairedCheck(n_images, b, int(correct), b - int(correct), se)
 
 

@@ -32,7 +32,7 @@ from semirobust_ray.algorithm1 import DepthSummary, TrialResult
 from semirobust_ray.answer import search_answer
 from semirobust_ray.config import resolve_stop_attack
 from semirobust_ray.frontier import frontier_figure, frontier_table
-from semirobust_ray.paired import noise_floor
+from semirobust_ray.paired import noise_floor, unpaired_se
 from semirobust_ray.plots import new_figure, png_bytes
 from semirobust_ray.results import (
     candidate_depths,
@@ -211,17 +211,18 @@ def minimal_split(results: dict[str, Any]) -> dict[str, Any]:
     Keys: ``minimise`` (the target) and ``answer`` (that target's reading); the two readings
     ``smallest_robust_fa`` and ``smallest_fb``, each with ``fb_layers`` (the point answer |f_b|,
     null when no depth reaches), ``robust_layers`` (a = n − |f_b|), ``statement`` (plain words),
-    ``interval`` (its 90 % interval as |f_b| and as a), ``interval_statement``, ``width``,
-    ``determined`` (the interval is at most ``answer_width`` candidate steps wide), ``why``,
-    ``reach`` (every depth tried: trials, how many reached, the rate with its Wilson interval,
-    the monotone fit p(d), the best-of-T figure), and the depth's ``acc``, ``diff``, ``acc_sr``;
-    ``reach_probability`` (q), ``level``, ``answer_width``, ``stop`` (why the search ended);
-    ``premise`` and ``premise_violations`` (depths whose own rate is at least q beyond depths
-    whose rate is not: the fit pools them); ``warning`` (set when the answer's test Diff exceeds
-    k); ``cost`` (seconds of all trials, by kind, beside the baseline's adversarial training);
-    ``evidence`` (every depth tried); ``failed`` (trials that ended without a result, and why;
-    counted as not reaching) and ``unfinished`` (trials that never reported a final result, not
-    counted).
+    ``interval`` (its 90 % interval as |f_b| and as a, a low first), ``interval_statement``,
+    ``width``, ``determined`` (the interval is at most ``answer_width`` candidate steps wide),
+    ``why``, ``reach`` (every depth tried: trials, how many reached, the rate with its Wilson
+    interval, the monotone fit p(d), the best-of-T figure), and the depth's ``acc``, ``diff``,
+    ``acc_sr``; ``reach_probability`` (q), ``level``, ``answer_width``, ``stop`` (why the search
+    ended); ``premise`` and ``premise_violations`` (depths whose own rate is at least q beyond
+    depths whose rate is not: the fit pools them); ``test_noise`` (the test split's size and
+    standard errors, :func:`_test_noise`); ``warning`` (set when the answer's test Diff exceeds
+    k, with its standard error); ``cost`` (seconds of all trials, by kind, beside the baseline's
+    adversarial training); ``evidence`` (every depth tried); ``failed`` (trials that ended
+    without a result, and why; counted as not reaching) and ``unfinished`` (trials that never
+    reported a final result, not counted).
     """
     summaries = depth_summaries(results)
     by_depth = {s.fb_layers: s for s in summaries}
@@ -248,7 +249,8 @@ def minimal_split(results: dict[str, Any]) -> dict[str, Any]:
         "baseline_source": baseline.get("source"),
         **summary,
         "noise_floor": _noise_floor(results),
-        "warning": _test_diff_warning(chosen, config),
+        "test_noise": _test_noise(config, baseline),
+        "warning": _test_diff_warning(chosen, config, baseline),
         "cost": _cost(trial_results(results), baseline),
         "evidence": [_evidence(s, n, reach.get(s.fb_layers)) for s in summaries],
         "failed": list(results.get("failed", [])),
@@ -273,18 +275,62 @@ def _noise_floor(results: dict[str, Any]) -> dict[str, Any] | None:
     return floor
 
 
-def _test_diff_warning(chosen: DepthSummary | None, config: dict[str, Any]) -> str | None:
+def _test_images(config: dict[str, Any], baseline: dict[str, Any]) -> int | None:
+    """How many test images Acc* and the trials' Acc were measured on; None if unknown."""
+    # Older baselines did not record it; eval_samples capped the test images they used.
+    n = baseline.get("test_images") or config.get("eval_samples")
+    return int(n) if n else None
+
+
+def _test_noise(config: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any] | None:
+    """The test split's sampling error: ``test_images``, ``acc_star_se`` (one robust accuracy
+    at Acc*) and ``diff_se`` (a Diff between two unpaired accuracies at Acc*, an upper bound);
+    fractions, None when the number of test images is unknown."""
+    n, acc_star = _test_images(config, baseline), baseline.get("acc_star")
+    if n is None or acc_star is None:
+        return None
+    return {
+        "test_images": n,
+        "acc_star_se": math.sqrt(acc_star * (1 - acc_star) / n),
+        "diff_se": unpaired_se(acc_star, acc_star, n),
+    }
+
+
+def _test_diff_warning(
+    chosen: DepthSummary | None, config: dict[str, Any], baseline: dict[str, Any]
+) -> str | None:
     """Why the answer cannot be trusted when it reached on the validation check but its test
-    Diff exceeds k; None when it can."""
+    Diff exceeds k, with the Diff's standard error; None when it can.
+
+    The Diff is itself measured on a finite test sample: only when it exceeds k by more than
+    twice its (unpaired, so conservative) standard error does the warning say the check
+    overstated robustness; within that, it says the test sample cannot tell."""
     k = config.get("k")
     if not (chosen and k is not None and chosen.diff > k):
         return None
     eval_attack = config.get("eval_attack") or config.get("attack")
     attack = resolve_stop_attack(config.get("stop_attack"), eval_attack)
+    n = _test_images(config, baseline)
+    where = f"|f_b| = {chosen.fb_layers}"
+    if not n:
+        return (
+            f"on the test split Acc* - Acc = {100 * chosen.diff:.1f} points > k at the "
+            f"answer's {where}: the validation check ({attack}) may have overstated robustness; "
+            "stop on the reported attack to trust the answer"
+        )
+    se = unpaired_se(chosen.acc_star, chosen.acc, n)
+    measured = (
+        f"on the test split Acc* - Acc = {100 * chosen.diff:.1f} ± {100 * se:.1f} points "
+        f"(standard error, {n:,} test images) > k at the answer's {where}"
+    )
+    if chosen.diff - k > 2 * se:
+        return (
+            f"{measured}: the validation check ({attack}) overstated robustness; stop on the "
+            "reported attack to trust the answer"
+        )
     return (
-        f"on the test split Acc* - Acc = {100 * chosen.diff:.1f} points > k at the answer's "
-        f"|f_b| = {chosen.fb_layers}: the validation check ({attack}) overstated robustness; "
-        "stop on the reported attack to trust the answer"
+        f"{measured}, within twice its standard error of k: more test images (eval_samples) "
+        f"would tell whether the validation check ({attack}) overstated robustness"
     )
 
 
@@ -361,6 +407,13 @@ def answer_lines(answer: dict[str, Any]) -> list[str]:
     floor = answer.get("noise_floor")
     if floor and floor["warning"]:
         lines.append(f"Noise floor: {floor['warning']}.")
+    test = answer.get("test_noise")
+    if test:
+        lines.append(
+            f"Test split: Acc*, Acc_sr and Acc on {test['test_images']:,} images, each "
+            f"± {100 * test['acc_star_se']:.1f} points (standard error at Acc*); a Diff "
+            f"± {100 * test['diff_se']:.1f} at most (unpaired)."
+        )
     if answer["warning"]:
         lines.append(f"Warning: {answer['warning']}.")
     return lines

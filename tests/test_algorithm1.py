@@ -480,6 +480,8 @@ def test_baseline_stores_its_per_image_validation_outcomes(digits):
     m = baseline.metrics
     x_val, y_val = exp.eval_split("val")
     assert m.val_images == len(y_val) == len(exp.data.y_val)  # every validation image
+    # The test images Acc* stands on (eval_samples caps them): the test Diff's standard error.
+    assert m.test_images == len(exp.eval_split("test")[1])
     correct = unpack_correct(m.val_correct)
     assert correct.shape == (m.val_images,) and correct.mean() == pytest.approx(m.acc_star_val)
     model = exp.build_model()

@@ -16,6 +16,7 @@ import pytest
 
 from semirobust_ray.cli import report_main
 from semirobust_ray.report import (
+    answer_lines,
     minimal_split,
     rho_column,
     table1,
@@ -195,7 +196,7 @@ def test_minimal_split_gives_both_readings_of_the_answer(results: dict[str, Any]
     # Two trials a depth settle nothing at 90 %: the interval runs from "no depth" to |f_b| = 4,
     # i.e. anywhere from all 6 layers to the first 2 robust, and the answer is undetermined.
     assert m["answer"]["interval"]["fb_layers"] == [None, 4]
-    assert m["answer"]["interval"]["robust_layers"] == [6, 2]
+    assert m["answer"]["interval"]["robust_layers"] == [2, 6]
     assert m["answer"]["interval_statement"] == (
         "90 % interval: between 2 and 6 of the 6 layers must be robust"
     )
@@ -280,11 +281,28 @@ def test_minimal_split_warns_when_test_diff_exceeds_k(results: dict[str, Any]) -
     results["config"]["stop_attack"] = "pgd"
     m = minimal_split(results)
     assert m["answer"]["fb_layers"] == 4
+    # Test sample size unknown (an old baseline, no eval_samples): no standard error to give.
     assert m["warning"].startswith("on the test split Acc* - Acc = 9.0 points > k")
-    assert "(pgd)" in m["warning"]
+    assert "(pgd) may have overstated" in m["warning"]
+    # 2,000 test images: SE = sqrt((0.6·0.4 + 0.51·0.49) / 2000) = 1.6 points, and the Diff
+    # exceeds k = 5 by 4 points > 2 SE: the check overstated robustness.
+    results["baseline"]["test_images"] = 2000
+    warning = minimal_split(results)["warning"]
+    assert warning.startswith(
+        "on the test split Acc* - Acc = 9.0 ± 1.6 points (standard error, 2,000 test images) > k"
+    )
+    assert "the validation check (pgd) overstated robustness" in warning
     # Unset under an AutoAttack evaluation, the check was APGD-CE: the warning names that.
     results["config"].update(stop_attack=None, eval_attack="autoattack")
     assert "the validation check (apgd-ce) overstated" in minimal_split(results)["warning"]
+    # 100 test images (eval_samples stands in for an old baseline's count): SE 7.0 points, so
+    # 4 points over k is within the test sample's noise, and the warning says so.
+    del results["baseline"]["test_images"]
+    results["config"]["eval_samples"] = 100
+    warning = minimal_split(results)["warning"]
+    assert "9.0 ± 7.0 points (standard error, 100 test images)" in warning
+    assert "within twice its standard error of k" in warning
+    assert "overstated robustness;" not in warning
 
 
 def test_minimal_split_none_reached(results: dict[str, Any]) -> None:
@@ -452,6 +470,22 @@ def test_minimal_split_states_the_noise_floor(results: dict[str, Any]) -> None:
     assert floor["resolved"] is False and floor["images_needed"] == 381
     assert floor["trial_se_median"] == pytest.approx(0.02)
     assert "use >= 381 validation images" in floor["warning"]
+
+
+def test_minimal_split_states_the_test_splits_noise(results: dict[str, Any]) -> None:
+    """Every test accuracy carries its sampling error: 250 test images at Acc* 0.60 give 3.1
+    points for one accuracy and 4.4 for a Diff (unpaired), in the JSON and the closing lines."""
+    assert minimal_split(results)["test_noise"] is None  # size unknown: nothing is claimed
+    results["baseline"]["test_images"] = 250
+    m = minimal_split(results)
+    noise = m["test_noise"]
+    assert noise["test_images"] == 250
+    assert noise["acc_star_se"] == pytest.approx(math.sqrt(0.6 * 0.4 / 250))
+    assert noise["diff_se"] == pytest.approx(math.sqrt(2 * 0.6 * 0.4 / 250))
+    assert (
+        "Test split: Acc*, Acc_sr and Acc on 250 images, each ± 3.1 points (standard error at "
+        "Acc*); a Diff ± 4.4 at most (unpaired)."
+    ) in answer_lines(m)
 
 
 def test_a_search_stored_with_seeds_reports_as_one_with_trials_per_depth(
