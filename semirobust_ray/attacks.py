@@ -186,6 +186,14 @@ class Attack:
             self._generators[device] = torch.Generator(device=device).manual_seed(self.seed)
         return self._generators[device]
 
+    def _call_seed(self) -> int:
+        """A fresh seed for one call of third-party code that seeds itself, drawn from the
+        CPU generator (a host integer whatever the images' device): the n-th calls of two
+        attacks with the same ``seed`` agree, successive calls differ."""
+        return int(
+            torch.randint(0, 2**31 - 1, (1,), generator=self._generator(torch.device("cpu")))
+        )
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(eps={self.eps:.6g}, alpha={self.alpha:.6g}, "
@@ -552,10 +560,7 @@ class APGDCE(Attack):
     def _perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         from pyautoattack.autopgd_base import APGDAttack
 
-        # The seed is a host integer: draw it from the CPU generator whatever x's device.
-        call_seed = int(
-            torch.randint(0, 2**31 - 1, (1,), generator=self._generator(torch.device("cpu")))
-        )
+        call_seed = self._call_seed()
         apgd = APGDAttack(
             self.model,
             n_iter=self.steps,
@@ -637,9 +642,7 @@ class TorchAttacks(Attack):
             self.norm = "L2" if "L2" in cls_name or "eps" not in takes else "Linf"
 
     def _perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        call_seed = int(
-            torch.randint(0, 2**31 - 1, (1,), generator=self._generator(torch.device("cpu")))
-        )
+        call_seed = self._call_seed()
         self._attack.set_device(x.device)
         with _forked_rng(x.device):
             torch.manual_seed(call_seed)

@@ -146,13 +146,17 @@ def paired_check(baseline_correct: Any, correct: Any) -> PairedCheck:
     )
 
 
+def accuracy_se(p: float, n_images: int) -> float:
+    """Standard error of one accuracy ``p`` measured on ``n_images``: ``sqrt(p (1 − p) / n)``,
+    a fraction (inf for no images)."""
+    return math.sqrt(p * (1.0 - p) / n_images) if n_images > 0 else math.inf
+
+
 def unpaired_se(p1: float, p2: float, n_images: int) -> float:
     """Standard error of ``p1 − p2``, two accuracies on ``n_images`` each with nothing pairing
     their images: ``sqrt((p1 q1 + p2 q2) / n)``, a fraction. Two networks attacked on the same
     images usually agree on most of them, so this is an upper bound on the paired error."""
-    if n_images <= 0:
-        return math.inf
-    return math.sqrt((p1 * (1 - p1) + p2 * (1 - p2)) / n_images)
+    return math.hypot(accuracy_se(p1, n_images), accuracy_se(p2, n_images))
 
 
 def count_check(acc_star_val: float, n_images: int, correct: int) -> PairedCheck:
@@ -188,7 +192,7 @@ def noise_floor(acc_star_val: float, val_images: int, k: float) -> dict[str, Any
     outcome and is usually smaller (trial and baseline agree on most images).
     """
     p, n = float(acc_star_val), int(val_images)
-    se = math.sqrt(p * (1.0 - p) / n) if n > 0 else math.inf
+    se = accuracy_se(p, n)
     k_needed = 2.0 * se
     resolved = k >= k_needed - _EPS
     needed = images_needed(p, k)

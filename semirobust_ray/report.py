@@ -1,7 +1,8 @@
 """Table 1, Fig. 1, the frontier and the answer, rebuilt from stored results alone.
 
-``semirobust report DIR`` (its command line is in :mod:`semirobust_ray.cli`) reads either the runner's ``results.json`` or a Ray Tune
-experiment directory (see :mod:`semirobust_ray.results`) and writes, into ``DIR``:
+``semirobust report DIR`` (its command line is in :mod:`semirobust_ray.cli`) reads either the
+runner's ``results.json`` or a Ray Tune experiment directory (see :mod:`semirobust_ray.results`)
+and writes, into ``DIR``:
 
 - ``table1.csv``: one row per split depth; accuracies as FRACTIONS (six significant digits, so
   the CSV can be compared and re-plotted without the table's rounding), ρ in bits, in both
@@ -32,7 +33,7 @@ from semirobust_ray.algorithm1 import DepthSummary, TrialResult
 from semirobust_ray.answer import search_answer
 from semirobust_ray.config import resolve_stop_attack
 from semirobust_ray.frontier import frontier_figure, frontier_table
-from semirobust_ray.paired import noise_floor, unpaired_se
+from semirobust_ray.paired import accuracy_se, noise_floor, unpaired_se
 from semirobust_ray.plots import new_figure, png_bytes
 from semirobust_ray.results import (
     candidate_depths,
@@ -291,7 +292,7 @@ def _test_noise(config: dict[str, Any], baseline: dict[str, Any]) -> dict[str, A
         return None
     return {
         "test_images": n,
-        "acc_star_se": math.sqrt(acc_star * (1 - acc_star) / n),
+        "acc_star_se": accuracy_se(acc_star, n),
         "diff_se": unpaired_se(acc_star, acc_star, n),
     }
 

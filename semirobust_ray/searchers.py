@@ -38,13 +38,25 @@ class SearchEnd:
     reached = False
 
 
-class _PickledState:
-    """Tune checkpoints a searcher with ``save`` and puts it back with ``restore`` on a resume.
+class _DepthSearcher:
+    """What our searchers share: their state saved and restored with Tune's checkpoints, and
+    how a finished trial is read as an outcome.
 
-    The state is pickled: Tune's own experiment state is pickled in the same directory, and
-    both come from the user's own search directory, which must be trusted (see
-    ``Tuner.restore``'s warning).
+    Tune checkpoints a searcher with ``save`` and puts it back with ``restore`` on a resume. The
+    state is pickled: Tune's own experiment state is pickled in the same directory, and both
+    come from the user's own search directory, which must be trusted (see ``Tuner.restore``'s
+    warning).
     """
+
+    live: dict[str, int]  # trial id -> where the searcher placed it (set by each searcher)
+
+    def _outcome(self, trial_id: str, result: dict | None, error: bool) -> tuple[int, bool] | None:
+        """(where the trial was placed, whether it reached) of a trial this searcher issued
+        (None for one it did not); a trial that errored or diverged counts as not reaching."""
+        placed = self.live.pop(trial_id, None)
+        if placed is None:
+            return None
+        return placed, bool(result and not error and result.get("reached"))
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
@@ -63,7 +75,7 @@ class _PickledState:
         raise NotImplementedError
 
 
-class BisectionSearcher(_PickledState, Searcher):
+class BisectionSearcher(_DepthSearcher, Searcher):
     """Binary search over the candidate depths for the answer of ``target``, checked as it goes.
 
     It probes in binary-search order under the target's premise (see
@@ -182,10 +194,10 @@ class BisectionSearcher(_PickledState, Searcher):
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
-        index = self.live.pop(trial_id, None)
-        if index is None:
+        outcome = self._outcome(trial_id, result, error)
+        if outcome is None:
             return
-        reached = bool(result and not error and result.get("reached"))
+        index, reached = outcome
         self.outcomes.setdefault(index, []).append(reached)
         self._report_contradictions()
 
@@ -203,7 +215,7 @@ class BisectionSearcher(_PickledState, Searcher):
                     )
 
 
-class AdaptiveSearcher(_PickledState, Searcher):
+class AdaptiveSearcher(_DepthSearcher, Searcher):
     """:class:`semirobust_ray.decision.AdaptiveSearch` as a Tune searcher.
 
     Each suggestion is a (depth, trial index) pair: the depth where the next trial most narrows
@@ -254,10 +266,10 @@ class AdaptiveSearcher(_PickledState, Searcher):
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
-        depth = self.live.pop(trial_id, None)
-        if depth is None:
+        outcome = self._outcome(trial_id, result, error)
+        if outcome is None:
             return
-        reached = bool(result and not error and result.get("reached"))
+        depth, reached = outcome
         self.search.observe(depth, reached)
         d = self.search.decision()
         point = "none" if d.fb_layers is None else d.fb_layers
