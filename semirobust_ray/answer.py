@@ -110,7 +110,7 @@ def _words(decision: Decision, num_layers: int) -> str:
     be robust")."""
     n, level = num_layers, f"{100 * decision.level:.0f} % interval"
     if decision.target == "robust_fa":
-        lo, hi = sorted(n if d is None else n - d for d in (decision.low, decision.high))
+        lo, hi = decision.robust_layers_interval(n)
         if lo == hi:
             return f"{level}: exactly {lo} of the {n} layers must be robust"
         return f"{level}: between {lo} and {hi} of the {n} layers must be robust"
@@ -130,8 +130,7 @@ def _reading(
     determined = decision.width <= answer_width and not decision.contradicted
     interval = {
         "fb_layers": [decision.low, decision.high],
-        # a = n - |f_b| turns the |f_b| ends around; low first, as a reader expects
-        "robust_layers": sorted(n if d is None else n - d for d in (decision.low, decision.high)),
+        "robust_layers": list(decision.robust_layers_interval(n)),
         "level": decision.level,
     }
     if decision.contradicted:

@@ -121,14 +121,14 @@ class SearchResult:
         """``frontier.csv``: one row per trial and one per depth's best, every depth tried."""
         from semirobust_ray.frontier import frontier_table
 
-        return frontier_table(self.results)
+        return frontier_table(self.results, self.answer)
 
     @property
     def table1(self) -> pd.DataFrame:
         """``table1.csv``: the paper's Table 1 (Acc*, Acc_sr, Acc, Diff, ρ) per depth."""
         from semirobust_ray.report import table1
 
-        return table1(self.results)
+        return table1(self.results, self.answer)
 
     @property
     def trials(self) -> pd.DataFrame:

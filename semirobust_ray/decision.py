@@ -23,10 +23,10 @@ Why these methods (the field's anchors, ``DESIGN.md`` section 7):
   each side: the window that decides a depth is picked among nested ones after looking at the
   data, and halving each side's level pays for that choice (at (1 − ``level``) / 2 a shallow
   frontier whose boundary depth sits exactly at q was covered 87 % of the time in simulation,
-  below the 90 % claimed). Under the premise, the depths of a window starting at d have p no larger than p(d),
-  so a window whose pooled count is improbable under p = q shows p(d) > q (a "confident reach");
-  mirrored, a window ending at d shows p(d) < q. The answer lies between the last confident
-  reach and the first confident miss. These are the exact (Clopper–Pearson) binomial bounds of
+  below the 90 % claimed). Under the premise, the depths of a window starting at d have p no
+  larger than p(d), so a window whose pooled count is improbable under p = q shows p(d) > q (a
+  "confident reach"); mirrored, a window ending at d shows p(d) < q. The answer lies between
+  the last confident reach and the first confident miss. These are the exact (Clopper–Pearson) binomial bounds of
   the pooled counts, the "isotonic regression with binomial intervals" anchor; untried depths
   inherit the bounds of their tried neighbours through the premise, so the interval covers them
   honestly instead of pretending they were seen. The coverage of the 90 % interval, adaptive
@@ -63,7 +63,8 @@ from scipy.optimize import isotonic_regression
 #: Config values of ``minimise``: what the search minimises (the first is the default).
 TARGETS: tuple[str, ...] = ("robust_fa", "fb")
 
-#: The interval's confidence level: two-sided, (1 − LEVEL) / 2 on each side.
+#: The interval's confidence level (two-sided; each side's tests run at (1 − LEVEL) / 4, see the
+#: module docstring).
 LEVEL = 0.9
 
 
@@ -202,17 +203,11 @@ class Decision:
     depths: tuple[DepthReach, ...]
     candidates: tuple[int, ...]
 
-    def interval_text(self, num_layers: int) -> str:
-        """ "between the first 4 and the first 7 of 54 layers" style words for the interval of
-        the robust layers a = n − |f_b| (|f_b| for the ``fb`` target)."""
-        if self.target == "robust_fa":
-            ends = [num_layers if d is None else num_layers - d for d in (self.low, self.high)]
-            a_lo, a_hi = min(ends), max(ends)
-            return f"a between {a_lo} and {a_hi}" if a_lo != a_hi else f"a = {a_lo}"
-        ends = ["none" if d is None else str(d) for d in (self.low, self.high)]
-        return (
-            f"|f_b| between {ends[0]} and {ends[1]}" if ends[0] != ends[1] else f"|f_b| = {ends[0]}"
-        )
+    def robust_layers_interval(self, num_layers: int) -> tuple[int, int]:
+        """The interval as robust layers a = n − |f_b|, low first (a None end, "no depth
+        reaches", is a = n)."""
+        lo, hi = sorted(num_layers if d is None else num_layers - d for d in (self.low, self.high))
+        return lo, hi
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -106,6 +106,7 @@ def frontier_table(results: dict[str, Any], answer: dict[str, Any] | None = None
     for t in sorted(trial_results(results), key=lambda t: (t.fb_layers, t.trial)):
         s = summaries[t.fb_layers]
         j = n - t.fb_layers + 1
+        gap, gap_se = val_gap(t)
         rows.append(
             {
                 "fb_layers": t.fb_layers,
@@ -116,8 +117,8 @@ def frontier_table(results: dict[str, Any], answer: dict[str, Any] | None = None
                 "acc_sr": s.acc_sr,
                 "acc": t.acc,
                 "diff": t.diff,
-                "val_gap": val_gap(t)[0],
-                "val_gap_se": val_gap(t)[1],
+                "val_gap": gap,
+                "val_gap_se": gap_se,
                 "reached": t.reached,
                 "epochs_run": t.epochs_run,
                 "epochs_to_reach": t.epochs_to_reach,
